@@ -1,0 +1,110 @@
+"""The engine flags, defined once and attached to every command that searches.
+
+``serve``, ``search`` (and the trainer and evaluator) take the same ``--engine``, ``--corpus``,
+``--backend-url``… flags. Each maps one to one onto a field of
+:class:`~zerosearch.engines.factory.EngineConfig`; a flag left unset keeps the value from
+``--config`` (its ``engine:`` section) or the dataclass default.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from typing import Any, Callable, Optional
+
+import typer
+from rich.console import Console
+
+from zerosearch.config import from_dict, load_yaml
+from zerosearch.engines.factory import ENGINE_KINDS, EngineConfig
+from zerosearch.models import ModelNotFoundError
+
+#: Mistakes a user can make (bad flag, missing file, unknown model): a message, no traceback.
+USER_ERRORS = (ModelNotFoundError, FileNotFoundError, ValueError)
+console = Console(stderr=True)
+
+
+def fail(err: Exception) -> None:
+    """Print a user mistake in one red line and exit with status 2."""
+    console.print(f"[bold red]error:[/] {err}")
+    raise typer.Exit(2)
+
+_PANEL = "Search engine"
+
+# flag name → (EngineConfig field, type, option names, help)
+_FLAGS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
+    ("engine", "kind", Optional[str], ("--engine", "-e"), f"Engine: {', '.join(ENGINE_KINDS)}."),
+    ("topk", "topk", Optional[int], ("--topk", "-k"), "Documents per search."),
+    ("corpus", "corpus", Optional[str], ("--corpus",), "FlashRAG JSONL corpus (bm25, dense)."),
+    ("index_path", "index_path", Optional[str], ("--index-path",),
+     "Index folder (default: beside the corpus, or the cache)."),
+    ("sim_model", "model", Optional[str], ("--sim-model",),
+     "Simulation LLM (simulated) or encoder (dense): embedded:…, hub id or path."),
+    ("sim_style", "style", Optional[str], ("--sim-style",),
+     "Simulator prompt: finetuned (released simulators) or prompt (one-shot demo)."),
+    ("backend_url", "backend_urls", Optional[list[str]], ("--backend-url",),
+     "OpenAI-compatible endpoint of the simulation LLM; repeat to load-balance. Unset: in process."),
+    ("backend_model", "backend_model", Optional[str], ("--backend-model",),
+     "Model name to request from the endpoints (default: ask /v1/models)."),
+    ("api_key", "api_key", Optional[str], ("--api-key",),
+     "Bearer key for the endpoints or the remote server."),
+    ("temperature", "temperature", Optional[float], ("--temperature",), "Simulator temperature."),
+    ("max_new_tokens", "max_new_tokens", Optional[int], ("--max-new-tokens",),
+     "Simulator output budget in tokens."),
+    ("timeout", "timeout_s", Optional[float], ("--timeout",), "Per-attempt back-end timeout (s)."),
+    ("max_retries", "max_retries", Optional[int], ("--max-retries",), "Bounded back-end retries."),
+    ("device", "device", Optional[str], ("--device",), "In-process model device (cpu, cuda)."),
+    ("dtype", "dtype", Optional[str], ("--dtype",), "In-process dtype: auto, float32, bfloat16."),
+    ("max_batch_size", "max_batch_size", Optional[int], ("--max-batch-size",),
+     "In-process back end: most requests generated together."),
+    ("seed", "seed", Optional[int], ("--seed",), "Seed for useful/noisy draws and sampling."),
+    ("web_api_key", "web_api_key", Optional[str], ("--web-api-key",),
+     "SerpAPI key (or $SERPAPI_API_KEY)."),
+    ("web_url", "web_url", Optional[str], ("--web-url",), "SerpAPI-compatible endpoint."),
+    ("remote_url", "remote_url", Optional[str], ("--remote-url",),
+     "URL of another zerosearch server (remote engine)."),
+]
+
+
+def engine_config(config_path: str | None, flags: dict[str, Any]) -> EngineConfig:
+    """The ``engine:`` section of ``config_path`` (if any) overridden by the flags that were set."""
+    section: dict[str, Any] = {}
+    if config_path:
+        section = dict(load_yaml(config_path).get("engine") or {})
+    for flag, field_name, *_ in _FLAGS:
+        if flags.get(flag) is not None:
+            section[field_name] = flags[flag]
+    return from_dict(EngineConfig, section, "engine")
+
+
+def with_engine_options(model_alias: bool = False) -> Callable:
+    """Add the engine flags to a typer command; it receives ``engine_cfg: EngineConfig``.
+
+    ``model_alias`` also accepts ``--model`` for the simulator (on ``serve``/``search``, where there
+    is no policy model to confuse it with).
+    """
+
+    def decorate(fn: Callable) -> Callable:
+        signature = inspect.signature(fn)
+        own = [p for p in signature.parameters.values() if p.name != "engine_cfg"]
+        extra = []
+        for flag, _, annotation, names, help_text in _FLAGS:
+            if flag == "sim_model" and model_alias:
+                names = names + ("--model", "-m")
+            extra.append(inspect.Parameter(
+                flag, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
+                default=typer.Option(None, *names, help=help_text, rich_help_panel=_PANEL)))
+
+        @functools.wraps(fn)
+        def wrapper(**kwargs):
+            flags = {name: kwargs.pop(name) for name, *_ in _FLAGS}
+            try:
+                kwargs["engine_cfg"] = engine_config(kwargs.get("config"), flags)
+            except USER_ERRORS as err:
+                fail(err)
+            return fn(**kwargs)
+
+        wrapper.__signature__ = signature.replace(parameters=own + extra)
+        return wrapper
+
+    return decorate

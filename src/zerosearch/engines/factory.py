@@ -1,0 +1,117 @@
+"""The engine configuration (the ``engine:`` section of every YAML config) and the factory.
+
+The same fields are the engine flags of ``zerosearch serve``, ``search``, ``train`` and ``eval``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from zerosearch.engines.base import Engine, EngineError
+
+ENGINE_KINDS = ("simulated", "bm25", "dense", "web", "remote")
+
+
+@dataclass
+class EngineConfig:
+    """Which search engine to use and how to reach it."""
+
+    kind: str = "simulated"
+    """One of simulated, bm25, dense, web, remote."""
+    topk: int = 5
+    """Documents per search (the paper uses 5)."""
+    # -- corpus engines (bm25, dense)
+    corpus: str | None = None
+    """FlashRAG-format JSONL passage corpus (bm25 and dense)."""
+    index_path: str | None = None
+    """Where to save / load the index; default beside the corpus, or the cache if that is read-only."""
+    # -- simulated engine
+    model: str = "embedded:smollm2-135m-instruct"
+    """Simulation LLM (simulated) or encoder (dense: default embedded:minilm when this is unset)."""
+    style: str = "finetuned"
+    """Simulator prompt: ``finetuned`` (released simulators' prompt) or ``prompt`` (one-shot demo)."""
+    backend_urls: list[str] = field(default_factory=list)
+    """OpenAI-compatible endpoints serving the simulation LLM; empty = run it in process."""
+    backend_model: str | None = None
+    """Model name to request from the endpoints; None asks ``/v1/models``."""
+    api_key: str | None = None
+    """Bearer key for the endpoints (or the remote zerosearch server)."""
+    temperature: float = 0.8
+    """Simulator sampling temperature (paper: about 0.8)."""
+    top_p: float = 1.0
+    """Simulator nucleus sampling."""
+    max_new_tokens: int = 256
+    """Simulator output budget (paper: up to 600; five 30-word documents need about 250)."""
+    timeout_s: float = 60.0
+    """Per-attempt timeout for any HTTP back end."""
+    max_retries: int = 3
+    """Bounded retries (exponential backoff with jitter) before a request fails with an error."""
+    device: str = "cpu"
+    """In-process model device (cpu, cuda, cuda:1)."""
+    dtype: str = "auto"
+    """In-process model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."""
+    max_batch_size: int = 32
+    """In-process back end: most requests generated together."""
+    seed: int | None = None
+    """Seed for useful/noisy draws and in-process sampling."""
+    # -- web engine
+    web_api_key: str | None = None
+    """SerpAPI key (or $SERPAPI_API_KEY)."""
+    web_url: str = "https://serpapi.com/search.json"
+    """SerpAPI-compatible endpoint."""
+    # -- remote engine
+    remote_url: str | None = None
+    """Base URL of another ``zerosearch serve``."""
+
+    def __post_init__(self) -> None:
+        if self.kind not in ENGINE_KINDS:
+            raise EngineError(f"unknown engine {self.kind!r}; choose one of {', '.join(ENGINE_KINDS)}")
+        if not 1 <= self.topk <= 50:
+            raise EngineError(f"topk must be between 1 and 50, got {self.topk}")
+        if self.kind in ("bm25", "dense") and not self.corpus:
+            raise EngineError(f"the {self.kind} engine needs a corpus: pass --corpus PATH "
+                              "(FlashRAG JSONL, e.g. ../shared/data/corpus/wiki_passages.jsonl)")
+        if self.kind == "remote" and not self.remote_url:
+            raise EngineError("the remote engine needs --remote-url http://HOST:PORT")
+
+
+def build_llm_backend(cfg: EngineConfig):
+    """The chat back end for a simulated engine: HTTP endpoints if given, else in process."""
+    from zerosearch.llm.openai_backend import OpenAIBackend
+
+    if cfg.backend_urls:
+        return OpenAIBackend(cfg.backend_urls, model=cfg.backend_model, api_key=cfg.api_key,
+                             timeout_s=cfg.timeout_s, max_retries=cfg.max_retries)
+    from zerosearch.llm.transformers_backend import TransformersBackend
+
+    return TransformersBackend(cfg.model, device=cfg.device, dtype=cfg.dtype,
+                               max_batch_size=cfg.max_batch_size, timeout_s=max(cfg.timeout_s, 1),
+                               seed=cfg.seed)
+
+
+def build_engine(cfg: EngineConfig, log=print) -> Engine:
+    """Make the engine ``cfg`` describes (loads models and indexes; may take a while)."""
+    if cfg.kind == "bm25":
+        from zerosearch.engines.bm25 import BM25Engine
+
+        return BM25Engine(cfg.corpus, cfg.index_path, log=log)
+    if cfg.kind == "dense":
+        from zerosearch.engines.dense import DenseEngine
+
+        encoder = cfg.model if cfg.model != EngineConfig.model else "embedded:minilm"
+        return DenseEngine(cfg.corpus, encoder, cfg.index_path, device=cfg.device, log=log)
+    if cfg.kind == "simulated":
+        from zerosearch.engines.simulated import SimulatedEngine
+        from zerosearch.llm.base import GenerationParams
+
+        params = GenerationParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
+        return SimulatedEngine(build_llm_backend(cfg), cfg.style, params, cfg.seed)
+    if cfg.kind == "web":
+        from zerosearch.engines.web import WebEngine
+
+        return WebEngine(cfg.web_api_key, cfg.web_url, timeout_s=cfg.timeout_s,
+                         max_retries=cfg.max_retries)
+    from zerosearch.engines.remote import RemoteEngine
+
+    return RemoteEngine(cfg.remote_url, cfg.api_key, timeout_s=cfg.timeout_s,
+                        max_retries=cfg.max_retries)

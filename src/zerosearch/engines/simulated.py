@@ -1,0 +1,82 @@
+"""The simulated search engine: a simulation LLM writes useful or noisy documents on demand.
+
+Each request draws its mode (forced, or noisy with the request's ``noise_prob``, the curriculum's
+value), is turned into the fine-tuned simulator prompt (byte-exact with the released simulators) or
+the prompt-based one (an instruct model with a one-shot demo), and the model's output is parsed into
+at most top-k documents. Fewer than top-k is reported as a shortfall; none at all, or a back-end
+failure, is an error on the result, never a silent empty answer.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+
+from typing import Any, Sequence
+
+from zerosearch.engines.base import Document, SearchRequest, SearchResult, draw_mode, failed
+from zerosearch.llm.base import GenerationParams, LLMBackend
+from zerosearch.protocol import finetuned_sim_messages, parse_documents, prompt_sim_messages
+
+STYLES = ("finetuned", "prompt")
+
+
+class SimulatedEngine:
+    """Documents written by a simulation LLM behind any :class:`LLMBackend`."""
+
+    name = "simulated"
+
+    def __init__(self, backend: LLMBackend, style: str = "finetuned",
+                 params: GenerationParams | None = None, seed: int | None = None,
+                 template: str | None = None):
+        if style not in STYLES:
+            raise ValueError(f"unknown simulator style {style!r}; choose one of {', '.join(STYLES)}")
+        self.backend, self.style = backend, style
+        self.params = params or GenerationParams()
+        self.template = template
+        self._rng = random.Random(seed)
+        self._rng_lock = threading.Lock()
+
+    def messages(self, request: SearchRequest, mode: str) -> list[dict[str, str]]:
+        """The chat messages sent to the simulation LLM for ``request`` in ``mode``."""
+        if self.style == "finetuned":
+            return finetuned_sim_messages(request.query, request.question, request.golden_answers,
+                                          mode, request.topk, self.template)
+        return prompt_sim_messages(request.query, request.question, request.golden_answers, mode,
+                                   request.topk)
+
+    def search(self, requests: Sequence[SearchRequest]) -> list[SearchResult]:
+        if not requests:
+            return []
+        with self._rng_lock:
+            modes = [draw_mode(r, self._rng) for r in requests]
+        completions = self.backend.chat([self.messages(r, m) for r, m in zip(requests, modes)],
+                                        self.params)
+        results = []
+        for request, mode, completion in zip(requests, modes, completions):
+            if completion.text is None:
+                results.append(failed(request, self.name, completion.error or "no completion",
+                                      completion.error_kind or "internal", mode=mode,
+                                      latency_s=completion.latency_s, retries=completion.retries))
+                continue
+            docs = parse_documents(completion.text, request.topk)
+            if not docs:
+                results.append(failed(request, self.name,
+                                      f"simulator output held no documents: {completion.text[:200]!r}",
+                                      "bad_output", mode=mode, latency_s=completion.latency_s,
+                                      retries=completion.retries))
+                continue
+            results.append(SearchResult(
+                query=request.query, documents=[Document(text=d) for d in docs], engine=self.name,
+                topk=request.topk, mode=mode, latency_s=completion.latency_s,
+                retries=completion.retries, row_id=request.row_id))
+        return results
+
+    def describe(self) -> dict[str, Any]:
+        return {"engine": self.name, "style": self.style, **self.backend.describe(),
+                "max_new_tokens": self.params.max_new_tokens, "temperature": self.params.temperature}
+
+    def close(self) -> None:
+        self.backend.close()
+
+
