@@ -87,7 +87,8 @@ class OpenAIBackend:
             try:
                 model = self._model_name()
             except (httpx.HTTPError, KeyError, IndexError, ValueError) as err:
-                last_error, kind = f"cannot list models: {err!r}", "unavailable"
+                last_error, kind = (f"cannot list the served models ({err!r}); pass the model name "
+                                    "with --backend-model"), "unavailable"
                 continue
             url = self._pick()
             failed = True

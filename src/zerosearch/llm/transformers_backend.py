@@ -146,5 +146,8 @@ class TransformersBackend:
                 "max_batch_size": self.max_batch_size}
 
     def close(self) -> None:
+        """Stop the worker and wait for it (a live torch thread at interpreter exit aborts it)."""
         self._stop.set()
         self._queue.put(None)
+        if self._worker is not threading.current_thread():
+            self._worker.join(timeout=self.timeout_s)

@@ -1,0 +1,57 @@
+"""The command line as a user types it (real processes, plain output when piped)."""
+
+import subprocess
+import sys
+
+
+def zs(*args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "zerosearch.cli", *args], capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def test_help_lists_commands():
+    r = zs("--help")
+    assert r.returncode == 0 and "search" in r.stdout and "serve" in r.stdout
+
+
+def test_search_prints_doc_lines(tiny_corpus):
+    r = zs("search", "capital of Germany", "--engine", "bm25", "--corpus", str(tiny_corpus), "-k", "2")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.strip().splitlines()
+    assert lines[0].startswith("Doc 1: (Title: Berlin) Berlin is the capital") and lines[1].startswith("Doc 2: ")
+
+
+def test_search_json_and_shortfall(tiny_corpus):
+    import json
+
+    r = zs("search", "xylophone", "--engine", "bm25", "--corpus", str(tiny_corpus), "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["shortfall"] == 5
+    assert "0 of 5 documents returned" in r.stderr
+
+
+def test_user_mistakes_are_one_line_errors(tiny_corpus, tmp_path):
+    cases = [
+        (["search", "q", "--engine", "bm25"], "needs a corpus"),
+        (["search", "q", "--engine", "google"], "unknown engine 'google'"),
+        (["search", "q", "--engine", "bm25", "--corpus", str(tmp_path / "no.jsonl")], "corpus not found"),
+        (["search", "q", "--model", "embedded:nope"], "unknown embedded model"),
+        (["search", "", "--engine", "bm25", "--corpus", str(tiny_corpus)], "query is empty"),
+        (["search", "q", "--mode", "sometimes"], "mode must be one of"),
+    ]
+    bad_yaml = tmp_path / "c.yaml"
+    bad_yaml.write_text("engine:\n  kind: bm25\n  corpuss: x\n")
+    cases.append((["search", "q", "--config", str(bad_yaml)], "unknown key(s) corpuss"))
+    for args, message in cases:
+        r = zs(*args)
+        assert r.returncode == 2, (args, r.stderr)
+        assert message in " ".join(r.stderr.split()), (args, r.stderr)
+        assert "Traceback" not in r.stderr
+
+
+def test_config_file_and_flags_merge(tiny_corpus, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"engine:\n  kind: bm25\n  corpus: {tiny_corpus}\n  topk: 1\n")
+    r = zs("search", "capital", "--config", str(cfg))
+    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 1
+    r = zs("search", "capital", "--config", str(cfg), "--topk", "2")
+    assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 2

@@ -1,0 +1,43 @@
+"""Config mapping errors name the problem; the model resolver explains what exists."""
+
+import pytest
+
+from zerosearch.config import ConfigError, from_dict
+from zerosearch.engines.factory import EngineConfig
+from zerosearch.models import ModelNotFoundError, resolve_model
+
+
+def test_engine_config_from_dict_rejects_unknown_keys_and_types():
+    cfg = from_dict(EngineConfig, {"kind": "bm25", "corpus": "c.jsonl", "topk": 3,
+                                   "temperature": 1, "backend_urls": ["http://a"]})
+    assert (cfg.kind, cfg.topk, cfg.temperature, cfg.backend_urls) == ("bm25", 3, 1.0, ["http://a"])
+    with pytest.raises(ConfigError, match="unknown key.*topkk"):
+        from_dict(EngineConfig, {"topkk": 3})
+    with pytest.raises(ConfigError, match="topk: expected int"):
+        from_dict(EngineConfig, {"topk": "five"})
+    with pytest.raises(ConfigError, match="needs a corpus"):
+        from_dict(EngineConfig, {"kind": "bm25"})
+    with pytest.raises(ConfigError, match="unknown engine 'google'"):
+        from_dict(EngineConfig, {"kind": "google"})
+
+
+def test_resolver_errors_and_passthrough(tmp_path):
+    with pytest.raises(ModelNotFoundError, match="embedded:tiny-random"):
+        resolve_model("embedded:gpt5")
+    with pytest.raises(ModelNotFoundError, match="cannot resolve"):
+        resolve_model("not a model")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelNotFoundError, match="not a model directory"):
+        resolve_model(str(tmp_path / "empty"))
+    assert resolve_model("Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"
+    assert resolve_model("embedded:minilm").endswith("model")
+
+
+def test_tiny_model_loads_with_the_smollm2_tokenizer(tiny_model):
+    from transformers import AutoConfig, AutoTokenizer
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    assert config.num_hidden_layers == 2 and config.vocab_size == len(tok) == 49152
+    assert "<|im_start|>" in tok.apply_chat_template([{"role": "user", "content": "hi"}],
+                                                     tokenize=False)

@@ -1,0 +1,178 @@
+"""Every engine behind the one interface: real BM25, dense and simulated engines; web against a
+local fake SerpAPI; the OpenAI back end against dead and silent ports (bounded, never hangs)."""
+
+import json
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from zerosearch.corpus import read_meta
+from zerosearch.engines import EngineConfig, EngineError, SearchRequest, build_engine
+from zerosearch.engines.bm25 import BM25Engine
+from zerosearch.engines.simulated import SimulatedEngine
+from zerosearch.llm.base import Completion, GenerationParams
+from zerosearch.llm.openai_backend import OpenAIBackend
+
+
+def test_bm25_builds_saves_reloads_and_rebuilds(tiny_corpus):
+    logs = []
+    engine = BM25Engine(tiny_corpus, log=logs.append)
+    index = tiny_corpus.with_name(tiny_corpus.name + ".bm25s")
+    assert len(logs) == 1 and read_meta(index)["size"] == 5
+    results = engine.search([SearchRequest("who wrote origin of species", topk=2, row_id=7),
+                             SearchRequest("capital of Germany", topk=1),
+                             SearchRequest("xylophone quasar", topk=3)])
+    assert results[0].documents[0].title == "Charles Darwin" and results[0].row_id == 7
+    assert results[1].documents[0].id == "p2" and len(results[1].documents) == 1
+    # nothing matches: reported as a shortfall, not an error and not filler documents
+    assert results[2].documents == [] and results[2].shortfall == 3 and results[2].ok
+    BM25Engine(tiny_corpus, log=logs.append)
+    assert len(logs) == 1, "a saved index must be reloaded, not rebuilt"
+    with open(tiny_corpus, "a") as f:
+        f.write(json.dumps({"id": "p6", "contents": '"Tokyo"\nTokyo is the capital of Japan.'}) + "\n")
+    engine = BM25Engine(tiny_corpus, log=logs.append)
+    assert len(logs) == 2, "a changed corpus must be re-indexed"
+    assert engine.search([SearchRequest("capital of Japan", topk=1)])[0].documents[0].id == "p6"
+
+
+def test_bm25_on_the_shared_corpus_finds_gold_passages(shared_corpus, tmp_path):
+    engine = build_engine(EngineConfig(kind="bm25", corpus=str(shared_corpus),
+                                       index_path=str(tmp_path / "idx")), log=lambda m: None)
+    result = engine.search([SearchRequest("On the Origin of Species author", topk=5)])[0]
+    assert any("Darwin" in d.text for d in result.documents)
+
+
+def test_dense_engine_on_a_tiny_corpus(tiny_corpus):
+    engine = build_engine(EngineConfig(kind="dense", corpus=str(tiny_corpus)), log=lambda m: None)
+    result = engine.search([SearchRequest("tallest peak in the world", topk=2)])[0]
+    assert result.documents[0].title == "Mount Everest" and len(result.documents) == 2
+
+
+class _ScriptedBackend:
+    """Stands in for an LLM whose outputs we choose, to test parsing and error paths."""
+
+    def __init__(self, outputs):
+        self.outputs, self.seen = outputs, []
+
+    def chat(self, conversations, params):
+        self.seen.extend(conversations)
+        return [self.outputs[i % len(self.outputs)] for i in range(len(conversations))]
+
+    def describe(self):
+        return {"backend": "scripted"}
+
+    def close(self):
+        pass
+
+
+def test_simulated_engine_modes_rows_and_shortfalls():
+    backend = _ScriptedBackend([Completion("Doc 1: a\nDoc 2: b"), Completion("nothing useful"),
+                                Completion(None, "boom", "unavailable", retries=3)])
+    engine = SimulatedEngine(backend, seed=0)
+    reqs = [SearchRequest("q1", "Q1?", ["A1"], topk=2, noise_prob=0.0, row_id=0),
+            SearchRequest("q2", "Q2?", ["A2"], topk=3, noise_prob=1.0, row_id=1),
+            SearchRequest("q3", "Q3?", ["A3"], topk=2, mode="useful", row_id=2)]
+    r = engine.search(reqs)
+    assert [x.mode for x in r] == ["useful", "noisy", "useful"]
+    assert [x.row_id for x in r] == [0, 1, 2]
+    assert [d.text for d in r[0].documents] == ["a", "b"] and r[0].shortfall == 0
+    # "nothing useful" parses as one document: reported as 2 short of the 3 asked
+    assert r[1].shortfall == 2 and r[1].ok
+    assert r[2].error_kind == "unavailable" and r[2].retries == 3 and not r[2].documents
+    # each prompt carries its own row's question and answer (the public code mixed rows up)
+    assert '"Q2?" whose answer is A2' in backend.seen[1][1]["content"]
+    assert "generate three noisy documents" in backend.seen[1][1]["content"]
+    assert SimulatedEngine(_ScriptedBackend([Completion("")])).search(
+        [SearchRequest("q")])[0].error_kind == "bad_output"
+
+
+def test_noise_probability_is_honoured_statistically():
+    engine = SimulatedEngine(_ScriptedBackend([Completion("Doc 1: x")]), seed=1)
+    results = engine.search([SearchRequest(f"q{i}", noise_prob=0.3) for i in range(400)])
+    noisy = sum(r.mode == "noisy" for r in results)
+    assert 90 <= noisy <= 150  # 120 expected; ~4.9 standard deviations either side
+
+
+def test_simulated_engine_with_the_tiny_model_in_process(tiny_model):
+    engine = build_engine(EngineConfig(kind="simulated", model="embedded:tiny-random",
+                                       max_new_tokens=12, seed=0))
+    try:
+        results = engine.search([SearchRequest(f"query {i}", "Q?", ["A"], topk=3, row_id=i)
+                                 for i in range(4)])
+    finally:
+        engine.close()
+    assert len(results) == 4 and [r.row_id for r in results] == [0, 1, 2, 3]
+    for r in results:  # a random model writes junk; whatever it wrote is accounted for
+        assert (r.error_kind == "bad_output") if r.error else (len(r.documents) + r.shortfall == 3)
+
+
+def _dead_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]  # closed again: connections are refused
+
+
+def test_openai_backend_gives_up_on_a_dead_endpoint_quickly():
+    backend = OpenAIBackend([f"http://127.0.0.1:{_dead_port()}/v1"], model="m", timeout_s=2,
+                            max_retries=2, backoff_s=0.05)
+    started = time.monotonic()
+    [c] = backend.chat([[{"role": "user", "content": "hi"}]], GenerationParams())
+    assert c.text is None and c.error_kind == "unavailable" and c.retries == 2
+    assert "gave up after 2 retries" in c.error and time.monotonic() - started < 5
+
+
+def test_openai_backend_times_out_on_a_silent_endpoint():
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)  # accepts connections, never answers
+    try:
+        backend = OpenAIBackend([f"http://127.0.0.1:{silent.getsockname()[1]}"], model="m",
+                                timeout_s=0.5, max_retries=1, backoff_s=0.05)
+        started = time.monotonic()
+        [c] = backend.chat([[{"role": "user", "content": "hi"}]], GenerationParams())
+        assert c.error_kind == "timeout" and time.monotonic() - started < 4
+    finally:
+        silent.close()
+
+
+class _FakeSerpAPI(BaseHTTPRequestHandler):
+    def do_GET(self):
+        from urllib.parse import parse_qs, urlparse
+
+        q = parse_qs(urlparse(self.path).query)
+        if q.get("api_key") != ["good"]:
+            self.send_response(401)
+            self.end_headers()
+            return
+        body = {"organic_results": [{"title": f"T{i}", "snippet": f"{q['q'][0]} snippet {i}",
+                                     "link": f"http://x/{i}"} for i in range(10)]}
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_web_engine_against_a_local_fake(monkeypatch):
+    monkeypatch.delenv("SERPAPI_API_KEY", raising=False)
+    with pytest.raises(EngineError, match="SERPAPI_API_KEY"):
+        build_engine(EngineConfig(kind="web"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeSerpAPI)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/search.json"
+    try:
+        engine = build_engine(EngineConfig(kind="web", web_api_key="good", web_url=url))
+        [r] = engine.search([SearchRequest("eiffel", topk=3)])
+        assert [d.title for d in r.documents] == ["T0", "T1", "T2"] and r.documents[0].text == "eiffel snippet 0"
+        bad = build_engine(EngineConfig(kind="web", web_api_key="bad", web_url=url))
+        [r] = bad.search([SearchRequest("eiffel")])
+        assert r.error_kind == "bad_request" and "API key" in r.error
+    finally:
+        server.shutdown()
