@@ -42,6 +42,8 @@ class HFGenerator:
 
     def generate(self, contexts: Sequence[list[int]], max_new_tokens: int, temperature: float,
                  top_p: float) -> list[Generation]:
+        if not contexts:
+            return []
         was_training = self.model.training
         self.model.eval()
         try:

@@ -192,9 +192,11 @@ def run_rollouts(rows: Sequence[Row], generator: PolicyGenerator, tokenizer, eng
     trajs = [Trajectory(row=r, prompt_ids=encode_prompt(tokenizer, r.question, cfg)) for r in rows]
     max_turns = cfg.max_turns if engine is not None else 0
     invalid_ids = tokenizer(INVALID_ACTION_MESSAGE, add_special_tokens=False)["input_ids"]
+    # A lockstep generator (vLLM server mode) must be called every turn by every process.
+    lockstep = getattr(generator, "lockstep", False)
     for turn in range(max_turns + 1):
         active = [t for t in trajs if not t.done]
-        if not active:
+        if not active and not lockstep:
             break
         final = turn == max_turns
         budgets = [min(cfg.max_turn_tokens, cfg.max_completion_tokens - len(t.completion_ids))
@@ -203,12 +205,12 @@ def run_rollouts(rows: Sequence[Row], generator: PolicyGenerator, tokenizer, eng
             if b <= 0:
                 t.done, t.truncated = True, "completion_budget"
         active = [t for t, b in zip(active, budgets) if b > 0]
-        if not active:
+        if not active and not lockstep:
             break
         started = time.perf_counter()
         outputs = generator.generate([t.prompt_ids + t.completion_ids for t in active],
-                                     max(min(cfg.max_turn_tokens, cfg.max_completion_tokens
-                                             - len(t.completion_ids)) for t in active),
+                                     max([min(cfg.max_turn_tokens, cfg.max_completion_tokens
+                                              - len(t.completion_ids)) for t in active] or [1]),
                                      cfg.temperature, cfg.top_p)
         timings.generation_s += time.perf_counter() - started
         searches: list[tuple[Trajectory, SearchRequest]] = []

@@ -1,0 +1,83 @@
+"""QA datasets as :class:`~zerosearch.rollout.Row` lists, from any of the layouts users have.
+
+- FlashRAG JSONL: ``{"id", "question", "golden_answers"}`` per line (a file, or a folder holding
+  ``<split>.jsonl``);
+- the ZeroSearch / Search-R1 parquet layout: ``prompt`` (chat messages ending in ``Question: …``)
+  and ``reward_model.ground_truth.target``, or plain ``question`` / ``golden_answers`` columns;
+- a hub id (``org/name``), through ``datasets.load_dataset`` when online.
+
+Every row keeps an id (the file's, or its line number), so results can be joined back to it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from zerosearch.rollout import Row
+
+_QUESTION_RE = re.compile(r"Question:\s*(.*?)\s*$", re.DOTALL)
+
+
+def _row_from_record(rec: dict[str, Any], index: int, where: str) -> Row:
+    question = rec.get("question")
+    answers = rec.get("golden_answers", rec.get("answers", rec.get("answer")))
+    if question is None and "prompt" in rec:  # Search-R1 / ZeroSearch parquet
+        prompt = rec["prompt"]
+        content = prompt[-1]["content"] if isinstance(prompt, (list, tuple)) else str(prompt)
+        match = _QUESTION_RE.search(content)
+        question = match.group(1) if match else content
+    if answers is None and isinstance(rec.get("reward_model"), dict):
+        truth = rec["reward_model"].get("ground_truth", {})
+        answers = truth.get("target") if isinstance(truth, dict) else truth
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError(f"{where}: row {index} has no question")
+    if isinstance(answers, str):
+        answers = [answers]
+    if answers is None or not len(answers):
+        raise ValueError(f"{where}: row {index} has no gold answers")
+    ident = rec.get("id", (rec.get("extra_info") or {}).get("index", index) if isinstance(
+        rec.get("extra_info"), dict) else index)
+    return Row(question.strip(), [str(a) for a in answers], str(ident))
+
+
+def load_qa(source: str | Path, split: str = "train", limit: int | None = None) -> list[Row]:
+    """Load QA rows from a file, a folder (``<split>.jsonl`` / ``<split>.parquet``) or a hub id."""
+    path = Path(str(source)).expanduser()
+    if path.is_dir():
+        for candidate in (path / f"{split}.jsonl", path / f"{split}.parquet"):
+            if candidate.exists():
+                path = candidate
+                break
+        else:
+            present = sorted(p.name for p in path.iterdir() if p.suffix in (".jsonl", ".parquet"))
+            raise FileNotFoundError(f"no {split}.jsonl or {split}.parquet in {path} "
+                                    f"(found: {', '.join(present) or 'nothing'})")
+    records: list[dict[str, Any]]
+    if path.is_file():
+        if path.suffix == ".parquet":
+            import pandas as pd
+
+            records = pd.read_parquet(path).to_dict("records")
+        else:
+            records = []
+            with open(path, encoding="utf-8") as handle:
+                for lineno, line in enumerate(handle, start=1):
+                    if line.strip():
+                        try:
+                            records.append(json.loads(line))
+                        except json.JSONDecodeError as err:
+                            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
+                    if limit and len(records) >= limit:
+                        break
+    elif re.match(r"^[\w.-]+/[\w.-]+$", str(source)) and not str(source).startswith("."):
+        import datasets
+
+        records = list(datasets.load_dataset(str(source), split=split))
+    else:
+        raise FileNotFoundError(f"QA data not found: {source} (a FlashRAG .jsonl file, a folder "
+                                "with <split>.jsonl, a parquet file, or a hub id)")
+    rows = [_row_from_record(rec, i, str(path)) for i, rec in enumerate(records)]
+    return rows[:limit] if limit else rows

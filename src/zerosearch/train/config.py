@@ -1,0 +1,168 @@
+"""The RL training configuration: one dataclass per section, each field documented, mapped one to
+one onto the YAML presets in ``configs/`` (sections ``model``, ``data``, ``engine``, ``rollout``,
+``curriculum``, ``algorithm``, ``training``). Unknown keys fail before anything is loaded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from zerosearch.config import ConfigError, from_dict, load_yaml
+from zerosearch.curriculum import CurriculumConfig
+from zerosearch.engines.factory import EngineConfig
+from zerosearch.rollout import RolloutConfig
+
+ALGORITHMS = ("grpo", "reinforce++", "ppo")
+
+
+@dataclass
+class ModelConfig:
+    """The policy."""
+
+    name: str = "embedded:smollm2-135m-instruct"
+    """Policy model: embedded:…, hub id or local path."""
+    dtype: str = "auto"
+    """auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16."""
+    lora: bool = False
+    """Train LoRA adapters instead of all weights (peft)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling."""
+    lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """Modules that get adapters."""
+    gradient_checkpointing: bool = False
+    """Trade compute for memory in the backward pass."""
+
+
+@dataclass
+class DataConfig:
+    """Training questions."""
+
+    train: str = "../shared/data/qa/train/hotpot_2wiki.jsonl"
+    """FlashRAG JSONL file or folder, ZeroSearch/Search-R1 parquet, or a hub id (online)."""
+    limit: int | None = None
+    """Use only the first N questions (quick runs)."""
+    shuffle_seed: int = 0
+    """Order of the questions (the sampler reshuffles each epoch with the training seed)."""
+
+
+@dataclass
+class AlgorithmConfig:
+    """The RL algorithm and its loss."""
+
+    name: str = "grpo"
+    """grpo, reinforce++ or ppo."""
+    loss_type: str = "grpo"
+    """TRL loss aggregation for the policy term: grpo, dr_grpo, bnpo, dapo…"""
+    num_generations: int = 5
+    """Samples per question (the GRPO group; paper: 5). reinforce++/ppo use it as rollouts per question."""
+    beta: float = 0.001
+    """KL coefficient to the frozen reference (paper: 0.001). grpo: in the loss (k3 = low_var_kl);
+    reinforce++/ppo: folded into the token rewards (k1), as those algorithms define it."""
+    scale_rewards: str = "group"
+    """grpo: group, batch or none."""
+    epsilon: float = 0.2
+    """Clip range of the policy ratio."""
+    gamma: float = 1.0
+    """Discount (reinforce++ returns, ppo GAE)."""
+    lam: float = 1.0
+    """GAE lambda (ppo)."""
+    value_learning_rate: float = 1e-5
+    """ppo: critic learning rate."""
+    value_clip: float = 0.5
+    """ppo: clip range of the value update."""
+    value_epochs: int = 1
+    """ppo: critic passes over each batch."""
+    reward: str = "f1"
+    """f1 (paper), em or cover_em."""
+
+
+@dataclass
+class TrainingConfig:
+    """Optimisation, checkpoints and logging."""
+
+    output_dir: str = "runs/train"
+    """Checkpoints, metrics.jsonl, TensorBoard logs."""
+    max_steps: int = 203
+    """Optimizer steps (paper: 203). The curriculum spans these steps."""
+    prompts_per_step: int = 64
+    """Questions per step (paper: 64); each gets num_generations rollouts."""
+    micro_batch_size: int = 16
+    """Rollouts per forward/backward pass (gradient accumulation fills the step)."""
+    learning_rate: float = 1e-6
+    """Policy learning rate (paper: 1e-6)."""
+    warmup_ratio: float = 0.0
+    """Linear warm-up: a fraction of max_steps (< 1) or a number of steps."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping."""
+    seed: int = 0
+    """Seed for sampling, data order, noise draws."""
+    save_steps: int = 50
+    """Checkpoint every N steps (and at the end)."""
+    save_total_limit: int | None = 3
+    """Keep at most this many checkpoints."""
+    logging_steps: int = 1
+    """Log metrics every N steps."""
+    report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
+    """tensorboard, wandb, trackio, or [] (metrics.jsonl is always written)."""
+    bf16: bool = False
+    """bf16 mixed precision (GPU)."""
+    use_vllm: bool = False
+    """Generate rollouts with TRL's vLLM integration."""
+    vllm_mode: str = "colocate"
+    """colocate (same GPUs) or server (trl vllm-serve)."""
+    vllm_server_base_url: str | None = None
+    """URL of `trl vllm-serve` in server mode."""
+    vllm_gpu_memory_utilization: float = 0.3
+    """colocate: GPU memory fraction for vLLM."""
+    generation_batch_size: int = 64
+    """HF generate: most rows decoded together."""
+    log_completions: bool = False
+    """Print sample completions each logging step."""
+
+
+@dataclass
+class TrainConfig:
+    """Everything ``zerosearch train`` needs."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
+    algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def validate(self) -> None:
+        """Checks that need more than one section; raise ConfigError naming the problem."""
+        a, t = self.algorithm, self.training
+        if a.name not in ALGORITHMS:
+            raise ConfigError(f"algorithm.name {a.name!r} is not one of {', '.join(ALGORITHMS)}")
+        if a.reward not in ("f1", "em", "cover_em"):
+            raise ConfigError(f"algorithm.reward {a.reward!r} is not one of f1, em, cover_em")
+        if a.num_generations < 1 or (a.name == "grpo" and a.num_generations < 2):
+            raise ConfigError("algorithm.num_generations must be >= 2 for grpo (a group) and >= 1 otherwise")
+        if t.max_steps < 1:
+            raise ConfigError("training.max_steps must be >= 1")
+        rollouts = t.prompts_per_step * a.num_generations
+        if rollouts % t.micro_batch_size:
+            raise ConfigError(f"training.micro_batch_size ({t.micro_batch_size}) must divide "
+                              f"prompts_per_step x num_generations ({rollouts})")
+        if self.rollout.topk != self.engine.topk:
+            self.rollout.topk = self.engine.topk
+
+
+def load_train_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
+    """Read a YAML preset (or defaults), apply ``{section: {field: value}}`` overrides, validate."""
+    data: dict[str, Any] = load_yaml(path) if path else {}
+    for section, values in (overrides or {}).items():
+        data.setdefault(section, {})
+        if not isinstance(data[section], dict):
+            raise ConfigError(f"section {section!r} must be a mapping")
+        data[section].update({k: v for k, v in values.items() if v is not None})
+    cfg = from_dict(TrainConfig, data)
+    cfg.validate()
+    return cfg

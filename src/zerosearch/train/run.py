@@ -1,0 +1,166 @@
+"""Build and run a ZeroSearch training job from a :class:`TrainConfig`.
+
+Order matters for users: everything that can be wrong (config keys, the dataset, the model name, an
+unreachable engine) is checked before the first step, with a message that names the problem. Then
+TRL trains; metrics go to ``<output_dir>/metrics.jsonl`` (always) and TensorBoard (by default);
+checkpoints every ``save_steps`` and at the end; ``resume=True`` continues from the last checkpoint
+with the same step, curriculum position, optimizer and RNG state.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict
+from pathlib import Path
+from typing import Callable
+
+import yaml
+from transformers import TrainerCallback
+
+from zerosearch.config import ConfigError
+from zerosearch.engines.base import EngineError, SearchRequest
+from zerosearch.engines.factory import build_engine
+from zerosearch.models import resolve_model
+from zerosearch.protocol import STOP_STRINGS
+from zerosearch.qa import load_qa
+from zerosearch.train.config import TrainConfig
+from zerosearch.train.trainer import StepTimer, ZeroSearchTrainer, make_reward_func
+
+
+class MetricsCallback(TrainerCallback):
+    """Appends every log record to ``metrics.jsonl``, splits step time, drives the progress display."""
+
+    def __init__(self, path: Path, on_progress: Callable[[int, int, dict], None] | None = None):
+        self.path, self.on_progress, self.timer = path, on_progress, None
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.timer:
+            self.timer.on_step_begin()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.timer:
+            self.timer.on_step_end()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        record = {"step": state.global_step, **{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                                                 for k, v in logs.items()}}
+        with open(self.path, "a") as handle:
+            handle.write(json.dumps(record) + "\n")
+        if self.on_progress:
+            self.on_progress(state.global_step, state.max_steps, record)
+
+
+def check_engine(engine, kind: str) -> None:
+    """One real search before training, so an unreachable engine fails now, not at step 1."""
+    [result] = engine.search([SearchRequest("connectivity check", question="Is the engine up?",
+                                            golden_answers=["yes"], topk=1, mode="useful")])
+    if result.error and result.error_kind in ("unavailable", "timeout", "bad_request"):
+        raise EngineError(f"the {kind} engine is not usable: {result.error}")
+
+
+def build_trainer(cfg: TrainConfig, log=print,
+                  on_progress: Callable[[int, int, dict], None] | None = None) -> ZeroSearchTrainer:
+    """Everything up to (not including) ``trainer.train()``."""
+    import torch
+    from accelerate import PartialState
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForTokenClassification, AutoTokenizer
+    from trl import GRPOConfig
+
+    cfg.validate()
+    t, a, r = cfg.training, cfg.algorithm, cfg.rollout
+    rows = load_qa(cfg.data.train, limit=cfg.data.limit)
+    if len(rows) < t.prompts_per_step:
+        raise ConfigError(f"{cfg.data.train} has {len(rows)} questions; a step needs "
+                          f"prompts_per_step = {t.prompts_per_step}")
+    policy = resolve_model(cfg.model.name)
+    engine = build_engine(cfg.engine, log=log)
+    check_engine(engine, cfg.engine.kind)
+
+    world = PartialState().num_processes
+    rollouts = t.prompts_per_step * a.num_generations
+    if rollouts % (t.micro_batch_size * world):
+        raise ConfigError(f"prompts_per_step x num_generations ({rollouts}) must be a multiple of "
+                          f"micro_batch_size x processes ({t.micro_batch_size} x {world})")
+    accumulation = rollouts // (t.micro_batch_size * world)
+    use_cuda = torch.cuda.is_available()
+    dtype = {"auto": torch.bfloat16 if use_cuda else torch.float32, "float32": torch.float32,
+             "bfloat16": torch.bfloat16}[cfg.model.dtype]
+    tokenizer = AutoTokenizer.from_pretrained(policy)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model = AutoModelForCausalLM.from_pretrained(policy, dtype=dtype)
+    peft_config = None
+    if cfg.model.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha,
+                                 target_modules=cfg.model.lora_target_modules, task_type="CAUSAL_LM")
+    value_model = None
+    if a.name == "ppo":
+        value_model = AutoModelForTokenClassification.from_pretrained(policy, num_labels=1, dtype=dtype)
+        value_model.config.pad_token_id = tokenizer.pad_token_id
+
+    args = GRPOConfig(
+        output_dir=t.output_dir, max_steps=t.max_steps, learning_rate=t.learning_rate,
+        lr_scheduler_type="constant_with_warmup" if t.warmup_ratio else "constant",
+        warmup_steps=t.warmup_ratio, max_grad_norm=t.max_grad_norm, seed=t.seed,
+        per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=accumulation,
+        steps_per_generation=accumulation, num_iterations=1, num_generations=a.num_generations,
+        max_completion_length=r.max_completion_tokens, temperature=max(r.temperature, 1e-5),
+        top_p=r.top_p, beta=a.beta, epsilon=a.epsilon, loss_type=a.loss_type,
+        scale_rewards=a.scale_rewards, mask_truncated_completions=False,
+        save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
+        logging_steps=t.logging_steps, report_to=t.report_to, bf16=t.bf16 and use_cuda,
+        gradient_checkpointing=cfg.model.gradient_checkpointing, remove_unused_columns=False,
+        disable_tqdm=on_progress is not None, log_completions=t.log_completions,
+        use_vllm=t.use_vllm, vllm_mode=t.vllm_mode, vllm_server_base_url=t.vllm_server_base_url,
+        vllm_gpu_memory_utilization=t.vllm_gpu_memory_utilization,
+        generation_kwargs={"stop": list(STOP_STRINGS), "include_stop_str_in_output": True}
+        if t.use_vllm else None,
+        dataloader_num_workers=0, shuffle_dataset=True,
+    )
+    dataset = Dataset.from_list([{"prompt": row.question, "question": row.question,
+                                  "golden_answers": row.golden_answers, "id": str(row.id)}
+                                 for row in rows]).shuffle(seed=cfg.data.shuffle_seed)
+    os.makedirs(t.output_dir, exist_ok=True)
+    Path(t.output_dir, "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
+    callback = MetricsCallback(Path(t.output_dir) / "metrics.jsonl", on_progress)
+    trainer = ZeroSearchTrainer(
+        model=model, reward_funcs=[make_reward_func(a.reward)], args=args, train_dataset=dataset,
+        processing_class=tokenizer, peft_config=peft_config, callbacks=[callback],
+        zs_config=cfg, engine=engine, value_model=value_model)
+    callback.timer = StepTimer(trainer)
+    return trainer
+
+
+def last_checkpoint(output_dir: str) -> str:
+    """The newest ``checkpoint-N`` in ``output_dir``, or a clear error."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if not found:
+        raise ConfigError(f"--resume: no checkpoint-N folder in {output_dir}")
+    return found
+
+
+def train(cfg: TrainConfig, resume: bool = False, log=print,
+          on_progress: Callable[[int, int, dict], None] | None = None) -> str:
+    """Train and return the folder of the final model."""
+    checkpoint = last_checkpoint(cfg.training.output_dir) if resume else None
+    trainer = build_trainer(cfg, log=log, on_progress=on_progress)
+    try:
+        if checkpoint:
+            trainer.load_value_checkpoint(checkpoint)
+            log(f"resuming from {checkpoint}")
+        trainer.train(resume_from_checkpoint=checkpoint)
+        final = os.path.join(cfg.training.output_dir, "final")
+        trainer.save_model(final)
+        trainer.processing_class.save_pretrained(final)
+        return final
+    finally:
+        trainer.engine.close()

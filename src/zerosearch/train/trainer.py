@@ -1,0 +1,244 @@
+"""ZeroSearch on TRL: ``GRPOTrainer`` with our multi-turn rollout and, for REINFORCE++ and PPO,
+token-level advantages.
+
+What the subclass adds to TRL, and why:
+
+- ``rollout_func`` runs :func:`zerosearch.rollout.run_rollouts` with the live policy. TRL hands it
+  only the prompts, so ``_generate_and_score_completions`` first records the rows themselves
+  (question, every gold answer, id): each search is simulated with its own row's context.
+- The curriculum reads ``state.global_step`` / ``state.max_steps``; useful/noisy draws use a
+  generator seeded by (seed, step, process), so a resumed run repeats them.
+- ``reinforce++``: token rewards = sequence score on the last policy token minus ``beta * k1`` KL
+  on every policy token, returns-to-go, batch whitening. ``ppo``: the same token rewards, a value
+  model (a token-classification head on the policy's backbone), GAE, a clipped value loss. Both hand
+  TRL ``(B, T)`` advantages, which its clipped policy loss accepts as is. The KL enters once, as a
+  reward: ``beta`` is on while TRL scores the batch (so it computes reference log-probs) and off in
+  the loss.
+- Per-step metrics: noise probability, EM/F1, searches and turns per question, valid-action and
+  truncation rates, useful/noisy searches, search errors, and time spent generating and searching.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import time
+from typing import Any
+
+import torch
+from trl import GRPOTrainer
+
+from zerosearch.engines.base import Engine
+from zerosearch.rewards import exact_match, f1_score, get_metric
+from zerosearch.rollout import RolloutTimings, Row, run_rollouts
+from zerosearch.train.advantages import gae, masked_whiten, reinforce_pp_advantages, token_rewards
+from zerosearch.train.config import TrainConfig
+
+
+def make_reward_func(name: str):
+    """A TRL reward function scoring the rollout's extracted answer against every gold answer."""
+    metric = get_metric(name)
+
+    def reward(prompts, completions, zs_answer, golden_answers, **_: Any) -> list[float]:
+        return [metric(a, g) for a, g in zip(zs_answer, golden_answers)]
+
+    reward.__name__ = name
+    return reward
+
+
+class ZeroSearchTrainer(GRPOTrainer):
+    """GRPO / REINFORCE++ / PPO with search rollouts (see the module docstring)."""
+
+    def __init__(self, *args, zs_config: TrainConfig, engine: Engine, value_model=None, **kwargs):
+        self.zs = zs_config
+        self.engine = engine
+        self.timings = RolloutTimings()
+        self._rows: list[Row] = []
+        self._algo = zs_config.algorithm.name
+        super().__init__(*args, rollout_func=self._rollout, **kwargs)
+        self._kl_beta = self.beta
+        if self._algo != "grpo":
+            self.beta = 0.0  # the KL goes into the token rewards, not the loss (see _generate_and_score)
+        self.value_model, self._value_opt = value_model, None
+        if value_model is not None:
+            self._value_opt = torch.optim.AdamW(value_model.parameters(),
+                                                lr=zs_config.algorithm.value_learning_rate)
+            self.value_model, self._value_opt = self.accelerator.prepare(value_model, self._value_opt)
+
+    # -- rollouts -----------------------------------------------------------------------------
+    def noise_probability(self) -> float | None:
+        """The curriculum's value at the current step (None for real engines)."""
+        if self.zs.engine.kind != "simulated":
+            return None
+        return self.zs.curriculum.at(self.state.global_step, self.state.max_steps)
+
+    def _generator(self, model):
+        if self.use_vllm:
+            from zerosearch.generation_vllm import TRLVLLMGenerator
+
+            return TRLVLLMGenerator(self)
+        from zerosearch.generation import HFGenerator
+
+        return HFGenerator(model, self.processing_class, self.zs.training.generation_batch_size)
+
+    def _rollout(self, prompts: list, trainer) -> dict[str, Any]:
+        from trl.models.utils import unwrap_model_for_generation
+
+        rows = self._rows
+        if len(rows) != len(prompts):
+            raise RuntimeError(f"rollout got {len(prompts)} prompts for {len(rows)} rows")
+        noise = self.noise_probability()
+        seed = (self.zs.training.seed * 1_000_003 + self.state.global_step) * 1009 + self.accelerator.process_index
+        timings = RolloutTimings()
+        tok = self.processing_class
+        eos = {tok.eos_token_id} | set(self.eos_token_ids if hasattr(self, "eos_token_ids") else [])
+        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
+            trajs = run_rollouts(rows, self._generator(unwrapped), tok, self.engine, self.zs.rollout,
+                                 noise_prob=noise, rng=random.Random(seed), timings=timings,
+                                 eos_token_ids=sorted(i for i in eos if i is not None))
+        self.timings.generation_s += timings.generation_s
+        self.timings.search_s += timings.search_s
+        metric = get_metric(self.zs.algorithm.reward)
+        self._scores = torch.tensor([metric(t.answer, t.row.golden_answers) for t in trajs])
+        self._log_rollouts(trajs, noise, timings)
+        for t in trajs:  # TRL cannot take an empty completion
+            if not t.completion_ids:
+                t.append([tok.eos_token_id], 0)
+        return {"prompt_ids": [t.prompt_ids for t in trajs],
+                "completion_ids": [t.completion_ids for t in trajs],
+                "logprobs": None,
+                "env_mask": [t.env_mask for t in trajs],
+                "zs_answer": [t.answer for t in trajs]}
+
+    def _log_rollouts(self, trajs, noise: float | None, timings: RolloutTimings) -> None:
+        n = max(len(trajs), 1)
+        searches = sum(t.searches for t in trajs)
+        stats = {
+            "zerosearch/noise_prob": noise if noise is not None else float("nan"),
+            "zerosearch/f1": sum(f1_score(t.answer, t.row.golden_answers) for t in trajs) / n,
+            "zerosearch/em": sum(exact_match(t.answer, t.row.golden_answers) for t in trajs) / n,
+            "zerosearch/answered": sum(t.answer is not None for t in trajs) / n,
+            "zerosearch/searches_per_question": searches / n,
+            "zerosearch/turns": sum(t.turns for t in trajs) / n,
+            "zerosearch/valid_action_rate": sum(t.valid_actions for t in trajs)
+            / max(sum(t.turns for t in trajs), 1),
+            "zerosearch/truncation_rate": sum(t.truncated is not None for t in trajs) / n,
+            "zerosearch/useful_searches": sum(t.useful_searches for t in trajs),
+            "zerosearch/noisy_searches": sum(t.noisy_searches for t in trajs),
+            "zerosearch/search_errors": sum(t.search_errors for t in trajs),
+            "zerosearch/response_tokens": sum(sum(t.env_mask) for t in trajs) / n,
+            "time/generation_s": timings.generation_s,
+            "time/search_s": timings.search_s,
+        }
+        mode = "train" if self.model.training else "eval"
+        for key, value in stats.items():
+            self._metrics[mode][key].append(float(value))
+
+    # -- scoring and advantages ---------------------------------------------------------------
+    def _generate_and_score_completions(self, inputs):
+        self._rows = [Row(x["question"], list(x["golden_answers"]), x.get("id")) for x in inputs]
+        if self._algo == "grpo":
+            return super()._generate_and_score_completions(inputs)
+        self.beta = self._kl_beta  # make TRL compute reference log-probs for this batch
+        try:
+            out = super()._generate_and_score_completions(inputs)
+        finally:
+            self.beta = 0.0
+        return self._token_level_advantages(out)
+
+    @torch.no_grad()
+    def _old_and_ref_logps(self, out) -> tuple[torch.Tensor, torch.Tensor]:
+        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+        attn = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+        keep = out["completion_ids"].size(1)
+        old = out.get("old_per_token_logps")
+        if old is None:
+            old, _, _ = self._get_per_token_logps_and_entropies(self.model, ids, attn, keep)
+        ref = out.get("ref_per_token_logps")
+        if ref is None:  # beta == 0: no KL term
+            ref = old
+        return old, ref
+
+    def _token_level_advantages(self, out):
+        device = out["completion_ids"].device
+        mask = out["completion_mask"] * out.get("tool_mask", torch.ones_like(out["completion_mask"]))
+        scores = self._scores.to(device)
+        old, ref = self._old_and_ref_logps(out)
+        kl = (old - ref) * mask  # k1, as REINFORCE++/PPO put it in the reward
+        a = self.zs.algorithm
+        if self._algo == "reinforce++":
+            out["advantages"] = reinforce_pp_advantages(scores, kl, mask, self._kl_beta, a.gamma)
+        else:
+            rewards = token_rewards(scores, kl, mask, self._kl_beta)
+            values = self._values(out)
+            adv, returns = gae(rewards, values, mask, a.gamma, a.lam)
+            out["advantages"] = masked_whiten(adv, mask)
+            self._update_critic(out, values, returns, mask)
+        self._metrics["train"]["zerosearch/kl"].append(
+            ((kl * mask).sum() / mask.sum().clamp(min=1)).item())
+        return out
+
+    # -- PPO critic ---------------------------------------------------------------------------
+    def _value_forward(self, out, grad: bool) -> torch.Tensor:
+        ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
+        attn = torch.cat([out["prompt_mask"], out["completion_mask"]], dim=1)
+        p, c = out["prompt_ids"].size(1), out["completion_ids"].size(1)
+        with torch.set_grad_enabled(grad):
+            logits = self.value_model(input_ids=ids, attention_mask=attn).logits[..., 0]
+        return logits[:, p - 1: p - 1 + c]  # V(state before each completion token)
+
+    def _values(self, out) -> torch.Tensor:
+        self.value_model.eval()
+        return self._value_forward(out, grad=False).float()
+
+    def _update_critic(self, out, old_values, returns, mask) -> None:
+        clip = self.zs.algorithm.value_clip
+        self.value_model.train()
+        m = mask.float()
+        for _ in range(self.zs.algorithm.value_epochs):
+            values = self._value_forward(out, grad=True).float()
+            clipped = old_values + (values - old_values).clamp(-clip, clip)
+            loss = 0.5 * torch.max((values - returns) ** 2, (clipped - returns) ** 2)
+            loss = (loss * m).sum() / m.sum().clamp(min=1)
+            self._value_opt.zero_grad()
+            self.accelerator.backward(loss)
+            self._value_opt.step()
+        self._metrics["train"]["zerosearch/value_loss"].append(loss.item())
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.value_model is not None and self.accelerator.is_main_process:
+            path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}", "value")
+            os.makedirs(path, exist_ok=True)
+            self.accelerator.unwrap_model(self.value_model).save_pretrained(path)
+            torch.save(self._value_opt.state_dict(), os.path.join(path, "optimizer.pt"))
+
+    def load_value_checkpoint(self, checkpoint: str) -> None:
+        """Restore the critic and its optimizer saved beside a policy checkpoint."""
+        path = os.path.join(checkpoint, "value")
+        if self.value_model is None or not os.path.isdir(path):
+            return
+        from safetensors.torch import load_file
+
+        weights = os.path.join(path, "model.safetensors")
+        self.accelerator.unwrap_model(self.value_model).load_state_dict(load_file(weights))
+        self._value_opt.load_state_dict(torch.load(os.path.join(path, "optimizer.pt")))
+
+
+class StepTimer:
+    """Splits each step's wall time into generation, search wait and optimisation (logged)."""
+
+    def __init__(self, trainer: ZeroSearchTrainer):
+        self.trainer, self._start, self._gen0, self._search0 = trainer, 0.0, 0.0, 0.0
+
+    def on_step_begin(self) -> None:
+        self._start = time.perf_counter()
+        self._gen0, self._search0 = self.trainer.timings.generation_s, self.trainer.timings.search_s
+
+    def on_step_end(self) -> None:
+        total = time.perf_counter() - self._start
+        gen = self.trainer.timings.generation_s - self._gen0
+        search = self.trainer.timings.search_s - self._search0
+        metrics = self.trainer._metrics["train"]
+        metrics["time/step_s"].append(total)
+        metrics["time/optimisation_s"].append(max(total - gen - search, 0.0))
