@@ -96,5 +96,58 @@ def serve(
     run_server(engine, server_cfg, log=lambda m: console.print(f"[yellow]{m}[/]"))
 
 
+@app.command()
+@with_engine_options()
+def train(
+    config: Optional[str] = typer.Option(None, "--config", "-c",
+                                         help="YAML preset (configs/*.yaml); flags override it."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Policy model."),
+    algorithm: Optional[str] = typer.Option(None, "--algorithm", help="grpo, reinforce++ or ppo."),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps."),
+    train_data: Optional[str] = typer.Option(None, "--train-data", help="QA training data."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="Use the first N questions."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Run folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    engine_cfg: EngineConfig = None,
+):
+    """Train a search policy with RL (GRPO / REINFORCE++ / PPO) against any engine."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from zerosearch.train.config import load_train_config
+    from zerosearch.train.run import last_checkpoint, train as run_training
+
+    try:
+        cfg = load_train_config(config, {
+            "model": {"name": model}, "algorithm": {"name": algorithm},
+            "data": {"train": train_data, "limit": limit},
+            "training": {"max_steps": max_steps, "output_dir": output_dir}})
+        cfg.engine = engine_cfg  # the YAML's engine section with the engine flags applied
+        cfg.validate()
+        if resume:
+            last_checkpoint(cfg.training.output_dir)
+    except USER_ERRORS as err:
+        fail(err)
+    progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                        console=console)
+    task = progress.add_task("train", total=cfg.training.max_steps, info="")
+
+    def on_progress(step: int, total: int, record: dict) -> None:
+        if "reward" in record:
+            info = (f"reward {record['reward']:.3f} · searches "
+                    f"{record.get('zerosearch/searches_per_question', 0):.2f} · noise "
+                    f"{record.get('zerosearch/noise_prob') or 0:.2f}")
+            progress.update(task, completed=step, info=info)
+
+    try:
+        with progress:
+            final = run_training(cfg, resume=resume, log=lambda m: console.print(f"[dim]{m}[/]"),
+                                 on_progress=on_progress)
+    except USER_ERRORS as err:
+        fail(err)
+    console.print(f"[green]done:[/] final model in {final}; metrics in "
+                  f"{cfg.training.output_dir}/metrics.jsonl")
+
+
 if __name__ == "__main__":
     app()

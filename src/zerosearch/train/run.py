@@ -135,6 +135,10 @@ def build_trainer(cfg: TrainConfig, log=print,
         processing_class=tokenizer, peft_config=peft_config, callbacks=[callback],
         zs_config=cfg, engine=engine, value_model=value_model)
     callback.timer = StepTimer(trainer)
+    if on_progress is not None:  # the caller shows progress; no raw dict per log line
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     return trainer
 
 

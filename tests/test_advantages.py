@@ -1,0 +1,50 @@
+"""REINFORCE++ and GAE advantages against values computed by hand."""
+
+import math
+
+import torch
+
+from zerosearch.train.advantages import gae, masked_whiten, reinforce_pp_advantages, token_rewards
+
+
+def test_token_rewards_put_the_score_on_the_last_policy_token():
+    # row 0: tokens [p, p, env, p, pad]; row 1: [p, p, pad, pad, pad]
+    mask = torch.tensor([[1, 1, 0, 1, 0], [1, 1, 0, 0, 0]])
+    kl = torch.tensor([[0.1, 0.2, 9.0, 0.3, 9.0], [0.5, 0.5, 9.0, 9.0, 9.0]])
+    r = token_rewards(torch.tensor([1.0, 0.0]), kl, mask, beta=0.1)
+    expected = torch.tensor([[-0.01, -0.02, 0.0, 1 - 0.03, 0.0], [-0.05, -0.05, 0.0, 0.0, 0.0]])
+    assert torch.allclose(r, expected)
+
+
+def test_reinforce_pp_returns_then_whitening():
+    mask = torch.tensor([[1, 1, 0, 1], [1, 1, 0, 0]])
+    kl = torch.tensor([[0.1, 0.2, 0.0, 0.3], [0.5, 0.5, 0.0, 0.0]])
+    adv = reinforce_pp_advantages(torch.tensor([1.0, 0.0]), kl, mask, beta=0.1)
+    # token rewards: row0 [-0.01, -0.02, (env), 0.97]; row1 [-0.05, -0.05]
+    # returns-to-go (gamma 1, env skipped): row0 [0.94, 0.95, 0.97]; row1 [-0.10, -0.05]
+    returns = [0.94, 0.95, 0.97, -0.10, -0.05]
+    mean = sum(returns) / 5
+    std = math.sqrt(sum((x - mean) ** 2 for x in returns) / 5)
+    whitened = [(x - mean) / std for x in returns]
+    assert torch.allclose(adv[0], torch.tensor([whitened[0], whitened[1], 0.0, whitened[2]]), atol=1e-5)
+    assert torch.allclose(adv[1], torch.tensor([whitened[3], whitened[4], 0.0, 0.0]), atol=1e-5)
+
+
+def test_gae_hand_computed():
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 1.0]])
+    values = torch.tensor([[0.5, 0.9, 7.0, 0.2]])
+    mask = torch.tensor([[1, 1, 0, 1]])  # position 2 is an information token
+    adv, ret = gae(rewards, values, mask, gamma=1.0, lam=0.5)
+    # steps (env skipped): r = [0, 0, 1], v = [0.5, 0.9, 0.2], v_after_last = 0
+    # deltas: [0 + 0.9 - 0.5, 0 + 0.2 - 0.9, 1 + 0 - 0.2] = [0.4, -0.7, 0.8]
+    # A2 = 0.8; A1 = -0.7 + 0.5 * 0.8 = -0.3; A0 = 0.4 + 0.5 * -0.3 = 0.25
+    assert torch.allclose(adv, torch.tensor([[0.25, -0.3, 0.0, 0.8]]))
+    assert torch.allclose(ret, torch.tensor([[0.75, 0.6, 0.0, 1.0]]))
+    adv1, _ = gae(rewards, values, mask, gamma=1.0, lam=1.0)  # lam 1: return minus value
+    assert torch.allclose(adv1, torch.tensor([[0.5, 0.1, 0.0, 0.8]]))
+
+
+def test_masked_whiten_ignores_masked_entries():
+    x = torch.tensor([[1.0, 3.0, 100.0]])
+    out = masked_whiten(x, torch.tensor([[1, 1, 0]]))
+    assert torch.allclose(out, torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-4)

@@ -1,0 +1,160 @@
+"""RL training end to end on the CPU with the tiny model: GRPO / REINFORCE++ / PPO for 2 steps
+against BM25 and the simulated engine, the loss mask inside TRL, resume after an interruption, and
+clear errors before training starts."""
+
+import json
+
+import pytest
+from transformers import TrainerCallback
+
+from helpers import ScriptedPolicy
+from zerosearch.config import ConfigError
+from zerosearch.curriculum import CurriculumConfig
+from zerosearch.train.config import load_train_config
+from zerosearch.train.run import build_trainer, train
+
+QUESTIONS = {"Which city is the capital of Germany?": ["Berlin"],
+             "Who wrote On the Origin of Species?": ["Charles Darwin", "Darwin"],
+             "What is the highest mountain?": ["Mount Everest"],
+             "Which river is the largest in South America?": ["Amazon"]}
+
+
+@pytest.fixture()
+def qa_file(tmp_path):
+    path = tmp_path / "train.jsonl"
+    path.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "golden_answers": a}) + "\n"
+                            for i, (q, a) in enumerate(QUESTIONS.items())))
+    return path
+
+
+def _config(tmp_path, qa_file, engine, algorithm="grpo", steps=2, **training):
+    return load_train_config(None, {
+        "model": {"name": "embedded:tiny-random"},
+        "data": {"train": str(qa_file)},
+        "engine": engine,
+        "rollout": {"max_turns": 2, "max_turn_tokens": 16, "max_completion_tokens": 160,
+                    "max_obs_tokens": 64},
+        "curriculum": {"p_start": 0.0, "p_end": 0.5},
+        "algorithm": {"name": algorithm, "num_generations": 2},
+        "training": {"output_dir": str(tmp_path / "run"), "max_steps": steps, "prompts_per_step": 2,
+                     "micro_batch_size": 2, "save_steps": 1, "report_to": [],
+                     "learning_rate": 1e-4, **training},
+    })
+
+
+def _metrics(cfg):
+    with open(f"{cfg.training.output_dir}/metrics.jsonl") as f:
+        return [json.loads(line) for line in f if '"reward"' in line]
+
+
+def _bm25(tiny_corpus):
+    return {"kind": "bm25", "corpus": str(tiny_corpus), "topk": 2}
+
+
+SIMULATED = {"kind": "simulated", "model": "embedded:tiny-random", "max_new_tokens": 12, "seed": 0,
+             "topk": 2}
+
+
+@pytest.mark.parametrize("algorithm,engine", [("grpo", "bm25"), ("ppo", "simulated"),
+                                              ("reinforce++", "bm25"), ("ppo", "bm25")])
+def test_two_steps_with_the_tiny_model(tmp_path, qa_file, tiny_corpus, algorithm, engine):
+    cfg = _config(tmp_path, qa_file, _bm25(tiny_corpus) if engine == "bm25" else SIMULATED, algorithm)
+    final = train(cfg, log=lambda m: None)
+    assert (tmp_path / "run" / "final" / "model.safetensors").exists() and final.endswith("final")
+    rows = _metrics(cfg)
+    assert [r["step"] for r in rows] == [1, 2]
+    for key in ("reward", "zerosearch/f1", "zerosearch/em", "zerosearch/searches_per_question",
+                "zerosearch/turns", "zerosearch/valid_action_rate", "zerosearch/truncation_rate",
+                "time/generation_s", "time/search_s", "time/optimisation_s",
+                "completions/mean_length"):
+        assert key in rows[0], key
+    if algorithm == "ppo":
+        assert (tmp_path / "run" / "checkpoint-2" / "value" / "model.safetensors").exists()
+        assert "zerosearch/value_loss" in rows[0]
+    if engine == "simulated":  # step 0 of 2, then step 1 of 2: (4**0.5 - 1) / 3 * 0.5
+        assert rows[0]["zerosearch/noise_prob"] == 0.0
+        assert rows[1]["zerosearch/noise_prob"] == pytest.approx(1 / 6)
+
+
+class _Capture(TrainerCallback):
+    pass
+
+
+def test_searches_happen_and_the_loss_mask_excludes_every_inserted_token(tmp_path, qa_file, tiny_corpus):
+    cfg = _config(tmp_path, qa_file, _bm25(tiny_corpus), "grpo", steps=1)
+    trainer = build_trainer(cfg, log=lambda m: None)
+    tok = trainer.processing_class
+    scripts = {q: ["<search>capital of Germany</search>",
+                   f"<answer>{a[0]}</answer>"] for q, a in QUESTIONS.items()}
+    trainer._generator = lambda model: ScriptedPolicy(tok, scripts)
+    seen = []
+    original = trainer._compute_loss
+
+    def spy(model, inputs):
+        seen.append({k: inputs[k].clone() for k in ("completion_ids", "completion_mask", "tool_mask")})
+        return original(model, inputs)
+
+    trainer._compute_loss = spy
+    trainer.train()
+    assert seen
+    for batch in seen:
+        for ids, cmask, tmask in zip(batch["completion_ids"], batch["completion_mask"], batch["tool_mask"]):
+            n = int(cmask.sum())
+            trained = tok.decode([int(i) for i, m in zip(ids[:n], tmask[:n]) if m])
+            inserted = tok.decode([int(i) for i, m in zip(ids[:n], tmask[:n]) if not m])
+            # token by token: everything trained on is the policy's, everything inserted is masked
+            assert "<information>" not in trained and "Doc 1" not in trained
+            assert trained.startswith("<search>capital of Germany</search><answer>")
+            assert inserted.startswith("\n\n<information>Doc 1: (Title: Berlin)")
+            assert inserted.endswith("</information>\n\n")
+    [row] = _metrics(cfg)
+    assert row["zerosearch/searches_per_question"] == 1.0 and row["reward"] == 1.0
+    assert row["zerosearch/valid_action_rate"] == 1.0 and row["time/search_s"] > 0
+
+
+class _Interrupt(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 2:
+            raise KeyboardInterrupt("simulated crash after step 2")
+
+
+def test_resume_reproduces_step_and_curriculum(tmp_path, qa_file):
+    cfg = _config(tmp_path, qa_file, SIMULATED, "grpo", steps=4)
+    trainer = build_trainer(cfg, log=lambda m: None)
+    trainer.add_callback(_Interrupt())
+    with pytest.raises(KeyboardInterrupt):
+        trainer.train()
+    trainer.engine.close()
+    assert (tmp_path / "run" / "checkpoint-1").exists() and not (tmp_path / "run" / "checkpoint-2").exists()
+    train(cfg, resume=True, log=lambda m: None)
+    rows = _metrics(cfg)
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]  # step 2 redone from checkpoint-1, none lost
+    schedule = CurriculumConfig(0.0, 0.5)
+    for r in rows:  # the noise probability of step s was drawn at global_step s - 1 of 4
+        assert r["zerosearch/noise_prob"] == pytest.approx(schedule.at(r["step"] - 1, 4))
+    state = json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
+
+
+def test_bad_configs_fail_before_training(tmp_path, qa_file, tiny_corpus):
+    with pytest.raises(ConfigError, match="unknown key"):
+        load_train_config(None, {"training": {"max_stepz": 3}})
+    with pytest.raises(ConfigError, match="algorithm.name"):
+        load_train_config(None, {"algorithm": {"name": "dpo"}})
+    cfg = _config(tmp_path, tmp_path / "missing.jsonl", _bm25(tiny_corpus))
+    with pytest.raises(FileNotFoundError, match="QA data not found"):
+        build_trainer(cfg)
+    dead = {"kind": "simulated", "backend_urls": ["http://127.0.0.1:9/v1"], "backend_model": "m",
+            "max_retries": 0, "timeout_s": 2}
+    with pytest.raises(ValueError, match="not usable"):
+        build_trainer(_config(tmp_path, qa_file, dead))
+    with pytest.raises(ConfigError, match="no checkpoint"):
+        train(_config(tmp_path, qa_file, _bm25(tiny_corpus)), resume=True)
+
+
+def test_presets_load():
+    import glob
+
+    for path in glob.glob("configs/*.yaml"):
+        cfg = load_train_config(path)
+        assert cfg.training.max_steps > 0
