@@ -41,3 +41,14 @@ def test_tiny_model_loads_with_the_smollm2_tokenizer(tiny_model):
     assert config.num_hidden_layers == 2 and config.vocab_size == len(tok) == 49152
     assert "<|im_start|>" in tok.apply_chat_template([{"role": "user", "content": "hi"}],
                                                      tokenize=False)
+
+
+def test_converted_smollm2_is_a_plain_trainable_model():
+    import json
+    from pathlib import Path
+
+    path = Path(resolve_model("embedded:smollm2-135m-instruct"))
+    config = json.loads((path / "config.json").read_text())
+    # a leftover GGUF quantization_config made the Trainer refuse to fine-tune it
+    assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
+    assert (path / "model.safetensors").stat().st_size > 500_000_000  # fp32, dequantised

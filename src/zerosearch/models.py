@@ -83,8 +83,12 @@ def _convert_gguf(target: Path) -> None:
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=_GGUF_FILE)
     loaded = AutoModelForCausalLM.from_pretrained(source, gguf_file=_GGUF_FILE, dtype=torch.float32)
     config = loaded.config
+    # The GGUF loader marks the config as quantized; the weights we save are plain fp32, and a
+    # leftover quantization_config makes the Trainer refuse to fine-tune the model.
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
     config.architectures = ["LlamaForCausalLM"]
-    config.torch_dtype = "float32"
+    config.dtype = "float32"
     fresh = LlamaForCausalLM(config)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
@@ -92,6 +96,7 @@ def _convert_gguf(target: Path) -> None:
     try:
         fresh.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -115,19 +120,26 @@ def _build_tiny(target: Path, seed: int = 0) -> None:
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)
         os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+#: Bump when a conversion changes, so that caches made by older code are rebuilt.
+_BUILD_VERSION = "2"
+
+
 def _materialise(name: str, build) -> str:
     target = cache_dir() / "models" / name
-    if (target / "config.json").exists():
+    stamp = target / "zerosearch_build.txt"
+    if stamp.exists() and stamp.read_text() == _BUILD_VERSION:
         return str(target)
     with _file_lock(cache_dir() / "models" / f".{name}.lock"):
-        if not (target / "config.json").exists():
+        if not (stamp.exists() and stamp.read_text() == _BUILD_VERSION):
             shutil.rmtree(target, ignore_errors=True)
             build(target)
+            stamp.write_text(_BUILD_VERSION)
     return str(target)
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from zerosearch.engines.base import Engine, SearchRequest, SearchResult
 from zerosearch.protocol import (INVALID_ACTION_MESSAGE, build_policy_prompt, extract_answer,
@@ -126,9 +126,22 @@ class RolloutTimings:
     search_s: float = 0.0
 
 
-def encode_prompt(tokenizer, question: str, cfg: RolloutConfig) -> list[int]:
+class _Trace(list):
+    """A trace list that also reports each appended event (live display)."""
+
+    def __init__(self, report: Callable[[dict[str, Any]], None]):
+        super().__init__()
+        self._report = report
+
+    def append(self, event: dict[str, Any]) -> None:
+        super().append(event)
+        self._report(event)
+
+
+def encode_prompt(tokenizer, question: str, cfg: RolloutConfig,
+                  instruction: str | None = None) -> list[int]:
     """Token ids of the policy prompt (chat-wrapped for instruct models)."""
-    text = build_policy_prompt(question, cfg.instruction)
+    text = build_policy_prompt(question, instruction if instruction is not None else cfg.instruction)
     use_chat = cfg.chat_template == "yes" or (cfg.chat_template == "auto" and tokenizer.chat_template)
     if use_chat:
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
@@ -179,17 +192,27 @@ def _information_ids(tokenizer, result: SearchResult, budget: int) -> tuple[list
 def run_rollouts(rows: Sequence[Row], generator: PolicyGenerator, tokenizer, engine: Engine | None,
                  cfg: RolloutConfig, *, noise_prob: float | None = None, mode: str | None = None,
                  rng: random.Random | None = None, timings: RolloutTimings | None = None,
-                 eos_token_ids: Sequence[int] = ()) -> list[Trajectory]:
+                 eos_token_ids: Sequence[int] = (), instructions: Sequence[str] | None = None,
+                 on_event: Callable[[int, dict[str, Any]], None] | None = None) -> list[Trajectory]:
     """Run every row to an answer (or a budget) and return one trajectory per row, in order.
 
     ``noise_prob``/``mode`` go into each search request (the curriculum's value during training);
     useful/noisy is drawn here with ``rng`` so a resumed run repeats the same draws. With
     ``engine=None`` (or ``max_turns=0``) the policy must answer without searching.
+    ``instructions`` overrides the instruction per row (baselines put documents there);
+    ``on_event(row_index, event)`` sees every trace event as it happens (``zerosearch ask``).
     """
     rng = rng or random.Random(0)
     timings = timings or RolloutTimings()
     eos = set(eos_token_ids) or {tokenizer.eos_token_id}
-    trajs = [Trajectory(row=r, prompt_ids=encode_prompt(tokenizer, r.question, cfg)) for r in rows]
+    if instructions is not None and len(instructions) != len(rows):
+        raise ValueError(f"{len(instructions)} instructions for {len(rows)} rows")
+    trajs = [Trajectory(row=r, prompt_ids=encode_prompt(
+        tokenizer, r.question, cfg, instructions[i] if instructions is not None else None))
+        for i, r in enumerate(rows)]
+    if on_event is not None:
+        for i, t in enumerate(trajs):
+            t.trace = _Trace(lambda event, i=i: on_event(i, event))
     max_turns = cfg.max_turns if engine is not None else 0
     invalid_ids = tokenizer(INVALID_ACTION_MESSAGE, add_special_tokens=False)["input_ids"]
     # A lockstep generator (vLLM server mode) must be called every turn by every process.

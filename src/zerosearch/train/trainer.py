@@ -127,6 +127,9 @@ class ZeroSearchTrainer(GRPOTrainer):
             "zerosearch/noisy_searches": sum(t.noisy_searches for t in trajs),
             "zerosearch/search_errors": sum(t.search_errors for t in trajs),
             "zerosearch/response_tokens": sum(sum(t.env_mask) for t in trajs) / n,
+            "tokens/prompt": sum(len(t.prompt_ids) for t in trajs),
+            "tokens/completion": sum(len(t.completion_ids) for t in trajs),
+            "tokens/generated": sum(sum(t.env_mask) for t in trajs),
             "time/generation_s": timings.generation_s,
             "time/search_s": timings.search_s,
         }
