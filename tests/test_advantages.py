@@ -48,3 +48,15 @@ def test_masked_whiten_ignores_masked_entries():
     x = torch.tensor([[1.0, 3.0, 100.0]])
     out = masked_whiten(x, torch.tensor([[1, 1, 0]]))
     assert torch.allclose(out, torch.tensor([[-1.0, 1.0, 0.0]]), atol=1e-4)
+
+
+def test_trim_columns_keeps_every_real_column():
+    from zerosearch.train.trainer import trim_columns
+
+    # prompt width 4 (left padded), completion width 5 (right padded)
+    attn = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0, 0],
+                         [0, 0, 0, 1, 1, 0, 0, 0, 0]])
+    assert trim_columns(attn, 5) == (2, 6, 2)  # columns 2..5; completion keeps 2 of 5 columns
+    # a chunk whose completions are all empty still keeps one completion column
+    assert trim_columns(torch.tensor([[1, 1, 0, 0]]), 2) == (0, 3, 1)
+    assert trim_columns(torch.zeros(1, 4, dtype=torch.long), 2) == (0, 4, 2)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -147,6 +148,150 @@ def train(
         fail(err)
     console.print(f"[green]done:[/] final model in {final}; metrics in "
                   f"{cfg.training.output_dir}/metrics.jsonl")
+
+
+eval_app = typer.Typer(help="Evaluate on the QA benchmarks; `eval compare` merges runs.",
+                       no_args_is_help=False)
+app.add_typer(eval_app, name="eval")
+
+
+@eval_app.callback(invoke_without_command=True)
+@with_engine_options()
+def eval_run(
+    ctx: typer.Context,
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Policy model."),
+    method: str = typer.Option("search", "--method", help="search, direct, cot or rag."),
+    datasets: str = typer.Option(",".join(("nq", "triviaqa", "popqa", "hotpotqa", "2wiki", "musique",
+                                           "bamboogle")), "--datasets", "-d",
+                                 help="Comma-separated dataset names (folders of --data-dir) or files."),
+    data_dir: str = typer.Option("../shared/data/qa", "--data-dir", help="Folder of QA datasets."),
+    split: str = typer.Option("test", "--split", help="Split file inside each dataset folder."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="First N questions per dataset."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o",
+                                             help="Where predictions and results go."),
+    batch_size: int = typer.Option(32, "--batch-size", help="Questions per batch."),
+    max_turns: int = typer.Option(4, "--max-turns", help="search: most searches per question."),
+    max_turn_tokens: int = typer.Option(256, "--max-turn-tokens", help="Tokens per turn."),
+    policy_temperature: float = typer.Option(0.0, "--policy-temperature", help="0 = greedy."),
+    eval_seed: int = typer.Option(0, "--eval-seed", help="Seed for sampling and simulated draws."),
+    label: Optional[str] = typer.Option(None, "--label", help="Row name in the table."),
+    policy_device: str = typer.Option("auto", "--policy-device", help="cpu, cuda or auto."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
+    engine_cfg: EngineConfig = None,
+):
+    """Evaluate a policy: EM / cover-EM / F1 / ROUGE-L per dataset, resumable."""
+    if ctx.invoked_subcommand:
+        return
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from zerosearch.evaluate import EvalConfig, evaluate, resolve_dataset
+    from zerosearch.generation import load_policy
+    from zerosearch.rollout import RolloutConfig
+
+    if not model or not output_dir:
+        fail(ValueError("zerosearch eval needs --model and --output-dir"))
+    try:
+        cfg = EvalConfig(model=model, method=method, datasets=[d for d in datasets.split(",") if d],
+                         data_dir=data_dir, split=split, limit=limit, batch_size=batch_size,
+                         seed=eval_seed, label=label, device=policy_device, rollout=RolloutConfig(
+                             max_turns=max_turns, max_turn_tokens=max_turn_tokens,
+                             temperature=policy_temperature, topk=engine_cfg.topk))
+        for name in cfg.datasets:
+            resolve_dataset(name, cfg.data_dir, cfg.split)
+        engine = _build(engine_cfg) if method in ("search", "rag") else None
+        generator, tokenizer = load_policy(model, policy_device)
+    except USER_ERRORS as err:
+        fail(err)
+    progress = Progress(TextColumn("{task.description:>10}"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                        console=console)
+    tasks: dict[str, int] = {}
+
+    def on_progress(name: str, done: int, total: int) -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total)
+        progress.update(tasks[name], completed=done)
+
+    try:
+        with progress:
+            report = evaluate(cfg, generator, tokenizer, engine, output_dir, on_progress)
+    except USER_ERRORS as err:
+        fail(err)
+    finally:
+        if engine is not None:
+            engine.close()
+    out.print((Path(output_dir) / "table.md").read_text())
+    console.print(f"[green]wrote[/] {output_dir}/results.json, table.md, chart.png, predictions/")
+
+
+@eval_app.command("compare")
+def eval_compare(
+    runs: list[str] = typer.Argument(..., help="Eval output folders."),
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o",
+                                             help="Write the merged table.md and chart.png here."),
+):
+    """Merge several eval runs into one paper-style table."""
+    from zerosearch.evaluate import compare
+
+    try:
+        out.print(compare(runs, output_dir))
+    except USER_ERRORS as err:
+        fail(err)
+
+
+@app.command()
+@with_engine_options()
+def ask(
+    question: str = typer.Argument(..., help="The question."),
+    model: str = typer.Option("embedded:smollm2-135m-instruct", "--model", "-m", help="Policy model."),
+    max_turns: int = typer.Option(4, "--max-turns", help="Most searches."),
+    max_turn_tokens: int = typer.Option(256, "--max-turn-tokens", help="Tokens per turn."),
+    policy_temperature: float = typer.Option(0.0, "--policy-temperature", help="0 = greedy."),
+    policy_device: str = typer.Option("auto", "--policy-device", help="cpu, cuda or auto."),
+    as_json: bool = typer.Option(False, "--json", help="Print the whole trajectory as JSON."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
+    engine_cfg: EngineConfig = None,
+):
+    """Ask the search agent one question and watch it think, search and answer."""
+    from zerosearch.generation import load_policy
+    from zerosearch.rollout import RolloutConfig, Row, run_rollouts
+
+    try:
+        engine = _build(engine_cfg)
+        with console.status("loading the policy…"):
+            generator, tokenizer = load_policy(model, policy_device)
+    except USER_ERRORS as err:
+        fail(err)
+    styles = {"generation": "white", "search": "cyan", "information": "dim", "answer": "bold green",
+              "invalid": "yellow", "search_refused": "yellow"}
+
+    def show(_: int, event: dict) -> None:
+        if as_json:
+            return
+        kind = event["type"]
+        if kind == "search":
+            docs = "\n".join(f"  Doc {i}: {d[:200]}" for i, d in enumerate(event["documents"], 1))
+            mode = f" ({event['mode']})" if event.get("mode") else ""
+            text = f"search{mode}: {event['query']}\n{docs}" + (f"\n  error: {event['error']}"
+                                                                if event.get("error") else "")
+        elif kind == "information":
+            return  # shown with its search
+        else:
+            text = event.get("text") or event.get("query", "")
+        out.print(f"[{styles.get(kind, 'white')}]▸ {kind}[/] {text}", highlight=False)
+
+    try:
+        [traj] = run_rollouts([Row(question, [])], generator, tokenizer, engine,
+                              RolloutConfig(max_turns=max_turns, max_turn_tokens=max_turn_tokens,
+                                            temperature=policy_temperature, topk=engine_cfg.topk),
+                              on_event=show, eos_token_ids=[tokenizer.eos_token_id])
+    finally:
+        engine.close()
+    if as_json:
+        out.print_json(json.dumps({"question": question, "answer": traj.answer, **traj.stats(),
+                                   "trace": list(traj.trace)}))
+    else:
+        out.print(f"[bold]answer:[/] {traj.answer if traj.answer is not None else '(none)'}")
 
 
 if __name__ == "__main__":

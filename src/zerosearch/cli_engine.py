@@ -21,7 +21,7 @@ from zerosearch.models import ModelNotFoundError
 
 #: Mistakes a user can make (bad flag, missing file, unknown model): a message, no traceback.
 USER_ERRORS = (ModelNotFoundError, FileNotFoundError, ValueError)
-console = Console(stderr=True)
+console = Console(stderr=True, soft_wrap=True)  # one-line errors, greppable when piped
 
 
 def fail(err: Exception) -> None:

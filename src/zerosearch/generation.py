@@ -58,3 +58,13 @@ class HFGenerator:
         finally:
             if was_training:
                 self.model.train()
+
+
+def load_policy(model: str, device: str = "auto", dtype: str = "auto", max_batch_size: int = 64):
+    """(HFGenerator, tokenizer) for a policy name (embedded:…, hub id or path), ready to generate."""
+    from zerosearch.llm.transformers_backend import load_causal_lm
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    tokenizer, lm = load_causal_lm(model, device, dtype)
+    return HFGenerator(lm, tokenizer, max_batch_size), tokenizer

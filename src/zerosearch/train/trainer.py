@@ -181,6 +181,28 @@ class ZeroSearchTrainer(GRPOTrainer):
             ((kl * mask).sum() / mask.sum().clamp(min=1)).item())
         return out
 
+    # -- forward passes -----------------------------------------------------------------------
+    def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
+                                           batch_size=None, compute_entropy=False,
+                                           compute_aux_loss=False, **multimodal):
+        """TRL's forward, run per chunk on the chunk's own columns (see :func:`trim_columns`)."""
+        parent = super()._get_per_token_logps_and_entropies
+        if compute_aux_loss or any(v is not None for v in multimodal.values()):
+            return parent(model, input_ids, attention_mask, logits_to_keep, batch_size,
+                          compute_entropy, compute_aux_loss, **multimodal)
+        batch_size = batch_size or input_ids.size(0)
+        logps, entropies = [], []
+        for start in range(0, input_ids.size(0), batch_size):
+            ids, attn = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
+            first, last, keep = trim_columns(attn, logits_to_keep)
+            lp, ent, _ = parent(model, ids[:, first:last], attn[:, first:last], keep,
+                                compute_entropy=compute_entropy)
+            pad = logits_to_keep - keep
+            logps.append(torch.nn.functional.pad(lp, (0, pad)))
+            if compute_entropy:
+                entropies.append(torch.nn.functional.pad(ent, (0, pad)))
+        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
+
     # -- PPO critic ---------------------------------------------------------------------------
     def _value_forward(self, out, grad: bool) -> torch.Tensor:
         ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
@@ -226,6 +248,23 @@ class ZeroSearchTrainer(GRPOTrainer):
         weights = os.path.join(path, "model.safetensors")
         self.accelerator.unwrap_model(self.value_model).load_state_dict(load_file(weights))
         self._value_opt.load_state_dict(torch.load(os.path.join(path, "optimizer.pt")))
+
+
+def trim_columns(attention_mask: torch.Tensor, logits_to_keep: int) -> tuple[int, int, int]:
+    """The column range of a chunk that holds any real token: (first, last, completion columns kept).
+
+    TRL pads a whole generation batch to its longest prompt (left) and longest completion (right),
+    so a chunk of shorter rows would pay for the longest row of the batch. Leading columns that are
+    padding in every row go (RoPE sees only relative positions, so outputs do not change), and so do
+    trailing ones; the completion part keeps at least one column.
+    """
+    total = attention_mask.size(1)
+    used = (attention_mask.sum(0) > 0).nonzero()
+    if not used.numel():
+        return 0, total, logits_to_keep
+    first = min(int(used[0]), total - logits_to_keep)
+    last = max(int(used[-1]) + 1, total - logits_to_keep + 1)
+    return first, last, logits_to_keep - (total - last)
 
 
 class StepTimer:

@@ -1,0 +1,300 @@
+"""Evaluation on the seven QA benchmarks with the paper's baselines, resumable and deterministic.
+
+Methods (all through :func:`zerosearch.rollout.run_rollouts`, the code training uses):
+
+- ``search``: the multi-turn agent with any engine;
+- ``direct``: answer at once; ``cot``: reason, then answer (no retrieval);
+- ``rag``: retrieve top-k with the question once, put the documents in the prompt, answer.
+
+Metrics per dataset and averaged: strict EM (the paper's headline), cover-EM, F1, ROUGE-L, searches
+and turns per question, and the answer-extraction failure rate (no ``<answer>`` at all). Predictions
+are appended per batch to ``<out>/predictions/<dataset>.jsonl``; a rerun skips finished rows (a
+half-written last line from a kill is dropped), so nothing is duplicated or lost. Decoding is greedy
+by default and simulated-engine draws are seeded per row, so a resumed run equals an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from zerosearch.engines.base import Engine, SearchRequest
+from zerosearch.protocol import format_documents
+from zerosearch.qa import load_qa
+from zerosearch.rewards import cover_em, exact_match, f1_score, normalize_answer
+from zerosearch.rollout import RolloutConfig, Row, Trajectory, run_rollouts
+
+BENCHMARKS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wiki", "musique", "bamboogle")
+METHODS = ("search", "direct", "cot", "rag")
+METRIC_KEYS = ("em", "cover_em", "f1", "rouge_l", "searches", "turns", "extraction_failure")
+
+DIRECT_INSTRUCTION = (
+    "Answer the given question directly. Give only the answer inside <answer> and </answer>, "
+    "without explanations. For example, <answer> Beijing </answer>. ")
+COT_INSTRUCTION = (
+    "Answer the given question. First think step by step inside <think> and </think>, then give "
+    "only the final answer inside <answer> and </answer>. For example, <answer> Beijing </answer>. ")
+RAG_INSTRUCTION = (
+    "Answer the given question using the documents below. You may think inside <think> and "
+    "</think> first, then give only the answer inside <answer> and </answer>. For example, "
+    "<answer> Beijing </answer>.\n\n<information>{documents}</information>\n\n")
+
+
+@dataclass
+class EvalConfig:
+    """One evaluation run (``zerosearch eval``)."""
+
+    model: str = "embedded:smollm2-135m-instruct"
+    """Policy model."""
+    method: str = "search"
+    """search, direct, cot or rag."""
+    datasets: list[str] = field(default_factory=lambda: list(BENCHMARKS))
+    """Benchmark names (folders of ``data_dir``) or paths to QA files."""
+    data_dir: str = "../shared/data/qa"
+    """Folder holding ``<dataset>/test.jsonl`` (FlashRAG) or ``<dataset>/test.parquet``."""
+    split: str = "test"
+    """Split file name inside each dataset folder."""
+    limit: int | None = None
+    """Evaluate the first N questions of each dataset."""
+    batch_size: int = 32
+    """Questions per batch (one generate call per turn)."""
+    seed: int = 0
+    """Seed for sampling and for simulated-engine draws."""
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.0))
+    """Turns and budgets (greedy decoding by default)."""
+    device: str = "auto"
+    """cpu, cuda or auto."""
+    dtype: str = "auto"
+    """auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."""
+    label: str | None = None
+    """Row name in tables (default ``method / model``)."""
+
+
+def resolve_dataset(name: str, data_dir: str | Path, split: str) -> Path:
+    """A dataset name or path → its file, or an error listing what exists."""
+    path = Path(name).expanduser()
+    if path.exists():
+        return path
+    root = Path(data_dir).expanduser()
+    candidate = root / name
+    for suffix in (".jsonl", ".parquet"):
+        if (candidate / f"{split}{suffix}").exists():
+            return candidate / f"{split}{suffix}"
+    present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    where = f"{root} holds: {', '.join(present)}" if present else f"{root} does not exist or is empty"
+    raise FileNotFoundError(f"unknown dataset {name!r}: no {split}.jsonl/.parquet under {candidate} "
+                            f"({where}; the standard names are {', '.join(BENCHMARKS)})")
+
+
+def rouge_l(prediction: str | None, golds: Sequence[str]) -> float:
+    """ROUGE-L F1 on normalised tokens, the maximum over the gold answers."""
+    if prediction is None:
+        return 0.0
+    pred = normalize_answer(prediction).split()
+    best = 0.0
+    for gold in golds:
+        ref = normalize_answer(gold).split()
+        if not pred or not ref:
+            continue
+        prev = [0] * (len(ref) + 1)
+        for p in pred:  # longest common subsequence, one row at a time
+            cur = [0]
+            for j, r in enumerate(ref):
+                cur.append(prev[j] + 1 if p == r else max(prev[j + 1], cur[j]))
+            prev = cur
+        lcs = prev[-1]
+        if lcs:
+            precision, recall = lcs / len(pred), lcs / len(ref)
+            best = max(best, 2 * precision * recall / (precision + recall))
+    return best
+
+
+def score(traj: Trajectory) -> dict[str, float]:
+    golds = traj.row.golden_answers
+    return {"em": exact_match(traj.answer, golds), "cover_em": cover_em(traj.answer, golds),
+            "f1": f1_score(traj.answer, golds), "rouge_l": rouge_l(traj.answer, golds),
+            "searches": traj.searches, "turns": traj.turns,
+            "extraction_failure": float(traj.answer is None)}
+
+
+def _read_predictions(path: Path) -> list[dict[str, Any]]:
+    """Finished rows; a half-written last line (the process was killed) is cut off the file."""
+    if not path.exists():
+        return []
+    rows, good_bytes = [], 0
+    with open(path, "rb") as handle:
+        for line in handle:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+            if not line.endswith(b"\n"):
+                rows.pop()
+                break
+            good_bytes += len(line)
+    if good_bytes != path.stat().st_size:
+        with open(path, "r+b") as handle:
+            handle.truncate(good_bytes)
+    return rows
+
+
+def _append(path: Path, records: list[dict[str, Any]]) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        for record in records:
+            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _row_seed(seed: int, dataset: str, row_id: Any) -> int:
+    return zlib.crc32(f"{seed}|{dataset}|{row_id}".encode())
+
+
+def rag_instructions(rows: Sequence[Row], engine: Engine, topk: int) -> list[str]:
+    """The RAG prompt of each row: top-k documents retrieved with the question itself."""
+    results = engine.search([SearchRequest(r.question, r.question, list(r.golden_answers), topk=topk,
+                                           mode="useful", row_id=r.id) for r in rows])
+    out = []
+    for result in results:
+        if result.error:
+            raise RuntimeError(f"retrieval failed for {result.query!r}: {result.error}")
+        docs = [f"(Title: {d.title}) {d.text}" if d.title else d.text for d in result.documents]
+        out.append(RAG_INSTRUCTION.format(documents=format_documents(docs) or "(no documents)"))
+    return out
+
+
+def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
+    n = len(records)
+    summary = {k: sum(r["metrics"][k] for r in records) / n if n else 0.0 for k in METRIC_KEYS}
+    summary["n"] = n
+    return summary
+
+
+def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_dir: str | Path,
+             progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
+    """Run (or resume) an evaluation; write predictions, results.json, table.md and chart.png."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
+    if cfg.method in ("search", "rag") and engine is None:
+        raise ValueError(f"method {cfg.method} needs a search engine")
+    out = Path(out_dir)
+    (out / "predictions").mkdir(parents=True, exist_ok=True)
+    meta_path = out / "run.json"
+    meta = {"model": cfg.model, "method": cfg.method, "seed": cfg.seed,
+            "rollout": asdict(cfg.rollout), "engine": engine.describe() if engine else None}
+    if meta_path.exists():
+        previous = json.loads(meta_path.read_text())
+        changed = [k for k in ("model", "method", "seed", "rollout") if previous.get(k) != meta[k]]
+        if changed:
+            raise ValueError(f"{out} holds a run with a different {', '.join(changed)}; use another "
+                             "--output-dir (resuming would mix two runs)")
+    meta_path.write_text(json.dumps(meta, indent=2))
+    files = {name: resolve_dataset(name, cfg.data_dir, cfg.split) for name in cfg.datasets}
+    rollout_cfg = cfg.rollout if cfg.method == "search" else RolloutConfig(
+        **{**asdict(cfg.rollout), "max_turns": 0})
+    instruction = {"direct": DIRECT_INSTRUCTION, "cot": COT_INSTRUCTION}.get(cfg.method)
+    results: dict[str, Any] = {}
+    for name, path in files.items():
+        rows = load_qa(path, limit=cfg.limit)
+        pred_path = out / "predictions" / f"{Path(name).stem if Path(name).exists() else name}.jsonl"
+        done = _read_predictions(pred_path)
+        finished = {r["id"] for r in done}
+        todo = [r for r in rows if str(r.id) not in finished]
+        if progress:
+            progress(name, len(rows) - len(todo), len(rows))
+        for start in range(0, len(todo), cfg.batch_size):
+            batch = todo[start:start + cfg.batch_size]
+            instructions = None
+            if cfg.method == "rag":
+                instructions = rag_instructions(batch, engine, cfg.rollout.topk)
+            elif instruction:
+                instructions = [instruction] * len(batch)
+            trajs = run_rollouts(
+                batch, generator, tokenizer, engine if cfg.method == "search" else None, rollout_cfg,
+                rng=random.Random(_row_seed(cfg.seed, name, batch[0].id)), instructions=instructions,
+                eos_token_ids=[tokenizer.eos_token_id])
+            records = [{"id": str(t.row.id), "question": t.row.question,
+                        "golden_answers": t.row.golden_answers, "prediction": t.answer,
+                        "metrics": score(t), "stats": t.stats(), "response": t.response}
+                       for t in trajs]
+            _append(pred_path, records)
+            done.extend(records)
+            if progress:
+                progress(name, len(done), len(rows))
+        order = {str(r.id): i for i, r in enumerate(rows)}
+        done = sorted((r for r in done if r["id"] in order), key=lambda r: order[r["id"]])
+        results[name] = summarise(done)
+    average = {k: sum(v[k] for v in results.values()) / len(results) for k in METRIC_KEYS}
+    label = cfg.label or f"{cfg.method} / {cfg.model}"
+    report = {"label": label, "model": cfg.model, "method": cfg.method, "engine": meta["engine"],
+              "limit": cfg.limit, "datasets": results, "average": average}
+    (out / "results.json").write_text(json.dumps(report, indent=2))
+    write_table([report], out / "table.md")
+    write_chart([report], out / "chart.png")
+    return report
+
+
+def write_table(reports: Sequence[dict[str, Any]], path: str | Path) -> str:
+    """A markdown table shaped like the paper's: rows = method / model, columns = datasets + avg (EM x 100)."""
+    names: list[str] = []
+    for report in reports:
+        names += [n for n in report["datasets"] if n not in names]
+    header = "| Method | " + " | ".join(names) + " | Avg. |"
+    lines = [header, "|" + "---|" * (len(names) + 2)]
+    for report in reports:
+        cells = [f"{100 * report['datasets'][n]['em']:.1f}" if n in report["datasets"] else "–"
+                 for n in names]
+        lines.append(f"| {report['label']} | " + " | ".join(cells)
+                     + f" | {100 * report['average']['em']:.1f} |")
+    lines.append("")
+    lines.append("Strict exact match (x100). Rows evaluated per dataset: "
+                 + ", ".join(f"{n} {reports[0]['datasets'][n]['n']}" for n in names
+                             if n in reports[0]["datasets"]) + ".")
+    text = "\n".join(lines) + "\n"
+    Path(path).write_text(text)
+    return text
+
+
+def write_chart(reports: Sequence[dict[str, Any]], path: str | Path) -> None:
+    """Grouped bar chart of EM per dataset (one bar colour per report)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names: list[str] = []
+    for report in reports:
+        names += [n for n in report["datasets"] if n not in names]
+    names.append("average")
+    width = 0.8 / max(len(reports), 1)
+    fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(names)), 3.6))
+    for i, report in enumerate(reports):
+        values = [100 * report["datasets"][n]["em"] if n in report["datasets"] else 0 for n in names[:-1]]
+        values.append(100 * report["average"]["em"])
+        ax.bar([x + i * width for x in range(len(names))], values, width, label=report["label"])
+    ax.set_xticks([x + width * (len(reports) - 1) / 2 for x in range(len(names))], names)
+    ax.set_ylabel("exact match (%)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def compare(out_dirs: Sequence[str | Path], out: str | Path | None = None) -> str:
+    """Merge several runs' results.json into one table (and chart, when ``out`` is given)."""
+    reports = []
+    for directory in out_dirs:
+        path = Path(directory) / "results.json"
+        if not path.exists():
+            raise FileNotFoundError(f"{path} not found (is {directory} an eval output folder?)")
+        reports.append(json.loads(path.read_text()))
+    target = Path(out) if out else None
+    if target:
+        target.mkdir(parents=True, exist_ok=True)
+        write_chart(reports, target / "chart.png")
+    return write_table(reports, (target / "table.md") if target else os.devnull)
