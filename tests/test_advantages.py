@@ -60,3 +60,23 @@ def test_trim_columns_keeps_every_real_column():
     # a chunk whose completions are all empty still keeps one completion column
     assert trim_columns(torch.tensor([[1, 1, 0, 0]]), 2) == (0, 3, 1)
     assert trim_columns(torch.zeros(1, 4, dtype=torch.long), 2) == (0, 4, 2)
+
+
+def test_plain_token_logps_match_trl_fused_head(tiny_model):
+    from transformers import AutoModelForCausalLM
+    from trl.trainer.utils import add_fused_lm_head
+
+    from zerosearch.train.trainer import plain_token_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
+    ids = torch.randint(10, 1000, (2, 12))
+    attn = torch.ones_like(ids)
+    attn[1, :3] = 0  # a left-padded row
+    keep = 5
+    labels = ids.masked_fill(attn == 0, -100)
+    labels[:, :-keep] = -100
+    fused = model(input_ids=ids, attention_mask=attn, labels=labels, fused_lm_head=True)
+    logps, entropy = plain_token_logps(model, ids, attn, keep, temperature=0.7, compute_entropy=True)
+    assert torch.allclose(logps, fused.log_probs[:, -keep:], atol=1e-4)
+    assert torch.allclose(entropy, fused.entropy[:, -keep:], atol=1e-4)

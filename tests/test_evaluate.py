@@ -131,3 +131,16 @@ def test_rag_puts_the_retrieved_documents_in_the_prompt(tiny_corpus):
     [instruction] = rag_instructions([Row("Which city is the capital of Germany?", ["Berlin"])], engine, 2)
     assert "<information>Doc 1: (Title: Berlin) Berlin is the capital of Germany" in instruction
     assert instruction.endswith("</information>\n\n")
+
+
+def test_ask_shows_the_trace_and_json(tiny_corpus):
+    base = [sys.executable, "-m", "zerosearch.cli", "ask", "Which city is the capital of Germany?",
+            "--model", "embedded:tiny-random", "--engine", "bm25", "--corpus", str(tiny_corpus),
+            "--max-turns", "1", "--max-turn-tokens", "8", "--policy-device", "cpu"]
+    r = subprocess.run(base, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "▸ generation" in r.stdout and "answer:" in r.stdout
+    r = subprocess.run(base + ["--json"], capture_output=True, text=True, timeout=300)
+    data = json.loads(r.stdout)
+    assert data["question"] == "Which city is the capital of Germany?"
+    assert data["trace"][0]["type"] == "generation" and "turns" in data

@@ -118,6 +118,8 @@ class TrainingConfig:
     """URL of `trl vllm-serve` in server mode."""
     vllm_gpu_memory_utilization: float = 0.3
     """colocate: GPU memory fraction for vLLM."""
+    fused_lm_head: bool = False
+    """TRL's tiled LM head (saves memory with large vocabularies on GPUs; about 2x slower on a CPU)."""
     generation_batch_size: int = 64
     """HF generate: most rows decoded together."""
     log_completions: bool = False
