@@ -80,3 +80,13 @@ def test_plain_token_logps_match_trl_fused_head(tiny_model):
     logps, entropy = plain_token_logps(model, ids, attn, keep, temperature=0.7, compute_entropy=True)
     assert torch.allclose(logps, fused.log_probs[:, -keep:], atol=1e-4)
     assert torch.allclose(entropy, fused.entropy[:, -keep:], atol=1e-4)
+
+
+def test_reorder_rows_moves_every_per_row_entry_together():
+    from zerosearch.train.trainer import reorder_rows
+
+    batch = {"ids": torch.tensor([[1, 1], [2, 2], [3, 3]]), "adv": torch.tensor([0.1, 0.2, 0.3]),
+             "names": ["a", "b", "c"], "num_items_in_batch": torch.tensor(7)}
+    out = reorder_rows(batch, torch.tensor([2, 0, 1]))
+    assert out["ids"][:, 0].tolist() == [3, 1, 2] and torch.equal(out["adv"], batch["adv"][[2, 0, 1]])
+    assert out["names"] == ["c", "a", "b"] and out["num_items_in_batch"].item() == 7

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from zerosearch.evaluate import (EvalConfig, _read_predictions, compare, evaluate, resolve_dataset,
-                                 rouge_l)
+from zerosearch.evaluate import EvalConfig, compare, evaluate, resolve_dataset, rouge_l
+from zerosearch.jsonl import read_finished
 from zerosearch.rollout import RolloutConfig
 
 
@@ -73,7 +73,7 @@ def test_resume_after_a_kill_loses_and_duplicates_nothing(policy, data_dir, tmp_
     path = out / "predictions" / "alpha.jsonl"
     with open(path, "a") as f:
         f.write('{"id": "alpha1", "question": "half a li')  # ...killed mid-write
-    assert len(_read_predictions(path)) == 1 and path.read_text().endswith("\n")
+    assert len(read_finished(path)) == 1 and path.read_text().endswith("\n")
     resumed = evaluate(_cfg(data_dir, "direct"), generator, tok, None, out)
     ids = [json.loads(l)["id"] for l in open(path)]
     assert ids == ["alpha0", "alpha1", "alpha2"]

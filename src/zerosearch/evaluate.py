@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from zerosearch.engines.base import Engine, SearchRequest
+from zerosearch.jsonl import append, read_finished
 from zerosearch.protocol import format_documents
 from zerosearch.qa import load_qa
 from zerosearch.rewards import cover_em, exact_match, f1_score, normalize_answer
@@ -122,35 +123,6 @@ def score(traj: Trajectory) -> dict[str, float]:
             "extraction_failure": float(traj.answer is None)}
 
 
-def _read_predictions(path: Path) -> list[dict[str, Any]]:
-    """Finished rows; a half-written last line (the process was killed) is cut off the file."""
-    if not path.exists():
-        return []
-    rows, good_bytes = [], 0
-    with open(path, "rb") as handle:
-        for line in handle:
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                break
-            if not line.endswith(b"\n"):
-                rows.pop()
-                break
-            good_bytes += len(line)
-    if good_bytes != path.stat().st_size:
-        with open(path, "r+b") as handle:
-            handle.truncate(good_bytes)
-    return rows
-
-
-def _append(path: Path, records: list[dict[str, Any]]) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        for record in records:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
 def _row_seed(seed: int, dataset: str, row_id: Any) -> int:
     return zlib.crc32(f"{seed}|{dataset}|{row_id}".encode())
 
@@ -202,7 +174,7 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
     for name, path in files.items():
         rows = load_qa(path, limit=cfg.limit)
         pred_path = out / "predictions" / f"{Path(name).stem if Path(name).exists() else name}.jsonl"
-        done = _read_predictions(pred_path)
+        done = read_finished(pred_path)
         finished = {r["id"] for r in done}
         todo = [r for r in rows if str(r.id) not in finished]
         if progress:
@@ -222,7 +194,7 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
                         "golden_answers": t.row.golden_answers, "prediction": t.answer,
                         "metrics": score(t), "stats": t.stats(), "response": t.response}
                        for t in trajs]
-            _append(pred_path, records)
+            append(pred_path, records)
             done.extend(records)
             if progress:
                 progress(name, len(done), len(rows))

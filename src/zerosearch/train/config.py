@@ -118,6 +118,9 @@ class TrainingConfig:
     """URL of `trl vllm-serve` in server mode."""
     vllm_gpu_memory_utilization: float = 0.3
     """colocate: GPU memory fraction for vLLM."""
+    group_by_length: bool = True
+    """Split each generation batch into micro-batches of similar length (less padding). The
+    gradient is unchanged for grpo, dr_grpo and dapo; bnpo weighs tokens per micro-batch."""
     fused_lm_head: bool = False
     """TRL's tiled LM head (saves memory with large vocabularies on GPUs; about 2x slower on a CPU)."""
     generation_batch_size: int = 64

@@ -181,6 +181,26 @@ class ZeroSearchTrainer(GRPOTrainer):
             ((kl * mask).sum() / mask.sum().clamp(min=1)).item())
         return out
 
+    # -- micro-batches ------------------------------------------------------------------------
+    def _prepare_inputs(self, generation_batch):
+        """TRL's buffering of one generation batch into micro-batches, ordered by length.
+
+        TRL shuffles rows before splitting; grouping rows of similar length instead cuts the
+        padding each micro-batch pays for (see ``training.group_by_length``).
+        """
+        if not (self.model.training and self.zs.training.group_by_length) or any(
+                k in generation_batch for k in ("pixel_values", "image_grid_thw")):
+            return super()._prepare_inputs(generation_batch)
+        from trl.trainer.utils import split_tensor_dict
+
+        generate_every = self.args.steps_per_generation * self.num_iterations
+        if self._step % generate_every == 0 or self._buffered_inputs is None:
+            batch = self._generate_and_score_completions(generation_batch)
+            lengths = batch["prompt_mask"].sum(1) + batch["completion_mask"].sum(1)
+            batch = reorder_rows(batch, torch.argsort(lengths, stable=True))
+            self._buffered_inputs = split_tensor_dict(batch, self.args.steps_per_generation)
+        return self._buffered_inputs[self._step % self.args.steps_per_generation]
+
     # -- forward passes -----------------------------------------------------------------------
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                            batch_size=None, compute_entropy=False,
@@ -253,6 +273,20 @@ class ZeroSearchTrainer(GRPOTrainer):
         weights = os.path.join(path, "model.safetensors")
         self.accelerator.unwrap_model(self.value_model).load_state_dict(load_file(weights))
         self._value_opt.load_state_dict(torch.load(os.path.join(path, "optimizer.pt")))
+
+
+def reorder_rows(batch: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
+    """Apply one row order to every per-row entry (tensors with a batch dimension, lists)."""
+    n = len(order)
+
+    def apply(value):
+        if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.size(0) == n:
+            return value[order.to(value.device)]
+        if isinstance(value, list) and len(value) == n:
+            return [value[i] for i in order.tolist()]
+        return value
+
+    return {key: apply(value) for key, value in batch.items()}
 
 
 def plain_token_logps(model, input_ids, attention_mask, logits_to_keep: int, temperature: float = 1.0,

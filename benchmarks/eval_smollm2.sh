@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The embedded SmolLM2 on the seven shared QA sets: direct, rag and search (BM25 over the shared
+# Wikipedia passages), then one merged table. Greedy decoding; resumable (rerun to continue).
+# LIMIT questions per dataset (default 100: about 40 minutes on 2 CPU cores; LIMIT= for all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+LIMIT=${LIMIT-100}
+OUT=${OUT:-runs/eval/smollm2}
+CORPUS=${CORPUS:-../shared/data/corpus/wiki_passages.jsonl}
+ZS=.venv/bin/zerosearch
+COMMON=(--model embedded:smollm2-135m-instruct --max-turn-tokens 128 --batch-size 32)
+[ -n "$LIMIT" ] && COMMON+=(--limit "$LIMIT")
+$ZS eval "${COMMON[@]}" --method direct --label "direct" -o "$OUT/direct"
+$ZS eval "${COMMON[@]}" --method rag --engine bm25 --corpus "$CORPUS" --topk 3 --label "rag (bm25, top-3)" -o "$OUT/rag"
+$ZS eval "${COMMON[@]}" --method search --engine bm25 --corpus "$CORPUS" --topk 3 --max-turns 2 \
+  --label "search agent (bm25, top-3)" -o "$OUT/search"
+$ZS eval compare "$OUT/direct" "$OUT/rag" "$OUT/search" -o "$OUT"

@@ -1,0 +1,123 @@
+"""`zerosearch sim build`: a balanced useful/noisy SFT set for the simulation LLM.
+
+Each example is a chat prompt-completion pair: the prompt is the fine-tuned simulator prompt
+(byte-exact with the released simulators: question, gold answer, query, useful/noisy), the completion
+the real engine's documents as ``Doc i:`` lines (any top-k up to 20). Useful and noisy examples are
+balanced by down-sampling the larger side; train and validation are split by question, so
+validation questions are unseen. ``load_released`` converts the SFT layouts users have (chat
+``messages``, ShareGPT ``conversations``, Alpaca ``instruction``/``input``/``output``,
+``prompt``/``completion``) into the same format.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections import Counter
+from pathlib import Path
+from typing import Any, Sequence
+
+from zerosearch.jsonl import read_finished
+from zerosearch.protocol import finetuned_sim_messages, format_documents
+from zerosearch.sim.label import METHODS, doc_texts
+
+
+def _clip(text: str, max_words: int) -> str:
+    words = text.split()
+    return " ".join(words[:max_words]) + (" …" if len(words) > max_words else "")
+
+
+def example(pair: dict[str, Any], mode: str, max_docs: int, max_doc_words: int) -> dict[str, Any]:
+    """One SFT example from a labelled pair."""
+    texts = [_clip(t, max_doc_words) for t in doc_texts(pair["documents"])[:max_docs]]
+    messages = finetuned_sim_messages(pair["query"], pair["question"], pair["golden_answers"], mode,
+                                      k=len(texts))
+    return {"prompt": messages, "completion": [{"role": "assistant", "content": format_documents(texts)}],
+            "mode": mode, "query": pair["query"], "question": pair["question"],
+            "golden_answers": pair["golden_answers"], "row_id": pair["row_id"], "k": len(texts),
+            "documents": texts}
+
+
+def build(labelled: str | Path, out_dir: str | Path, label_by: str = "contains", max_docs: int = 5,
+          max_doc_words: int = 40, val_fraction: float = 0.1, seed: int = 0,
+          balance: bool = True) -> dict[str, Any]:
+    """Write ``train.jsonl`` and ``val.jsonl`` into ``out_dir``; returns statistics."""
+    if label_by not in METHODS:
+        raise ValueError(f"label_by must be one of {', '.join(METHODS)}")
+    if not 1 <= max_docs <= 20:
+        raise ValueError("max_docs must be between 1 and 20")
+    pairs = [p for p in read_finished(labelled) if p["labels"].get(label_by) is not None]
+    if not pairs:
+        raise ValueError(f"no pair in {labelled} has a {label_by!r} label")
+    rng = random.Random(seed)
+    rows = sorted({p["row_id"] for p in pairs})
+    rng.shuffle(rows)
+    val_rows = set(rows[: max(1, round(len(rows) * val_fraction))]) if val_fraction > 0 else set()
+    splits: dict[str, list[dict[str, Any]]] = {"train": [], "val": []}
+    for split in splits:
+        chosen = [p for p in pairs if (p["row_id"] in val_rows) == (split == "val")]
+        by_mode = {m: [p for p in chosen if p["labels"][label_by] == m] for m in ("useful", "noisy")}
+        if balance and all(by_mode.values()):
+            n = min(len(v) for v in by_mode.values())
+            by_mode = {m: rng.sample(v, n) for m, v in by_mode.items()}
+        examples = [example(p, m, max_docs, max_doc_words) for m, v in by_mode.items() for p in v]
+        rng.shuffle(examples)
+        splits[split] = examples
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for split, examples in splits.items():
+        with open(out / f"{split}.jsonl", "w", encoding="utf-8") as handle:
+            for ex in examples:
+                handle.write(json.dumps(ex, ensure_ascii=False) + "\n")
+    stats = {split: {"examples": len(v), "modes": dict(Counter(e["mode"] for e in v)),
+                     "questions": len({e["row_id"] for e in v}),
+                     "mean_docs": sum(e["k"] for e in v) / len(v) if v else 0.0,
+                     "mean_target_words": sum(len(e["completion"][0]["content"].split()) for e in v)
+                     / len(v) if v else 0.0} for split, v in splits.items()}
+    stats["label_by"] = label_by
+    (out / "stats.json").write_text(json.dumps(stats, indent=2))
+    return stats
+
+
+def load_released(path: str | Path) -> list[dict[str, Any]]:
+    """Convert a released simulation-tuning file (jsonl/json/parquet) into prompt-completion examples."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"simulation-tuning data not found: {path}")
+    if path.suffix == ".parquet":
+        import pandas as pd
+
+        records = pd.read_parquet(path).to_dict("records")
+    elif path.suffix == ".json":
+        records = json.loads(path.read_text())
+    else:
+        records = read_finished(path)
+    return [_convert(rec, i, path) for i, rec in enumerate(records)]
+
+
+def _convert(rec: dict[str, Any], index: int, path: Path) -> dict[str, Any]:
+    def chat(messages: Sequence[dict[str, Any]]) -> list[dict[str, str]]:
+        roles = {"human": "user", "gpt": "assistant", "system": "system", "user": "user",
+                 "assistant": "assistant"}
+        return [{"role": roles[m.get("role", m.get("from"))], "content": m.get("content", m.get("value"))}
+                for m in messages]
+
+    if "prompt" in rec and "completion" in rec:
+        prompt, completion = rec["prompt"], rec["completion"]
+        prompt = chat(prompt) if isinstance(prompt, (list, tuple)) else [{"role": "user", "content": prompt}]
+        completion = chat(completion) if isinstance(completion, (list, tuple)) else [
+            {"role": "assistant", "content": completion}]
+        return {"prompt": prompt, "completion": completion}
+    messages = rec.get("messages", rec.get("conversations"))
+    if messages is not None:
+        messages = chat(list(messages))
+        if not messages or messages[-1]["role"] != "assistant":
+            raise ValueError(f"{path}: record {index} does not end with an assistant message")
+        return {"prompt": messages[:-1], "completion": messages[-1:]}
+    if "instruction" in rec and "output" in rec:
+        user = rec["instruction"] + (("\n" + rec["input"]) if rec.get("input") else "")
+        return {"prompt": [{"role": "system", "content": rec.get("system", "")},
+                           {"role": "user", "content": user}],
+                "completion": [{"role": "assistant", "content": rec["output"]}]}
+    raise ValueError(f"{path}: record {index} has none of the known layouts (messages, "
+                     "conversations, instruction/input/output, prompt/completion)")

@@ -1,0 +1,88 @@
+"""`zerosearch sim train`: supervised fine-tuning of the simulation LLM with TRL's SFTTrainer.
+
+The loss covers the completion only (the documents), never the prompt. Full fine-tuning or LoRA
+(merged into the weights at the end), so the result in ``<output_dir>/final`` is a normal HF
+checkpoint that `zerosearch serve --engine simulated --model <dir>`, vLLM and SGLang can load.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from zerosearch.jsonl import read_finished
+from zerosearch.models import resolve_model
+
+
+@dataclass
+class SimTrainConfig:
+    """Simulator SFT settings (paper: about 1,000 steps, lr 1e-6, batch 2 on 7B-14B models)."""
+
+    model: str = "embedded:smollm2-135m-instruct"
+    """Base model of the simulator."""
+    data: str = "runs/sim/sft"
+    """Folder with train.jsonl (and val.jsonl) from `sim build`, or a file."""
+    output_dir: str = "runs/sim/simulator"
+    """Checkpoints and final/."""
+    epochs: float = 2.0
+    """Passes over the training set (ignored when max_steps > 0)."""
+    max_steps: int = -1
+    """Optimizer steps; -1 = use epochs."""
+    learning_rate: float = 5e-5
+    """Small models need more than the paper's 1e-6."""
+    batch_size: int = 8
+    """Examples per optimizer step (per device)."""
+    max_length: int = 1024
+    """Prompt + completion tokens; longer examples are cut."""
+    lora: bool = False
+    """Train LoRA adapters and merge them at the end."""
+    lora_r: int = 16
+    """LoRA rank."""
+    seed: int = 0
+    """Data order and initialisation."""
+
+
+def train_simulator(cfg: SimTrainConfig, log=print) -> str:
+    """Fine-tune and return the folder of the final simulator."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import SFTConfig, SFTTrainer
+
+    data = Path(cfg.data)
+    train_file = data / "train.jsonl" if data.is_dir() else data
+    if not train_file.exists():
+        raise FileNotFoundError(f"no SFT data at {train_file} (run `zerosearch sim build` first)")
+    keep = ("prompt", "completion")
+    train_rows = [{k: r[k] for k in keep} for r in read_finished(train_file)]
+    if not train_rows:
+        raise ValueError(f"{train_file} holds no examples")
+    val_file = data / "val.jsonl" if data.is_dir() else None
+    val_rows = [{k: r[k] for k in keep} for r in read_finished(val_file)] if val_file else []
+    path = resolve_model(cfg.model)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path)
+    peft_config = None
+    if cfg.lora:
+        from peft import LoraConfig
+
+        peft_config = LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, task_type="CAUSAL_LM",
+                                 target_modules=["q_proj", "k_proj", "v_proj", "o_proj"])
+    args = SFTConfig(
+        output_dir=cfg.output_dir, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
+        learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
+        max_length=cfg.max_length, completion_only_loss=True, seed=cfg.seed,
+        logging_steps=5, save_strategy="no", report_to=[], lr_scheduler_type="cosine",
+        warmup_steps=0.05, eval_strategy="epoch" if val_rows else "no",
+        per_device_eval_batch_size=cfg.batch_size, dataloader_num_workers=0)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
+                         processing_class=tokenizer, peft_config=peft_config)
+    trainer.train()
+    final = Path(cfg.output_dir) / "final"
+    trained = trainer.model
+    if cfg.lora:
+        trained = trained.merge_and_unload()
+    trained.save_pretrained(final)
+    tokenizer.save_pretrained(final)
+    log(f"simulator saved to {final}")
+    return str(final)
