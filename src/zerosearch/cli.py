@@ -294,5 +294,201 @@ def ask(
         out.print(f"[bold]answer:[/] {traj.answer if traj.answer is not None else '(none)'}")
 
 
+sim_app = typer.Typer(help="Simulation tuning: collect, label, build, train, fidelity.",
+                      no_args_is_help=True)
+app.add_typer(sim_app, name="sim")
+
+
+def _judge_backend(judge_model: Optional[str], judge_url: Optional[str]):
+    if judge_url:
+        from zerosearch.llm.openai_backend import OpenAIBackend
+
+        return OpenAIBackend([judge_url], model=judge_model)
+    if judge_model:
+        from zerosearch.llm.transformers_backend import TransformersBackend
+
+        return TransformersBackend(judge_model)
+    return None
+
+
+def _progress_bar(title: str):
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    progress = Progress(TextColumn(f"[bold]{title}[/]"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
+                        console=console)
+    task = progress.add_task(title, total=None)
+    return progress, lambda done, total: progress.update(task, completed=done, total=total)
+
+
+@sim_app.command("collect")
+@with_engine_options()
+def sim_collect(
+    output: str = typer.Option("runs/sim/collected.jsonl", "--output", "-o", help="JSONL to append to."),
+    train_data: str = typer.Option("../shared/data/qa/train/hotpot_2wiki.jsonl", "--train-data",
+                                   help="QA questions."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="First N questions."),
+    policy: str = typer.Option("embedded:smollm2-135m-instruct", "--policy", help="Collecting policy."),
+    query_source: str = typer.Option("policy", "--query-source",
+                                     help="policy (its own searches) or question (question = query)."),
+    max_turns: int = typer.Option(3, "--max-turns", help="Policy searches per question."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Questions per batch."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
+    engine_cfg: EngineConfig = None,
+):
+    """Run a policy against a real engine and record every (query, documents) pair. Resumable."""
+    from zerosearch.qa import load_qa
+    from zerosearch.rollout import RolloutConfig
+    from zerosearch.sim.collect import CollectConfig, collect
+
+    try:
+        if engine_cfg.kind == "simulated":
+            raise ValueError("collect from a real engine: --engine bm25, dense, web or remote")
+        rows = load_qa(train_data, limit=limit)
+        cfg = CollectConfig(query_source=query_source, batch_size=batch_size,
+                            rollout=RolloutConfig(max_turns=max_turns, temperature=0.7,
+                                                  topk=engine_cfg.topk))
+        engine = _build(engine_cfg)
+        generator = tokenizer = None
+        if query_source == "policy":
+            from zerosearch.generation import load_policy
+
+            generator, tokenizer = load_policy(policy)
+        progress, update = _progress_bar("collect")
+        with progress:
+            counts = collect(rows, engine, output, cfg, generator, tokenizer, update)
+    except USER_ERRORS as err:
+        fail(err)
+    console.print(f"[green]{output}[/]: {counts['questions']} questions, {counts['queries']} queries "
+                  f"({counts['questions_with_queries']} questions issued at least one)")
+
+
+@sim_app.command("label")
+def sim_label(
+    collected: str = typer.Option("runs/sim/collected.jsonl", "--collected", help="From sim collect."),
+    output: str = typer.Option("runs/sim/labelled.jsonl", "--output", "-o", help="Labelled pairs."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model",
+                                              help="LLM judge (in process, or the name at --judge-url)."),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="OpenAI-compatible judge endpoint."),
+    outcome_threshold: float = typer.Option(0.5, "--outcome-threshold", help="F1 counted as correct."),
+):
+    """Label pairs useful/noisy by judge, outcome and contains; report agreement."""
+    from zerosearch.sim.label import label
+
+    try:
+        judge = _judge_backend(judge_model, judge_url)
+        progress, update = _progress_bar("label")
+        with progress:
+            report = label(collected, output, judge, outcome_threshold, progress=update)
+    except USER_ERRORS as err:
+        fail(err)
+    out.print_json(json.dumps(report))
+
+
+@sim_app.command("build")
+def sim_build(
+    labelled: str = typer.Option("runs/sim/labelled.jsonl", "--labelled", help="From sim label."),
+    output_dir: str = typer.Option("runs/sim/sft", "--output-dir", "-o", help="train/val JSONL folder."),
+    label_by: str = typer.Option("contains", "--label-by", help="judge, outcome or contains."),
+    max_docs: int = typer.Option(5, "--max-docs", help="Documents per example (top-k, up to 20)."),
+    max_doc_words: int = typer.Option(40, "--max-doc-words", help="Words kept per document."),
+    val_fraction: float = typer.Option(0.1, "--val-fraction", help="Questions held out."),
+    seed: int = typer.Option(0, "--seed", help="Balancing and split seed."),
+):
+    """Build a balanced useful/noisy SFT set in chat format with the released simulators' prompt."""
+    from zerosearch.sim.build import build
+
+    try:
+        stats = build(labelled, output_dir, label_by, max_docs, max_doc_words, val_fraction, seed)
+    except USER_ERRORS as err:
+        fail(err)
+    out.print_json(json.dumps(stats))
+
+
+@sim_app.command("train")
+def sim_train(
+    data: str = typer.Option("runs/sim/sft", "--data", help="Folder from sim build (train.jsonl)."),
+    model: str = typer.Option("embedded:smollm2-135m-instruct", "--model", "-m", help="Base model."),
+    output_dir: str = typer.Option("runs/sim/simulator", "--output-dir", "-o", help="Run folder."),
+    epochs: float = typer.Option(2.0, "--epochs", help="Passes over the data."),
+    max_steps: int = typer.Option(-1, "--max-steps", help="Optimizer steps (-1: use epochs)."),
+    learning_rate: float = typer.Option(5e-5, "--learning-rate", help="Peak learning rate."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Examples per step."),
+    lora: bool = typer.Option(False, "--lora", help="LoRA, merged at the end."),
+):
+    """Fine-tune the simulation LLM (completion-only loss); saves a servable checkpoint."""
+    from zerosearch.sim.tune import SimTrainConfig, train_simulator
+
+    try:
+        final = train_simulator(SimTrainConfig(model=model, data=data, output_dir=output_dir,
+                                               epochs=epochs, max_steps=max_steps,
+                                               learning_rate=learning_rate, batch_size=batch_size,
+                                               lora=lora), log=lambda m: console.print(m))
+    except USER_ERRORS as err:
+        fail(err)
+    console.print(f"[green]serve it:[/] zerosearch serve --engine simulated --model {final}")
+
+
+@sim_app.command("fidelity")
+@with_engine_options()
+def sim_fidelity(
+    simulator: list[str] = typer.Option(..., "--simulator",
+                                        help="STYLE@MODEL, e.g. finetuned@runs/sim/simulator/final or "
+                                             "prompt@embedded:smollm2-135m-instruct (repeatable)."),
+    held_out: str = typer.Option("runs/sim/sft/val.jsonl", "--held-out", help="Held-out queries."),
+    reference_engine: Optional[str] = typer.Option(None, "--reference-engine",
+                                                   help="bm25 or dense: fetch the real documents "
+                                                        "(with --corpus); default: those recorded."),
+    limit: Optional[int] = typer.Option(None, "--limit", help="First N held-out queries."),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="LLM judge."),
+    judge_url: Optional[str] = typer.Option(None, "--judge-url", help="Judge endpoint."),
+    output_dir: str = typer.Option("runs/sim/fidelity", "--output-dir", "-o", help="Report folder."),
+    config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
+    engine_cfg: EngineConfig = None,
+):
+    """Measure simulators against the real engine: format, controllability, overlap, cost."""
+    from dataclasses import replace
+
+    from rich.progress import Progress
+
+    from zerosearch.sim.fidelity import (held_out_queries, measure, real_engine_row,
+                                         reference_documents, write_report)
+
+    try:
+        queries = held_out_queries(held_out, limit)
+        if not queries:
+            raise ValueError(f"no held-out queries in {held_out}")
+        ref_engine = None
+        if reference_engine:
+            ref_engine = _build(replace(engine_cfg, kind=reference_engine))
+        reference = reference_documents(queries, ref_engine, engine_cfg.topk)
+        judge = _judge_backend(judge_model, judge_url)
+        rows = [real_engine_row(queries, reference)]
+        progress = Progress(console=console)
+        tasks: dict[str, int] = {}
+
+        def update(name: str, done: int, total: int) -> None:
+            if name not in tasks:
+                tasks[name] = progress.add_task(name, total=total)
+            progress.update(tasks[name], completed=done)
+
+        with progress:
+            for spec in simulator:
+                style, sep, model = spec.partition("@")
+                if not sep or style not in ("finetuned", "prompt"):
+                    raise ValueError(f"--simulator {spec!r}: expected STYLE@MODEL with STYLE "
+                                     "finetuned or prompt")
+                engine = _build(replace(engine_cfg, kind="simulated", model=model, style=style))
+                try:
+                    rows.append(measure(spec, engine, queries, engine_cfg.topk, reference, judge,
+                                        progress=update))
+                finally:
+                    engine.close()
+    except USER_ERRORS as err:
+        fail(err)
+    out.print(write_report(rows, output_dir))
+    console.print(f"[green]wrote[/] {output_dir}/fidelity.md, fidelity.json, fidelity.png")
+
+
 if __name__ == "__main__":
     app()

@@ -57,6 +57,10 @@ def build(labelled: str | Path, out_dir: str | Path, label_by: str = "contains",
     for split in splits:
         chosen = [p for p in pairs if (p["row_id"] in val_rows) == (split == "val")]
         by_mode = {m: [p for p in chosen if p["labels"][label_by] == m] for m in ("useful", "noisy")}
+        missing = [m for m, v in by_mode.items() if not v]
+        if split == "train" and missing:
+            raise ValueError(f"the training split has no {missing[0]} examples by {label_by!r} labels "
+                             f"({len(chosen)} pairs); collect more questions or choose another label")
         if balance and all(by_mode.values()):
             n = min(len(v) for v in by_mode.values())
             by_mode = {m: rng.sample(v, n) for m, v in by_mode.items()}

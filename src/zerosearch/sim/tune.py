@@ -44,6 +44,7 @@ class SimTrainConfig:
 
 def train_simulator(cfg: SimTrainConfig, log=print) -> str:
     """Fine-tune and return the folder of the final simulator."""
+    import torch
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import SFTConfig, SFTTrainer
@@ -73,7 +74,8 @@ def train_simulator(cfg: SimTrainConfig, log=print) -> str:
         max_length=cfg.max_length, completion_only_loss=True, seed=cfg.seed,
         logging_steps=5, save_strategy="no", report_to=[], lr_scheduler_type="cosine",
         warmup_steps=0.05, eval_strategy="epoch" if val_rows else "no",
-        per_device_eval_batch_size=cfg.batch_size, dataloader_num_workers=0)
+        per_device_eval_batch_size=cfg.batch_size, dataloader_num_workers=0,
+        bf16=torch.cuda.is_available())
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                          eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
                          processing_class=tokenizer, peft_config=peft_config)

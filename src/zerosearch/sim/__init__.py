@@ -1,0 +1,1 @@
+"""Simulation tuning: build a simulation LLM from a real engine and measure its fidelity."""

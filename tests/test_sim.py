@@ -1,0 +1,172 @@
+"""Simulation tuning end to end on the tiny model and a tiny corpus: collect (with a resume after an
+interruption), label by three methods, build, SFT, fidelity; and the released-layout loader."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from zerosearch.engines import EngineConfig, build_engine
+from zerosearch.jsonl import read_finished
+from zerosearch.rollout import RolloutConfig, Row
+from zerosearch.sim.build import build, load_released
+from zerosearch.sim.collect import CollectConfig, collect
+from zerosearch.sim.label import agreement, contains_answer, label
+
+ROWS = [Row("Which city is the capital of Germany?", ["Berlin"], "g"),
+        Row("Who wrote On the Origin of Species?", ["Charles Darwin"], "d"),
+        Row("Which mountain is the highest above sea level?", ["Mount Everest"], "e"),
+        Row("What is the largest river in South America?", ["Amazon"], "a"),
+        Row("Which city is the capital of France?", ["Paris"], "p"),
+        Row("Which river flows through Cairo?", ["Nile"], "n"),
+        Row("What is the population of the capital of Germany?", ["3.7 million"], "l"),
+        Row("In which year did Charles Darwin die?", ["1882"], "y"),
+        Row("How tall is Mount Everest?", ["8,849 metres"], "f")]
+
+
+@pytest.fixture()
+def bm25(tiny_corpus):
+    return build_engine(EngineConfig(kind="bm25", corpus=str(tiny_corpus), topk=2), log=lambda m: None)
+
+
+class _Boom(Exception):
+    pass
+
+
+class _FailingEngine:
+    """Delegates to a real engine, then fails on its n-th call (a crash mid-collection)."""
+
+    name = "bm25"
+
+    def __init__(self, engine, fail_on):
+        self.engine, self.calls, self.fail_on = engine, 0, fail_on
+
+    def search(self, requests):
+        self.calls += 1
+        if self.calls == self.fail_on:
+            raise _Boom("killed")
+        return self.engine.search(requests)
+
+
+def test_collect_resumes_without_duplicates_or_losses(bm25, tmp_path):
+    out = tmp_path / "collected.jsonl"
+    cfg = CollectConfig(query_source="question", batch_size=2, rollout=RolloutConfig(topk=2))
+    with pytest.raises(_Boom):
+        collect(ROWS, _FailingEngine(bm25, fail_on=2), out, cfg)
+    assert [r["row_id"] for r in read_finished(out)] == ["g", "d"]
+    with open(out, "a") as f:
+        f.write('{"row_id": "e", "quest')  # killed mid-write as well
+    counts = collect(ROWS, bm25, out, cfg)
+    ids = [r["row_id"] for r in read_finished(out)]
+    assert ids == ["g", "d", "e", "a", "p", "n", "l", "y", "f"] and counts["queries"] == 9
+    first = read_finished(out)[0]
+    assert first["searches"][0]["query"] == ROWS[0].question
+    assert first["searches"][0]["documents"][0]["title"] == "Berlin"
+
+
+def test_collect_with_a_policy_records_its_searches(bm25, tmp_path, tiny_model):
+    from helpers import ScriptedPolicy
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    scripts = {r.question: [f"<search>{r.question.split()[-1].strip('?')}</search>",
+                            f"<answer>{r.golden_answers[0]}</answer>"] for r in ROWS}
+    out = tmp_path / "policy.jsonl"
+    counts = collect(ROWS[:3], bm25, out, CollectConfig(query_source="policy",
+                                                       rollout=RolloutConfig(max_turns=2, topk=2)),
+                     ScriptedPolicy(tok, scripts), tok)
+    assert counts == {"questions": 3, "queries": 3, "questions_with_queries": 3}
+    rec = read_finished(out)[0]
+    assert rec["f1"] == 1.0 and rec["searches"][0]["query"] == "Germany"
+
+
+def test_label_three_ways_and_agreement(bm25, tmp_path, tiny_model):
+    collected = tmp_path / "c.jsonl"
+    collect(ROWS, bm25, collected, CollectConfig(query_source="question", rollout=RolloutConfig(topk=2)))
+
+    class YesJudge:  # a judge that always says yes, to check the bookkeeping
+        def chat(self, conversations, params):
+            from zerosearch.llm.base import Completion
+
+            return [Completion("Yes.") for _ in conversations]
+
+    report = label(collected, tmp_path / "l.jsonl", judge=YesJudge())
+    pairs = read_finished(tmp_path / "l.jsonl")
+    assert len(pairs) == 9 and report["pairs"] == 9
+    by_id = {p["row_id"]: p["labels"] for p in pairs}
+    assert by_id["g"]["contains"] == "useful"   # the Berlin passage names Berlin
+    assert by_id["n"]["contains"] == "noisy"    # nothing about the Nile in the corpus
+    assert by_id["g"]["outcome"] is None         # question-as-query: no trajectory
+    assert report["methods"]["judge"]["useful"] == 9
+    contains_useful = report["methods"]["contains"]["useful"]
+    assert report["agreement"]["judge~contains"]["rate"] == pytest.approx(contains_useful / 9)
+    assert report["agreement"]["judge~outcome"]["pairs"] == 0
+    assert agreement(pairs) == report
+
+
+def test_build_balances_and_uses_the_released_prompt(bm25, tmp_path):
+    collected, labelled = tmp_path / "c.jsonl", tmp_path / "l.jsonl"
+    collect(ROWS, bm25, collected, CollectConfig(query_source="question", rollout=RolloutConfig(topk=2)))
+    label(collected, labelled)
+    stats = build(labelled, tmp_path / "sft", label_by="contains", max_docs=2, val_fraction=0.25)
+    train = read_finished(tmp_path / "sft" / "train.jsonl")
+    val = read_finished(tmp_path / "sft" / "val.jsonl")
+    assert stats["train"]["modes"].get("useful", 0) == stats["train"]["modes"].get("noisy", 0)
+    assert not {e["row_id"] for e in train} & {e["row_id"] for e in val}
+    ex = train[0]
+    assert ex["prompt"][0] == {"role": "system", "content": ""}
+    assert ex["prompt"][1]["content"].startswith("You are the Google search engine.\nGiven a query, you "
+                                                 f"need to generate {'two' if ex['k'] == 2 else 'one'} {ex['mode']} documents")
+    assert ex["completion"][0]["content"].startswith("Doc 1: ")
+    with pytest.raises(ValueError, match="no pair"):
+        build(labelled, tmp_path / "x", label_by="judge")
+
+
+def test_load_released_layouts(tmp_path):
+    path = tmp_path / "released.jsonl"
+    rows = [{"messages": [{"role": "system", "content": ""}, {"role": "user", "content": "U"},
+                          {"role": "assistant", "content": "Doc 1: x"}]},
+            {"conversations": [{"from": "human", "value": "U2"}, {"from": "gpt", "value": "Doc 1: y"}]},
+            {"instruction": "I", "input": "Q", "output": "Doc 1: z"}]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = load_released(path)
+    assert [o["completion"][0]["content"] for o in out] == ["Doc 1: x", "Doc 1: y", "Doc 1: z"]
+    assert out[2]["prompt"][1]["content"] == "I\nQ"
+    path.write_text(json.dumps({"text": "?"}) + "\n")
+    with pytest.raises(ValueError, match="known layouts"):
+        load_released(path)
+
+
+def test_contains_answer_is_token_aligned():
+    assert contains_answer(["Berlin is big"], ["berlin"])
+    assert not contains_answer(["Berliner Dom"], ["Berlin"])
+
+
+def test_train_and_fidelity_cli_end_to_end(bm25, tmp_path, tiny_corpus, tiny_model):
+    collected, labelled, sft = tmp_path / "c.jsonl", tmp_path / "l.jsonl", tmp_path / "sft"
+    collect(ROWS, bm25, collected, CollectConfig(query_source="question", rollout=RolloutConfig(topk=2)))
+    label(collected, labelled)
+    build(labelled, sft, max_docs=2, val_fraction=0.25)
+    zs = [sys.executable, "-m", "zerosearch.cli", "sim"]
+    r = subprocess.run(zs + ["train", "--data", str(sft), "--model", "embedded:tiny-random",
+                             "-o", str(tmp_path / "sim"), "--max-steps", "2", "--batch-size", "2"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    final = tmp_path / "sim" / "final"
+    assert (final / "model.safetensors").exists() and (final / "tokenizer.json").exists()
+    r = subprocess.run(zs + ["fidelity", "--simulator", f"finetuned@{final}",
+                             "--simulator", "prompt@embedded:tiny-random", "--held-out",
+                             str(sft / "val.jsonl"), "--reference-engine", "bm25", "--corpus",
+                             str(tiny_corpus), "--topk", "2", "--max-new-tokens", "12",
+                             "-o", str(tmp_path / "fid")], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    assert [row["simulator"] for row in rows] == ["real engine (reference)", f"finetuned@{final}",
+                                                  "prompt@embedded:tiny-random"]
+    for row in rows[1:]:
+        assert 0 <= row["format_validity"] <= 1
+        assert row["fidelity"] == pytest.approx(row["format_validity"] * max(
+            0.0, row["contains_useful"] - row["contains_noisy"]))
+    assert "| simulator |" in (tmp_path / "fid" / "fidelity.md").read_text()
+    assert (tmp_path / "fid" / "fidelity.png").exists()
