@@ -170,3 +170,14 @@ def test_train_and_fidelity_cli_end_to_end(bm25, tmp_path, tiny_corpus, tiny_mod
             0.0, row["contains_useful"] - row["contains_noisy"]))
     assert "| simulator |" in (tmp_path / "fid" / "fidelity.md").read_text()
     assert (tmp_path / "fid" / "fidelity.png").exists()
+
+
+def test_clipping_keeps_the_answer_in_useful_documents():
+    from zerosearch.sim.build import clip_words
+
+    text = " ".join(f"w{i}" for i in range(100)) + " the answer is Charles Darwin indeed " + " ".join(
+        f"v{i}" for i in range(100))
+    clipped = clip_words(text, 20, ["Charles Darwin"])
+    assert len(clipped.split()) == 20 and "Charles Darwin" in clipped
+    assert clip_words(text, 20, ["nothing"]) == " ".join(f"w{i}" for i in range(20))
+    assert clip_words("short text", 20, ["x"]) == "short text"

@@ -19,17 +19,32 @@ from typing import Any, Sequence
 
 from zerosearch.jsonl import read_finished
 from zerosearch.protocol import finetuned_sim_messages, format_documents
+from zerosearch.rewards import normalize_answer
 from zerosearch.sim.label import METHODS, doc_texts
 
 
-def _clip(text: str, max_words: int) -> str:
+def clip_words(text: str, max_words: int, golds: Sequence[str] = ()) -> str:
+    """At most ``max_words`` words of ``text``: a window around the first gold answer it contains
+    (so clipping never turns a useful document into a noisy one), else the beginning."""
     words = text.split()
-    return " ".join(words[:max_words]) + (" …" if len(words) > max_words else "")
+    if len(words) <= max_words:
+        return text
+    norm = [normalize_answer(w) for w in words]
+    start = 0
+    for gold in golds:
+        target = normalize_answer(gold).split()
+        hit = next((i for i in range(len(norm)) if target and " ".join(
+            t for t in norm[i:i + 3 * len(target)] if t).startswith(" ".join(target))), None)
+        if hit is not None:
+            start = max(0, min(hit - max_words // 3, len(words) - max_words))
+            break
+    return " ".join(words[start:start + max_words])
 
 
 def example(pair: dict[str, Any], mode: str, max_docs: int, max_doc_words: int) -> dict[str, Any]:
     """One SFT example from a labelled pair."""
-    texts = [_clip(t, max_doc_words) for t in doc_texts(pair["documents"])[:max_docs]]
+    golds = pair["golden_answers"]
+    texts = [clip_words(t, max_doc_words, golds) for t in doc_texts(pair["documents"])[:max_docs]]
     messages = finetuned_sim_messages(pair["query"], pair["question"], pair["golden_answers"], mode,
                                       k=len(texts))
     return {"prompt": messages, "completion": [{"role": "assistant", "content": format_documents(texts)}],
