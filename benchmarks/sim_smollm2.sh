@@ -17,7 +17,7 @@ $ZS sim build --labelled "$OUT/labelled.jsonl" -o "$OUT/sft" --label-by contains
   --max-doc-words 40 --val-fraction 0.15 > "$OUT/build_stats.json"
 [ -f "$OUT/simulator/final/model.safetensors" ] || \
   $ZS sim train --data "$OUT/sft" --model embedded:smollm2-135m-instruct -o "$OUT/simulator" \
-    --epochs 2 --learning-rate 1e-4 --batch-size 8
+    --epochs 1 --learning-rate 1e-4 --batch-size 8
 $ZS sim fidelity --simulator "finetuned@$OUT/simulator/final" \
   --simulator prompt@embedded:smollm2-135m-instruct --held-out "$OUT/sft/val.jsonl" \
   --reference-engine bm25 --corpus "$CORPUS" --topk 3 --max-new-tokens 200 --temperature 0.8 \

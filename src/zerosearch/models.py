@@ -71,6 +71,18 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _save_atomically(target: Path, model, tokenizer) -> None:
+    """Save into a temporary sibling folder, then rename: readers never see half a model."""
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _convert_gguf(target: Path) -> None:
     """Dequantise the SmolLM2 GGUF into a safetensors directory at ``target`` (atomically)."""
     import torch
@@ -92,14 +104,7 @@ def _convert_gguf(target: Path) -> None:
     fresh = LlamaForCausalLM(config)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        fresh.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _save_atomically(target, fresh, tokenizer)
 
 
 def _build_tiny(target: Path, seed: int = 0) -> None:
@@ -115,15 +120,7 @@ def _build_tiny(target: Path, seed: int = 0) -> None:
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
         architectures=["LlamaForCausalLM"])
     torch.manual_seed(seed)
-    model = LlamaForCausalLM(config)
-    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    _save_atomically(target, LlamaForCausalLM(config), tokenizer)
 
 
 #: Bump when a conversion changes, so that caches made by older code are rebuilt.
