@@ -59,7 +59,7 @@ def test_every_method_on_two_datasets(policy, data_dir, tiny_corpus, tmp_path, m
     fails = sum(p["metrics"]["extraction_failure"] for p in preds) / 3
     assert results["datasets"]["alpha"]["extraction_failure"] == pytest.approx(fails)
     table = (out / "table.md").read_text()
-    assert f"{100 * results['average']['em']:.1f}" in table and "| alpha | beta | Avg. |" in table
+    assert f"{100 * results['average']['em']:.1f}" in table and "| Method | alpha | beta | Avg. |" in table
     assert (out / "chart.png").stat().st_size > 1000
     if method in ("direct", "cot"):
         assert all(p["stats"]["searches"] == 0 for p in preds)
@@ -144,3 +144,13 @@ def test_ask_shows_the_trace_and_json(tiny_corpus):
     data = json.loads(r.stdout)
     assert data["question"] == "Which city is the capital of Germany?"
     assert data["trace"][0]["type"] == "generation" and "turns" in data
+
+
+def test_lenient_response_match_is_kept_apart_from_em():
+    from zerosearch.evaluate import record_metrics
+
+    record = {"golden_answers": ["Paris"], "prediction": None, "response": "I think it is Paris.",
+              "stats": {"searches": 0, "turns": 1}}
+    m = record_metrics(record)
+    assert (m["em"], m["cover_em"], m["f1"], m["extraction_failure"]) == (0.0, 0.0, 0.0, 1.0)
+    assert m["response_cover_em"] == 1.0

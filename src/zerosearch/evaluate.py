@@ -32,7 +32,8 @@ from zerosearch.rollout import RolloutConfig, Row, Trajectory, run_rollouts
 
 BENCHMARKS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wiki", "musique", "bamboogle")
 METHODS = ("search", "direct", "cot", "rag")
-METRIC_KEYS = ("em", "cover_em", "f1", "rouge_l", "searches", "turns", "extraction_failure")
+METRIC_KEYS = ("em", "cover_em", "f1", "rouge_l", "response_cover_em", "searches", "turns",
+               "extraction_failure")
 
 DIRECT_INSTRUCTION = (
     "Answer the given question directly. Give only the answer inside <answer> and </answer>, "
@@ -115,12 +116,27 @@ def rouge_l(prediction: str | None, golds: Sequence[str]) -> float:
     return best
 
 
-def score(traj: Trajectory) -> dict[str, float]:
-    golds = traj.row.golden_answers
-    return {"em": exact_match(traj.answer, golds), "cover_em": cover_em(traj.answer, golds),
-            "f1": f1_score(traj.answer, golds), "rouge_l": rouge_l(traj.answer, golds),
-            "searches": traj.searches, "turns": traj.turns,
-            "extraction_failure": float(traj.answer is None)}
+def record_metrics(record: dict[str, Any]) -> dict[str, float]:
+    """Every metric of one stored prediction, derived from the record itself (so a rerun over a
+    finished folder recomputes the tables without generating again).
+
+    ``response_cover_em`` is deliberately separate and lenient: a gold answer anywhere in the
+    generated response, with no answer extraction. It is never mixed into EM.
+    """
+    golds, pred = record["golden_answers"], record["prediction"]
+    return {"em": exact_match(pred, golds), "cover_em": cover_em(pred, golds),
+            "f1": f1_score(pred, golds), "rouge_l": rouge_l(pred, golds),
+            "response_cover_em": cover_em(record.get("response") or "", golds),
+            "searches": record["stats"]["searches"], "turns": record["stats"]["turns"],
+            "extraction_failure": float(pred is None)}
+
+
+def to_record(traj: Trajectory) -> dict[str, Any]:
+    record = {"id": str(traj.row.id), "question": traj.row.question,
+              "golden_answers": traj.row.golden_answers, "prediction": traj.answer,
+              "stats": traj.stats(), "response": traj.response}
+    record["metrics"] = record_metrics(record)
+    return record
 
 
 def _row_seed(seed: int, dataset: str, row_id: Any) -> int:
@@ -142,7 +158,8 @@ def rag_instructions(rows: Sequence[Row], engine: Engine, topk: int) -> list[str
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
     n = len(records)
-    summary = {k: sum(r["metrics"][k] for r in records) / n if n else 0.0 for k in METRIC_KEYS}
+    metrics = [record_metrics(r) for r in records]
+    summary = {k: sum(m[k] for m in metrics) / n if n else 0.0 for k in METRIC_KEYS}
     summary["n"] = n
     return summary
 
@@ -190,10 +207,7 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
                 batch, generator, tokenizer, engine if cfg.method == "search" else None, rollout_cfg,
                 rng=random.Random(_row_seed(cfg.seed, name, batch[0].id)), instructions=instructions,
                 eos_token_ids=[tokenizer.eos_token_id])
-            records = [{"id": str(t.row.id), "question": t.row.question,
-                        "golden_answers": t.row.golden_answers, "prediction": t.answer,
-                        "metrics": score(t), "stats": t.stats(), "response": t.response}
-                       for t in trajs]
+            records = [to_record(t) for t in trajs]
             append(pred_path, records)
             done.extend(records)
             if progress:
@@ -211,20 +225,30 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
     return report
 
 
+_TABLES = (("em", "Strict exact match (x100), the paper's headline metric"),
+           ("f1", "F1 of the extracted answer (x100)"),
+           ("response_cover_em", "Gold answer anywhere in the response, no answer extraction (x100; "
+                                 "lenient, for models that do not use the answer tags)"),
+           ("extraction_failure", "Responses with no <answer> at all (%)"))
+
+
 def write_table(reports: Sequence[dict[str, Any]], path: str | Path) -> str:
-    """A markdown table shaped like the paper's: rows = method / model, columns = datasets + avg (EM x 100)."""
+    """Markdown tables shaped like the paper's: rows = method / model, columns = datasets + average;
+    strict EM first, then F1, the lenient response match and the extraction-failure rate."""
     names: list[str] = []
     for report in reports:
         names += [n for n in report["datasets"] if n not in names]
-    header = "| Method | " + " | ".join(names) + " | Avg. |"
-    lines = [header, "|" + "---|" * (len(names) + 2)]
-    for report in reports:
-        cells = [f"{100 * report['datasets'][n]['em']:.1f}" if n in report["datasets"] else "–"
-                 for n in names]
-        lines.append(f"| {report['label']} | " + " | ".join(cells)
-                     + f" | {100 * report['average']['em']:.1f} |")
-    lines.append("")
-    lines.append("Strict exact match (x100). Rows evaluated per dataset: "
+    lines = []
+    for key, title in _TABLES:
+        lines += [f"**{title}**", "", "| Method | " + " | ".join(names) + " | Avg. |",
+                  "|" + "---|" * (len(names) + 2)]
+        for report in reports:
+            cells = [f"{100 * report['datasets'][n].get(key, 0):.1f}" if n in report["datasets"]
+                     else "–" for n in names]
+            lines.append(f"| {report['label']} | " + " | ".join(cells)
+                         + f" | {100 * report['average'].get(key, 0):.1f} |")
+        lines.append("")
+    lines.append("Questions evaluated per dataset: "
                  + ", ".join(f"{n} {reports[0]['datasets'][n]['n']}" for n in names
                              if n in reports[0]["datasets"]) + ".")
     text = "\n".join(lines) + "\n"
