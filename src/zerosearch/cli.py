@@ -17,7 +17,7 @@ from zerosearch.engines.factory import EngineConfig, build_engine
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ZeroSearch: train LLMs to search with RL while an LLM plays the search engine.")
-out = Console()
+out = Console(soft_wrap=True)  # tables and JSON must not be re-wrapped
 
 
 def _build(cfg: EngineConfig):
