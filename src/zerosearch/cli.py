@@ -214,7 +214,7 @@ def eval_run(
 
     try:
         with progress:
-            report = evaluate(cfg, generator, tokenizer, engine, output_dir, on_progress)
+            evaluate(cfg, generator, tokenizer, engine, output_dir, on_progress)
     except USER_ERRORS as err:
         fail(err)
     finally:
