@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from zerosearch.engines.base import Engine, SearchRequest, SearchResult
-from zerosearch.protocol import (INVALID_ACTION_MESSAGE, build_policy_prompt, extract_answer,
-                                 format_documents, parse_action)
+from zerosearch.protocol import (INVALID_ACTION_MESSAGE, build_policy_prompt, document_line,
+                                 extract_answer, format_documents, parse_action)
 
 _INFO_OPEN, _INFO_CLOSE = "\n\n<information>", "</information>\n\n"
 
@@ -176,8 +176,7 @@ def _information_ids(tokenizer, result: SearchResult, budget: int) -> tuple[list
     elif not result.documents:
         body = "No documents matched the query."
     else:
-        body = format_documents([d.text if not d.title else f"(Title: {d.title}) {d.text}"
-                                 for d in result.documents])
+        body = format_documents([document_line(d.title, d.text) for d in result.documents])
     head = tokenizer(_INFO_OPEN, add_special_tokens=False)["input_ids"]
     tail = tokenizer(_INFO_CLOSE, add_special_tokens=False)["input_ids"]
     middle = tokenizer(body, add_special_tokens=False)["input_ids"]
@@ -227,18 +226,15 @@ def run_rollouts(rows: Sequence[Row], generator: PolicyGenerator, tokenizer, eng
         for t, b in zip(active, budgets):
             if b <= 0:
                 t.done, t.truncated = True, "completion_budget"
-        active = [t for t, b in zip(active, budgets) if b > 0]
+        active, budgets = [t for t, b in zip(active, budgets) if b > 0], [b for b in budgets if b > 0]
         if not active and not lockstep:
             break
         started = time.perf_counter()
         outputs = generator.generate([t.prompt_ids + t.completion_ids for t in active],
-                                     max([min(cfg.max_turn_tokens, cfg.max_completion_tokens
-                                              - len(t.completion_ids)) for t in active] or [1]),
-                                     cfg.temperature, cfg.top_p)
+                                     max(budgets or [1]), cfg.temperature, cfg.top_p)
         timings.generation_s += time.perf_counter() - started
         searches: list[tuple[Trajectory, SearchRequest]] = []
-        for t, out in zip(active, outputs):
-            budget = min(cfg.max_turn_tokens, cfg.max_completion_tokens - len(t.completion_ids))
+        for t, out, budget in zip(active, outputs, budgets):
             ids = out.ids
             ended_by_eos = False
             for i, tok in enumerate(ids):  # the row's generation ends at its first EOS (kept)

@@ -26,7 +26,7 @@ from typing import Any, Callable, Sequence
 
 from zerosearch.engines.base import Engine, SearchRequest
 from zerosearch.jsonl import read_finished
-from zerosearch.protocol import format_documents
+from zerosearch.protocol import document_line, format_documents
 from zerosearch.rewards import normalize_answer
 from zerosearch.sim.label import JUDGE_PROMPT, contains_answer, parse_judgement
 
@@ -114,7 +114,7 @@ def reference_documents(queries: Sequence[dict[str, Any]], engine: Engine | None
     if engine is None:
         return {i: list(q["documents"])[:topk] for i, q in enumerate(queries)}
     results = engine.search([SearchRequest(q["query"], topk=topk, row_id=i) for i, q in enumerate(queries)])
-    return {i: [f"(Title: {d.title}) {d.text}" if d.title else d.text for d in r.documents]
+    return {i: [document_line(d.title, d.text) for d in r.documents]
             for i, r in enumerate(results)}
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Sequence
 
 from zerosearch.jsonl import append, read_finished
 from zerosearch.llm.base import GenerationParams, LLMBackend
-from zerosearch.protocol import format_documents
+from zerosearch.protocol import document_line, format_documents
 from zerosearch.rewards import normalize_answer
 
 METHODS = ("judge", "outcome", "contains")
@@ -32,7 +32,7 @@ _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 
 def doc_texts(documents: Sequence[dict[str, Any]]) -> list[str]:
-    return [f"(Title: {d['title']}) {d['text']}" if d.get("title") else d["text"] for d in documents]
+    return [document_line(d.get("title"), d["text"]) for d in documents]
 
 
 def contains_answer(texts: Sequence[str], golds: Sequence[str]) -> bool:
