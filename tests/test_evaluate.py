@@ -154,3 +154,17 @@ def test_lenient_response_match_is_kept_apart_from_em():
     m = record_metrics(record)
     assert (m["em"], m["cover_em"], m["f1"], m["extraction_failure"]) == (0.0, 0.0, 0.0, 1.0)
     assert m["response_cover_em"] == 1.0
+
+
+def test_eval_seed_controls_sampling(policy, data_dir, tmp_path):
+    generator, tok = policy
+
+    def responses(seed, out):
+        cfg = EvalConfig(model="embedded:tiny-random", method="direct", datasets=["alpha"],
+                         data_dir=str(data_dir), batch_size=2, seed=seed,
+                         rollout=RolloutConfig(max_turns=0, max_turn_tokens=8, temperature=1.0))
+        evaluate(cfg, generator, tok, None, tmp_path / out)
+        return [json.loads(line)["response"] for line in open(tmp_path / out / "predictions" / "alpha.jsonl")]
+
+    assert responses(1, "a") == responses(1, "b")
+    assert responses(1, "a") != responses(2, "c")

@@ -14,6 +14,7 @@ from rich.panel import Panel
 from zerosearch.cli_engine import USER_ERRORS, console, fail, with_engine_options
 from zerosearch.engines.base import SearchRequest
 from zerosearch.engines.factory import EngineConfig, build_engine
+from zerosearch.protocol import document_line
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ZeroSearch: train LLMs to search with RL while an LLM plays the search engine.")
@@ -56,7 +57,7 @@ def search(
         out.print_json(json.dumps(result.to_dict()))
     elif not sys.stdout.isatty():
         for i, doc in enumerate(result.documents, start=1):
-            print(f"Doc {i}: " + (f"(Title: {doc.title}) " if doc.title else "") + doc.text)
+            print(f"Doc {i}: {document_line(doc.title, doc.text)}")
     else:
         head = f"{result.engine}" + (f" · {result.mode}" if result.mode else "") + \
             f" · {result.latency_s:.2f}s"
@@ -173,7 +174,7 @@ def eval_run(
     max_turns: int = typer.Option(4, "--max-turns", help="search: most searches per question."),
     max_turn_tokens: int = typer.Option(256, "--max-turn-tokens", help="Tokens per turn."),
     policy_temperature: float = typer.Option(0.0, "--policy-temperature", help="0 = greedy."),
-    eval_seed: int = typer.Option(0, "--eval-seed", help="Seed for sampling and simulated draws."),
+    eval_seed: int = typer.Option(0, "--eval-seed", help="Seed for policy sampling (with --policy-temperature > 0)."),
     label: Optional[str] = typer.Option(None, "--label", help="Row name in the table."),
     policy_device: str = typer.Option("auto", "--policy-device", help="cpu, cuda or auto."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),

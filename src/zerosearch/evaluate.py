@@ -10,22 +10,25 @@ Metrics per dataset and averaged: strict EM (the paper's headline), cover-EM, F1
 and turns per question, and the answer-extraction failure rate (no ``<answer>`` at all). Predictions
 are appended per batch to ``<out>/predictions/<dataset>.jsonl``; a rerun skips finished rows (a
 half-written last line from a kill is dropped), so nothing is duplicated or lost. Decoding is greedy
-by default and simulated-engine draws are seeded per row, so a resumed run equals an uninterrupted one.
+by default, so a resumed run equals an uninterrupted one; with sampling, each batch is seeded from
+(seed, dataset, its first question), which reproduces a run but not across a resume that moved the
+batch boundaries. Simulated engines get no noise here: every search is in useful mode.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import random
 import zlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import torch
+
 from zerosearch.engines.base import Engine, SearchRequest
 from zerosearch.jsonl import append, read_finished
-from zerosearch.protocol import format_documents
+from zerosearch.protocol import document_line, format_documents
 from zerosearch.qa import load_qa
 from zerosearch.rewards import cover_em, exact_match, f1_score, normalize_answer
 from zerosearch.rollout import RolloutConfig, Row, Trajectory, run_rollouts
@@ -66,7 +69,7 @@ class EvalConfig:
     batch_size: int = 32
     """Questions per batch (one generate call per turn)."""
     seed: int = 0
-    """Seed for sampling and for simulated-engine draws."""
+    """Seed for policy sampling (``rollout.temperature > 0``), set per batch."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.0))
     """Turns and budgets (greedy decoding by default)."""
     device: str = "auto"
@@ -139,7 +142,7 @@ def to_record(traj: Trajectory) -> dict[str, Any]:
     return record
 
 
-def _row_seed(seed: int, dataset: str, row_id: Any) -> int:
+def _batch_seed(seed: int, dataset: str, row_id: Any) -> int:
     return zlib.crc32(f"{seed}|{dataset}|{row_id}".encode())
 
 
@@ -151,7 +154,7 @@ def rag_instructions(rows: Sequence[Row], engine: Engine, topk: int) -> list[str
     for result in results:
         if result.error:
             raise RuntimeError(f"retrieval failed for {result.query!r}: {result.error}")
-        docs = [f"(Title: {d.title}) {d.text}" if d.title else d.text for d in result.documents]
+        docs = [document_line(d.title, d.text) for d in result.documents]
         out.append(RAG_INSTRUCTION.format(documents=format_documents(docs) or "(no documents)"))
     return out
 
@@ -203,9 +206,10 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
                 instructions = rag_instructions(batch, engine, cfg.rollout.topk)
             elif instruction:
                 instructions = [instruction] * len(batch)
+            torch.manual_seed(_batch_seed(cfg.seed, name, batch[0].id))
             trajs = run_rollouts(
                 batch, generator, tokenizer, engine if cfg.method == "search" else None, rollout_cfg,
-                rng=random.Random(_row_seed(cfg.seed, name, batch[0].id)), instructions=instructions,
+                instructions=instructions,
                 eos_token_ids=[tokenizer.eos_token_id])
             records = [to_record(t) for t in trajs]
             append(pred_path, records)
