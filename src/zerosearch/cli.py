@@ -490,6 +490,79 @@ def sim_fidelity(
     out.print(write_report(rows, output_dir))
     console.print(f"[green]wrote[/] {output_dir}/fidelity.md, fidelity.json, fidelity.png")
 
+data_app = typer.Typer(help="Datasets: the fictional mini-world.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("miniworld")
+def data_miniworld(
+    out_dir: str = typer.Option("runs/miniworld", "--out", "-o", help="Folder for corpus/train/test JSONL."),
+    seed: int = typer.Option(0, "--seed", help="Same seed and sizes = byte-identical files."),
+    people: int = typer.Option(160, "--people", help="People in the world."),
+    works: int = typer.Option(120, "--works", help="Works (novels, paintings…)."),
+    organisations: int = typer.Option(40, "--organisations", help="Organisations."),
+    cities: int = typer.Option(30, "--cities", help="Cities."),
+    countries: int = typer.Option(6, "--countries", help="Countries."),
+    multi_hop: bool = typer.Option(True, "--multi-hop/--single-hop", help="Also 2-3 hop questions."),
+):
+    """Generate a fictional knowledge base (FlashRAG corpus) with train/test questions."""
+    from zerosearch.miniworld import MiniWorldConfig, write_world
+
+    try:
+        counts = write_world(out_dir, MiniWorldConfig(
+            seed=seed, people=people, works=works, organisations=organisations, cities=cities,
+            countries=countries, multi_hop=multi_hop))
+    except USER_ERRORS as err:
+        fail(err)
+    console.print(f"[green]{out_dir}[/]: {counts['passages']} passages, {counts['train']} train and "
+                  f"{counts['test']} test questions")
+    console.print(f"try: zerosearch search 'Who founded …' --engine bm25 --corpus {out_dir}/corpus.jsonl")
+
+
+@app.command()
+def quickstart(
+    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Run folder (rerun = resume)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help="YAML QuickstartConfig."),
+    policy: Optional[str] = typer.Option(None, "--policy", help="Policy model."),
+    warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Format warm-up steps (0 = none)."),
+    rl_steps: Optional[int] = typer.Option(None, "--rl-steps", help="RL optimizer steps."),
+):
+    """The whole pipeline on the CPU: mini-world, simulator tuning, RL, evaluation, report."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from zerosearch.config import from_dict, load_yaml
+    from zerosearch.quickstart import QuickstartConfig, run
+
+    try:
+        cfg = from_dict(QuickstartConfig, load_yaml(config) if config else {})
+        if output_dir:
+            cfg.output_dir = output_dir
+        if policy:
+            cfg.policy = policy
+        if warmup_steps is not None:
+            cfg.warmup.steps = warmup_steps
+        if rl_steps is not None:
+            cfg.rl.steps = rl_steps
+    except USER_ERRORS as err:
+        fail(err)
+    progress = Progress(TextColumn("[bold]{task.description:<22}[/]"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
+                        TimeElapsedColumn(), console=console)
+    tasks: dict[str, int] = {}
+
+    def update(stage: str, done: int, total: int, info: str) -> None:
+        if stage not in tasks:
+            tasks[stage] = progress.add_task(stage, total=total, info="")
+        progress.update(tasks[stage], completed=done, total=total, **({"info": info} if info else {}))
+
+    try:
+        with progress:
+            report = run(cfg, update, log=lambda m: console.print(f"[dim]{m}[/]"))
+    except USER_ERRORS as err:
+        fail(err)
+    out.print(Path(report).read_text().split("## Example trace")[0])
+    console.print(f"[green]report:[/] {report}")
+
 
 if __name__ == "__main__":
     app()

@@ -169,7 +169,7 @@ def cut_at_action(tokenizer, ids: list[int]) -> tuple[list[int], str]:
     return ids[:lo], tokenizer.decode(ids[:lo], skip_special_tokens=False)
 
 
-def _information_ids(tokenizer, result: SearchResult, budget: int) -> tuple[list[int], bool]:
+def information_ids(tokenizer, result: SearchResult, budget: int) -> tuple[list[int], bool]:
     """Token ids of the information block for ``result``, cut to ``budget`` tokens if needed."""
     if result.error:
         body = f"Search failed: {result.error_kind or 'error'}."
@@ -288,7 +288,7 @@ def run_rollouts(rows: Sequence[Row], generator: PolicyGenerator, tokenizer, eng
                 t.noisy_searches += int(result.mode == "noisy")
                 t.documents += len(result.documents)
                 room = min(cfg.max_obs_tokens, cfg.max_completion_tokens - len(t.completion_ids))
-                ids, cut = _information_ids(tokenizer, result, room)
+                ids, cut = information_ids(tokenizer, result, room)
                 t.trace.append({"type": "search", "query": request.query, "mode": result.mode,
                                 "error": result.error,
                                 "documents": [d.text for d in result.documents]})

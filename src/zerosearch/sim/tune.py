@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from zerosearch.jsonl import read_finished
 from zerosearch.models import resolve_model
@@ -42,11 +43,13 @@ class SimTrainConfig:
     """Data order and initialisation."""
 
 
-def train_simulator(cfg: SimTrainConfig, log=print) -> str:
-    """Fine-tune and return the folder of the final simulator."""
+def train_simulator(cfg: SimTrainConfig, log=print,
+                    progress: Callable[[int, int, str], None] | None = None) -> str:
+    """Fine-tune and return the folder of the final simulator. ``progress(step, total, info)``
+    follows the optimizer steps (and replaces the trainer's own progress bar)."""
     import torch
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
     data = Path(cfg.data)
@@ -75,10 +78,25 @@ def train_simulator(cfg: SimTrainConfig, log=print) -> str:
         logging_steps=5, save_strategy="no", report_to=[], lr_scheduler_type="cosine",
         warmup_steps=0.05, eval_strategy="epoch" if val_rows else "no",
         per_device_eval_batch_size=cfg.batch_size, dataloader_num_workers=0,
-        bf16=torch.cuda.is_available())
+        bf16=torch.cuda.is_available(), disable_tqdm=progress is not None)
+    callbacks = []
+    if progress is not None:
+        class Report(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kwargs):
+                loss = (logs or {}).get("loss")
+                progress(state.global_step, state.max_steps, f"loss {loss:.3f}" if loss else "")
+
+            def on_step_end(self, args, state, control, **kwargs):
+                progress(state.global_step, state.max_steps, "")
+
+        callbacks.append(Report())
     trainer = SFTTrainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
                          eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
-                         processing_class=tokenizer, peft_config=peft_config)
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    if progress is not None:
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
     trainer.train()
     final = Path(cfg.output_dir) / "final"
     trained = trainer.model

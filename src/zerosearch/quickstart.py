@@ -1,0 +1,305 @@
+"""`zerosearch quickstart`: the whole ZeroSearch pipeline on a CPU, on the mini-world.
+
+Stages, each writing under ``<output_dir>/`` and skipped when its output already exists (so a rerun
+after a kill resumes; RL resumes from its last checkpoint, evaluation from its predictions):
+
+1. ``world/``      the mini-world corpus and questions (:mod:`zerosearch.miniworld`);
+2. ``sim/``        simulation tuning: collect (query, documents) pairs from BM25 over the world,
+                   label them by answer containment, build a balanced SFT set, fine-tune the simulator;
+3. ``warmup/``     optional format warm-up of the policy (:mod:`zerosearch.warmup`; ``warmup.steps: 0``
+                   skips it and the report says so);
+4. ``rl/``         GRPO against the *simulated* engine with the noise curriculum, F1 reward;
+5. ``eval/``       held-out questions with the *real* BM25 engine: direct and RAG baselines, the
+                   untrained agent, the warmed-up agent and the trained agent;
+6. ``report.md``   tables, ``reward.png`` (reward and noise probability per step), ``em.png``, one
+                   example trace; ``stages.json`` holds each stage's wall time.
+
+The learning benchmark (``benchmarks/miniworld_learning.py``) reuses these stages to train the same
+policy three ways.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from zerosearch.curriculum import CurriculumConfig
+from zerosearch.engines.factory import EngineConfig, build_engine
+from zerosearch.miniworld import MiniWorldConfig, write_world
+from zerosearch.rollout import RolloutConfig
+from zerosearch.warmup import WarmupConfig
+
+Progress = Callable[[str, int, int, str], None]
+"""progress(stage, done, total, info): drives the CLI's bars."""
+
+
+@dataclass
+class SimStageConfig:
+    """The short simulation-tuning pass."""
+
+    questions: int = 400
+    """Training questions whose BM25 results become simulator SFT data."""
+    steps: int = 40
+    """Simulator SFT optimizer steps."""
+    batch_size: int = 4
+    """SFT examples per step."""
+    learning_rate: float = 1e-4
+    """SFT learning rate (small models need far more than the paper's 1e-6)."""
+    max_doc_words: int = 40
+    """Words kept per document in the SFT targets."""
+    temperature: float = 0.7
+    """Simulator sampling temperature during RL."""
+    max_new_tokens: int = 120
+    """Most tokens the simulator writes per search."""
+
+
+@dataclass
+class RLStageConfig:
+    """The short RL run (GRPO, simulated engine, curriculum)."""
+
+    steps: int = 8
+    """Optimizer steps."""
+    prompts_per_step: int = 4
+    """Questions per step."""
+    num_generations: int = 4
+    """Rollouts per question (the GRPO group)."""
+    learning_rate: float = 5e-6
+    """Policy learning rate."""
+    beta: float = 0.001
+    """KL coefficient to the reference policy."""
+    curriculum: CurriculumConfig = field(default_factory=lambda: CurriculumConfig(p_start=0.0, p_end=0.5))
+    """Noise schedule of the simulated engine."""
+    temperature: float = 1.0
+    """Policy sampling temperature during rollouts."""
+
+
+@dataclass
+class QuickstartConfig:
+    """Everything `zerosearch quickstart` does; defaults fit 20 minutes on 2 CPU cores."""
+
+    output_dir: str = "runs/quickstart"
+    """Where every stage writes (rerun = resume)."""
+    policy: str = "embedded:smollm2-135m-instruct"
+    """The policy to train."""
+    simulator_base: str = "embedded:smollm2-135m-instruct"
+    """The model fine-tuned into the simulation LLM."""
+    world: MiniWorldConfig = field(default_factory=MiniWorldConfig)
+    """Mini-world sizes and seed."""
+    topk: int = 3
+    """Documents per search (every stage)."""
+    rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(
+        max_turns=2, max_turn_tokens=48, max_completion_tokens=320, max_obs_tokens=160, topk=3))
+    """Turn and token budgets of the agent (training and evaluation)."""
+    sim: SimStageConfig = field(default_factory=SimStageConfig)
+    """Simulation tuning."""
+    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    """Format warm-up of the policy (steps: 0 = none)."""
+    rl: RLStageConfig = field(default_factory=RLStageConfig)
+    """RL run."""
+    eval_questions: int = 60
+    """Held-out test questions per evaluated method."""
+    eval_batch_size: int = 30
+    """Questions generated together in evaluation."""
+    seed: int = 0
+    """Training seed."""
+
+
+def _timed(stages: dict[str, float], name: str, path: Path, fn: Callable[[], Any]) -> Any:
+    start = time.perf_counter()
+    result = fn()
+    stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+    path.write_text(json.dumps(stages, indent=2))
+    return result
+
+
+def bm25_config(cfg: QuickstartConfig) -> EngineConfig:
+    return EngineConfig(kind="bm25", corpus=str(Path(cfg.output_dir) / "world" / "corpus.jsonl"),
+                        topk=cfg.topk)
+
+
+def simulator_config(cfg: QuickstartConfig) -> EngineConfig:
+    return EngineConfig(kind="simulated", model=str(Path(cfg.output_dir) / "sim" / "simulator" / "final"),
+                        style="finetuned", topk=cfg.topk, temperature=cfg.sim.temperature,
+                        max_new_tokens=cfg.sim.max_new_tokens)
+
+
+def stage_world(cfg: QuickstartConfig) -> Path:
+    out = Path(cfg.output_dir) / "world"
+    if not (out / "world.json").exists():  # written last
+        write_world(out, cfg.world)
+    return out
+
+
+def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str:
+    """Collect from BM25, label, build, fine-tune; returns the simulator folder."""
+    from zerosearch.qa import load_qa
+    from zerosearch.sim.build import build
+    from zerosearch.sim.collect import CollectConfig, collect
+    from zerosearch.sim.label import label
+    from zerosearch.sim.tune import SimTrainConfig, train_simulator
+
+    sim = Path(cfg.output_dir) / "sim"
+    final = sim / "simulator" / "final"
+    if (final / "config.json").exists():
+        return str(final)
+    rows = load_qa(Path(cfg.output_dir) / "world" / "train.jsonl", limit=cfg.sim.questions)
+    engine = build_engine(bm25_config(cfg), log=log)
+    try:
+        collect(rows, engine, sim / "collected.jsonl",
+                CollectConfig(query_source="question", batch_size=64, rollout=RolloutConfig(topk=cfg.topk)),
+                progress=lambda d, t: progress("sim: collect", d, t, ""))
+    finally:
+        engine.close()
+    label(sim / "collected.jsonl", sim / "labelled.jsonl",
+          progress=lambda d, t: progress("sim: label", d, t, ""))
+    stats = build(sim / "labelled.jsonl", sim / "sft", "contains", cfg.topk, cfg.sim.max_doc_words,
+                  0.1, cfg.seed)
+    log(f"simulator SFT set: {json.dumps(stats)}")
+    return train_simulator(SimTrainConfig(
+        model=cfg.simulator_base, data=str(sim / "sft"), output_dir=str(sim / "simulator"),
+        max_steps=cfg.sim.steps, learning_rate=cfg.sim.learning_rate, batch_size=cfg.sim.batch_size,
+        max_length=512, seed=cfg.seed), log=log,
+        progress=lambda d, t, info: progress("sim: fine-tune", d, t, info))
+
+
+def stage_warmup(cfg: QuickstartConfig, progress: Progress, log=print) -> str:
+    """The warmed-up policy folder, or the policy itself when the warm-up is off."""
+    from zerosearch.qa import load_qa
+    from zerosearch.warmup import train_warmup
+
+    if cfg.warmup.steps <= 0:
+        return cfg.policy
+    out = Path(cfg.output_dir) / "warmup"
+    if (out / "config.json").exists():
+        return str(out)
+    rows = load_qa(Path(cfg.output_dir) / "world" / "train.jsonl")
+    engine = build_engine(bm25_config(cfg), log=log)
+    try:
+        return train_warmup(cfg.policy, rows, engine, out, cfg.warmup, cfg.rollout,
+                            progress=lambda d, t, loss: progress("warm-up", d, t, f"loss {loss:.3f}"))
+    finally:
+        engine.close()
+
+
+def rl_train_config(cfg: QuickstartConfig, start_model: str, engine: EngineConfig,
+                    curriculum: CurriculumConfig, output_dir: str | Path) -> "TrainConfig":
+    """The TrainConfig of an RL run on the mini-world (shared with the learning benchmark)."""
+    from zerosearch.train.config import (AlgorithmConfig, DataConfig, ModelConfig, TrainConfig,
+                                         TrainingConfig)
+
+    rl = cfg.rl
+    rollouts = rl.prompts_per_step * rl.num_generations
+    rollout = RolloutConfig(**{**asdict(cfg.rollout), "temperature": rl.temperature, "topk": cfg.topk})
+    train_cfg = TrainConfig(
+        model=ModelConfig(name=start_model, dtype="float32"),
+        data=DataConfig(train=str(Path(cfg.output_dir) / "world" / "train.jsonl"), shuffle_seed=cfg.seed),
+        engine=engine, rollout=rollout, curriculum=curriculum,
+        algorithm=AlgorithmConfig(name="grpo", num_generations=rl.num_generations, beta=rl.beta,
+                                  reward="f1"),
+        training=TrainingConfig(output_dir=str(output_dir), max_steps=rl.steps,
+                                prompts_per_step=rl.prompts_per_step, micro_batch_size=rollouts,
+                                learning_rate=rl.learning_rate, seed=cfg.seed,
+                                save_steps=max(1, rl.steps // 4), save_total_limit=1, report_to=[],
+                                generation_batch_size=rollouts))
+    train_cfg.validate()
+    return train_cfg
+
+
+def stage_rl(train_cfg, progress: Progress, name: str = "RL", log=print) -> str:
+    """Train (resuming from the last checkpoint); returns the final model folder."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    from zerosearch.train.run import train
+
+    out = Path(train_cfg.training.output_dir)
+    final = out / "final"
+    if (final / "config.json").exists():
+        return str(final)
+    resume = out.is_dir() and get_last_checkpoint(str(out)) is not None
+
+    def on_progress(step: int, total: int, record: dict) -> None:
+        if "reward" in record:
+            progress(name, step, total, f"reward {record['reward']:.3f} · noise "
+                                        f"{record.get('zerosearch/noise_prob') or 0:.2f}")
+
+    progress(name, 0, train_cfg.training.max_steps, "")
+    return train(train_cfg, resume=resume, log=log, on_progress=on_progress)
+
+
+def stage_eval(cfg: QuickstartConfig, name: str, model: str, method: str, progress: Progress,
+               out_root: str | Path | None = None, log=print) -> dict[str, Any]:
+    """Evaluate one (model, method) on held-out questions with the real BM25 engine."""
+    from zerosearch.evaluate import EvalConfig, evaluate
+    from zerosearch.generation import load_policy
+
+    out = Path(out_root or Path(cfg.output_dir) / "eval") / name
+    results = out / "results.json"
+    if results.exists():
+        report = json.loads(results.read_text())
+        if report.get("limit") == cfg.eval_questions:
+            return report
+    test = Path(cfg.output_dir) / "world" / "test.jsonl"
+    rollout = RolloutConfig(**{**asdict(cfg.rollout), "temperature": 0.0, "topk": cfg.topk})
+    eval_cfg = EvalConfig(model=model, method=method, datasets=[str(test)], limit=cfg.eval_questions,
+                          batch_size=cfg.eval_batch_size, rollout=rollout, label=LABELS.get(name, name))
+    engine = build_engine(bm25_config(cfg), log=log) if method in ("search", "rag") else None
+    generator, tokenizer = load_policy(model, device="cpu", dtype="float32")
+    try:
+        return evaluate(eval_cfg, generator, tokenizer, engine, out,
+                        progress=lambda _ds, d, t: progress(f"eval: {name}", d, t, ""))
+    finally:
+        if engine is not None:
+            engine.close()
+
+
+def eval_by_hops(pred_file: Path, test_file: Path) -> dict[int, float]:
+    """Strict EM (x100) per hop count of the questions in ``pred_file``."""
+    from zerosearch.jsonl import read_finished
+
+    hops = {r["id"]: r["metadata"]["hops"] for r in read_finished(test_file)}
+    per: dict[int, list[float]] = {}
+    for rec in read_finished(pred_file):
+        per.setdefault(hops[rec["id"]], []).append(rec["metrics"]["em"])
+    return {h: 100 * sum(v) / len(v) for h, v in sorted(per.items())}
+
+
+LABELS = {"direct": "direct answer (no search)", "rag": "RAG (top-k in the prompt)",
+          "untrained": "untrained agent", "warmup": "warm-up only agent",
+          "zerosearch": "ZeroSearch-trained agent"}
+"""Row names of the report's table, by evaluation folder."""
+
+
+def eval_runs(cfg: QuickstartConfig, start: str, trained: str) -> list[tuple[str, str, str]]:
+    """(folder name, model, method) of every evaluated row, baselines first."""
+    runs = [("direct", cfg.policy, "direct"), ("rag", cfg.policy, "rag"),
+            ("untrained", cfg.policy, "search")]
+    if start != cfg.policy:
+        runs.append(("warmup", start, "search"))
+    runs.append(("zerosearch", trained, "search"))
+    return runs
+
+
+def run(cfg: QuickstartConfig, progress: Progress, log=print) -> Path:
+    """Every stage in order; returns the report path."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    stages_file = out / "stages.json"
+    stages: dict[str, float] = json.loads(stages_file.read_text()) if stages_file.exists() else {}
+    _timed(stages, "world", stages_file, lambda: stage_world(cfg))
+    simulator = _timed(stages, "simulation tuning", stages_file, lambda: stage_simulator(cfg, progress, log))
+    start = _timed(stages, "format warm-up", stages_file, lambda: stage_warmup(cfg, progress, log))
+    engine = simulator_config(cfg)
+    assert engine.model == simulator
+    train_cfg = rl_train_config(cfg, start, engine, cfg.rl.curriculum, out / "rl")
+    trained = _timed(stages, "RL", stages_file, lambda: stage_rl(train_cfg, progress, log=log))
+    reports, runs = [], eval_runs(cfg, start, trained)
+    for name, model, method in runs:
+        reports.append(_timed(stages, "evaluation", stages_file,
+                              lambda: stage_eval(cfg, name, model, method, progress, log=log)))
+    from zerosearch.report import write_quickstart_report
+
+    return write_quickstart_report(cfg, reports, [name for name, _, _ in runs], stages)

@@ -1,0 +1,170 @@
+"""The quickstart report: ``report.md`` with measured numbers, ``reward.png``, ``em.png``.
+
+Everything is read back from the files the stages wrote (``rl/metrics.jsonl``, each evaluation's
+``results.json`` and predictions), so the report can be rebuilt at any time without rerunning.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+from zerosearch.jsonl import read_finished
+
+
+def rl_curve(metrics_file: Path) -> list[dict[str, float]]:
+    """(step, reward, noise probability, searches) per logged training step."""
+    rows = []
+    for rec in read_finished(metrics_file) if metrics_file.exists() else []:
+        if "reward" in rec:
+            rows.append({"step": rec["step"], "reward": rec["reward"],
+                         "noise": rec.get("zerosearch/noise_prob") or 0.0,
+                         "searches": rec.get("zerosearch/searches_per_question", 0.0)})
+    return rows
+
+
+def plot_reward(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
+    """Reward per step (one line per run) and, on a second axis, the noise probability."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    twin = ax.twinx()
+    for name, curve in curves.items():
+        if not curve:
+            continue
+        steps = [c["step"] for c in curve]
+        ax.plot(steps, [c["reward"] for c in curve], marker="o", label=f"reward: {name}")
+        twin.plot(steps, [c["noise"] for c in curve], linestyle="--", alpha=0.6, label=f"noise p: {name}")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("mean F1 reward")
+    twin.set_ylabel("noise probability")
+    twin.set_ylim(0, 1)
+    lines = ax.get_legend_handles_labels()
+    more = twin.get_legend_handles_labels()
+    ax.legend(lines[0] + more[0], lines[1] + more[1], fontsize=8, loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_em(rows: Sequence[tuple[str, float]], path: Path) -> None:
+    """Bar chart of strict EM per evaluated method."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    ax.bar([r[0] for r in rows], [r[1] for r in rows], color="#4c72b0")
+    ax.set_ylabel("strict EM (x100)")
+    ax.set_title("Held-out mini-world questions, real BM25 engine")
+    for i, (_, v) in enumerate(rows):
+        ax.text(i, v, f"{v:.1f}", ha="center", va="bottom", fontsize=8)
+    plt.setp(ax.get_xticklabels(), rotation=15, ha="right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def method_table(reports: Sequence[dict[str, Any]], test_file: Path, pred_dirs: Sequence[Path]) -> str:
+    """Markdown: EM, F1, EM by hop count, searches, answer-extraction failures per method."""
+    from zerosearch.quickstart import eval_by_hops
+
+    hops_seen: set[int] = set()
+    by_hops = []
+    for d in pred_dirs:
+        files = sorted((d / "predictions").glob("*.jsonl"))
+        per = eval_by_hops(files[0], test_file) if files else {}
+        hops_seen.update(per)
+        by_hops.append(per)
+    hop_cols = sorted(hops_seen)
+    head = ("| method | n | EM | F1 | " + " | ".join(f"EM {h}-hop" for h in hop_cols)
+            + " | searches / q | no answer (%) |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for report, per in zip(reports, by_hops):
+        a = report["average"]
+        n = sum(v["n"] for v in report["datasets"].values())
+        cells = [report["label"], str(n), f"{100 * a['em']:.1f}", f"{100 * a['f1']:.1f}"]
+        cells += [f"{per[h]:.1f}" if h in per else "-" for h in hop_cols]
+        cells += [f"{a['searches']:.2f}", f"{100 * a['extraction_failure']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def example_trace(pred_dir: Path) -> str | None:
+    """The first held-out prediction that searched and was right (else that searched, else any)."""
+    files = sorted((pred_dir / "predictions").glob("*.jsonl"))
+    records = read_finished(files[0]) if files else []
+    for wanted in (lambda r: r["stats"]["searches"] and r["metrics"]["em"],
+                   lambda r: r["stats"]["searches"], lambda r: True):
+        for rec in records:
+            if wanted(rec):
+                return (f"Question: {rec['question']}\nGold: {rec['golden_answers']}\n"
+                        f"Prediction: {rec['prediction']}\n\n{rec['response']}")
+    return None
+
+
+def _sft_summary(path: Path) -> str:
+    if not path.exists():
+        return ""
+    train = json.loads(path.read_text())["train"]
+    modes = ", ".join(f"{v} {k}" for k, v in sorted(train["modes"].items()))
+    return f" ({train['examples']} SFT examples: {modes})"
+
+
+def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Sequence[str],
+                            stages: dict[str, float]) -> Path:
+    """Write report.md, reward.png and em.png into the quickstart folder; ``names`` are the
+    evaluation folders under ``eval/`` in the order of ``reports``."""
+    out = Path(cfg.output_dir)
+    world = json.loads((out / "world" / "world.json").read_text())
+    curve = rl_curve(out / "rl" / "metrics.jsonl")
+    plot_reward({"simulated + curriculum": curve}, out / "reward.png")
+    plot_em([(r["label"], 100 * r["average"]["em"]) for r in reports], out / "em.png")
+    pred_dirs = [out / "eval" / n for n in names]
+    sim_stats = out / "sim" / "sft" / "stats.json"
+    warm = (f"{cfg.warmup.steps} supervised steps of {cfg.warmup.batch_size} well-formed traces "
+            "(question as query, real BM25 documents, gold answer) before RL"
+            if cfg.warmup.steps > 0 else "none")
+    lines = [
+        "# ZeroSearch quickstart report", "",
+        f"Written {time.strftime('%Y-%m-%d %H:%M')} on {platform.machine()} / {platform.node() or 'this machine'} "
+        f"with `{cfg.policy}`. Every number below was measured by this run; rerun "
+        "`zerosearch quickstart` to reproduce (stages whose outputs exist are skipped).", "",
+        "## Mini-world", "",
+        f"{world['counts']['passages']} passages about {world['counts']['entities']} fictional entities; "
+        f"{world['counts']['train']} training and {world['counts']['test']} held-out questions "
+        f"(seed {cfg.world.seed}).", "",
+        "## Stages (wall time, seconds)", "",
+        "| stage | seconds |", "|---|---|",
+        *[f"| {k} | {v:.0f} |" for k, v in stages.items()],
+        f"| **total** | **{sum(stages.values()):.0f}** |", "",
+        "## Training", "",
+        f"- Simulator: `{cfg.simulator_base}` fine-tuned for {cfg.sim.steps} steps on "
+        f"{cfg.sim.questions} questions' BM25 results"
+        + _sft_summary(sim_stats) + ".",
+        f"- Format warm-up: {warm}.",
+        f"- RL: GRPO, {cfg.rl.steps} steps x {cfg.rl.prompts_per_step} questions x "
+        f"{cfg.rl.num_generations} rollouts, F1 reward, against the fine-tuned *simulated* engine; "
+        f"noise probability {cfg.rl.curriculum.p_start} -> {cfg.rl.curriculum.p_end} "
+        f"(base {cfg.rl.curriculum.base}).", "",
+        "![reward and noise probability per step](reward.png)", "",
+        "| step | reward | noise p | searches / q |", "|---|---|---|---|",
+        *[f"| {c['step']} | {c['reward']:.3f} | {c['noise']:.2f} | {c['searches']:.2f} |" for c in curve], "",
+        f"## Held-out evaluation ({cfg.eval_questions} test questions, real BM25 engine, greedy)", "",
+        method_table(reports, out / "world" / "test.jsonl", pred_dirs), "",
+        "![strict EM per method](em.png)", "",
+    ]
+    trace = example_trace(pred_dirs[-1])
+    if trace:
+        lines += ["## Example trace (ZeroSearch-trained agent, held-out question)", "", "```text",
+                  trace.strip(), "```", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path
