@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo clean bench
+.PHONY: venv test demo demo-search clean bench bench-learning
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,11 +21,20 @@ venv: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The whole pipeline on the CPU (mini-world, simulator tuning, RL, evaluation): runs/quickstart/report.md
 demo: $(STAMP)
+	$(BIN)/zerosearch quickstart
+
+# One query through BM25, the simulated engine and the HTTP server.
+demo-search: $(STAMP)
 	bash scripts/demo_search.sh
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/serve_throughput.py
+
+# The learning benchmark (about an hour on 2 cores): simulated+curriculum vs fixed noise vs BM25.
+bench-learning: $(STAMP)
+	$(BIN)/python benchmarks/miniworld_learning.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The search demo (what `make demo` runs until the quickstart lands): the same query through BM25
+# The search demo (`make demo-search`): the same query through BM25
 # over the shared Wikipedia passages and through the simulated engine (embedded SmolLM2), in
 # useful and noisy mode, and then through the HTTP server.
 set -euo pipefail

@@ -528,6 +528,20 @@ def quickstart(
     rl_steps: Optional[int] = typer.Option(None, "--rl-steps", help="RL optimizer steps."),
 ):
     """The whole pipeline on the CPU: mini-world, simulator tuning, RL, evaluation, report."""
+    import logging
+    import os
+    import warnings
+
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    # library deprecation notices and the CPU's pin_memory notice would bury the progress bars
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", message=".*pin_memory.*")
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     from zerosearch.config import from_dict, load_yaml

@@ -162,6 +162,11 @@ def generate(cfg: MiniWorldConfig) -> World:
     return w
 
 
+def _a(word: str) -> str:
+    """The indefinite article for ``word``."""
+    return f"an {word}" if word[0] in "aeiou" else f"a {word}"
+
+
 def passages(w: World) -> list[tuple[str, str]]:
     """(title, text) passages, several per entity, in a fixed order."""
     made: dict[str, list[dict[str, Any]]] = {}
@@ -177,10 +182,10 @@ def passages(w: World) -> list[tuple[str, str]]:
         out.append((c["name"], f"{c['name']} lies on the river {c['river']} and is known for its "
                                "markets and old stone bridges."))
     for p in w.people:
-        out.append((p["name"], f"{p['name']} (born {p['birth_year']}) was a {p['occupation']}. "
+        out.append((p["name"], f"{p['name']} (born {p['birth_year']}) was {_a(p['occupation'])}. "
                                f"{p['surname']} was born in {p['birth_city']}."))
         out.append((p["name"], f"{p['name']} worked at the {p['employer']} for most of a long "
-                               f"career as a {p['occupation']}."))
+                               f"career as {_a(p['occupation'])}."))
         works = made.get(p["name"], [])
         if works:
             listed = ", ".join(f"{x['name']} ({x['year']})" for x in works)
@@ -189,12 +194,12 @@ def passages(w: World) -> list[tuple[str, str]]:
         out.append((o["name"], f"The {o['name']} was founded in {o['founded']} by {o['founder']}."))
         out.append((o["name"], f"The {o['name']} has its seat in {o['city']}."))
     for x in w.works:
-        out.append((x["name"], f"{x['name']} is a {x['kind']} {_WORK_KINDS[x['kind']]} by "
+        out.append((x["name"], f"{x['name']} is {_a(x['kind'])} {_WORK_KINDS[x['kind']]} by "
                                f"{x['creator']} and first presented in {x['year']}."))
     for d in w.distractors:
         relative = next((p for p in w.people if p["surname"] == d["name"].split()[-1]), None)
         tie = f" a relative of {relative['name']}," if relative else ""
-        out.append((d["name"], f"{d['name']},{tie} was a {d['occupation']} who lived in {d['city']} "
+        out.append((d["name"], f"{d['name']},{tie} was {_a(d['occupation'])} who lived in {d['city']} "
                                f"around {d['year']}."))
     return out
 

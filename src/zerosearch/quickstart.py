@@ -40,19 +40,19 @@ Progress = Callable[[str, int, int, str], None]
 class SimStageConfig:
     """The short simulation-tuning pass."""
 
-    questions: int = 400
+    questions: int = 300
     """Training questions whose BM25 results become simulator SFT data."""
-    steps: int = 40
+    steps: int = 20
     """Simulator SFT optimizer steps."""
     batch_size: int = 4
     """SFT examples per step."""
     learning_rate: float = 1e-4
     """SFT learning rate (small models need far more than the paper's 1e-6)."""
-    max_doc_words: int = 40
-    """Words kept per document in the SFT targets."""
+    max_doc_words: int = 30
+    """Words kept per document in the SFT targets (mini-world passages are about 20 words)."""
     temperature: float = 0.7
     """Simulator sampling temperature during RL."""
-    max_new_tokens: int = 120
+    max_new_tokens: int = 100
     """Most tokens the simulator writes per search."""
 
 
@@ -60,9 +60,9 @@ class SimStageConfig:
 class RLStageConfig:
     """The short RL run (GRPO, simulated engine, curriculum)."""
 
-    steps: int = 8
+    steps: int = 6
     """Optimizer steps."""
-    prompts_per_step: int = 4
+    prompts_per_step: int = 2
     """Questions per step."""
     num_generations: int = 4
     """Rollouts per question (the GRPO group)."""
@@ -95,13 +95,13 @@ class QuickstartConfig:
     """Turn and token budgets of the agent (training and evaluation)."""
     sim: SimStageConfig = field(default_factory=SimStageConfig)
     """Simulation tuning."""
-    warmup: WarmupConfig = field(default_factory=WarmupConfig)
+    warmup: WarmupConfig = field(default_factory=lambda: WarmupConfig(steps=24, batch_size=4))
     """Format warm-up of the policy (steps: 0 = none)."""
     rl: RLStageConfig = field(default_factory=RLStageConfig)
     """RL run."""
-    eval_questions: int = 60
+    eval_questions: int = 50
     """Held-out test questions per evaluated method."""
-    eval_batch_size: int = 30
+    eval_batch_size: int = 25
     """Questions generated together in evaluation."""
     seed: int = 0
     """Training seed."""
@@ -159,7 +159,7 @@ def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str
                   0.1, cfg.seed)
     log(f"simulator SFT set: {json.dumps(stats)}")
     return train_simulator(SimTrainConfig(
-        model=cfg.simulator_base, data=str(sim / "sft"), output_dir=str(sim / "simulator"),
+        model=cfg.simulator_base, data=str(sim / "sft" / "train.jsonl"), output_dir=str(sim / "simulator"),
         max_steps=cfg.sim.steps, learning_rate=cfg.sim.learning_rate, batch_size=cfg.sim.batch_size,
         max_length=512, seed=cfg.seed), log=log,
         progress=lambda d, t, info: progress("sim: fine-tune", d, t, info))
@@ -282,11 +282,25 @@ def eval_runs(cfg: QuickstartConfig, start: str, trained: str) -> list[tuple[str
     return runs
 
 
+def check_same_config(cfg: QuickstartConfig) -> None:
+    """A rerun resumes only the same configuration: finished stages would otherwise be reused with
+    settings they were not made with. Different settings need another output folder."""
+    path = Path(cfg.output_dir) / "config.json"
+    now = json.loads(json.dumps(asdict(cfg)))
+    if path.exists():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        if changed:
+            raise ValueError(f"{cfg.output_dir} holds a quickstart with different {', '.join(changed)}; "
+                             "use another --output-dir (or delete it) to start over")
+    path.write_text(json.dumps(now, indent=2))
+
+
 def run(cfg: QuickstartConfig, progress: Progress, log=print) -> Path:
     """Every stage in order; returns the report path."""
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
+    check_same_config(cfg)
     stages_file = out / "stages.json"
     stages: dict[str, float] = json.loads(stages_file.read_text()) if stages_file.exists() else {}
     _timed(stages, "world", stages_file, lambda: stage_world(cfg))

@@ -1,0 +1,71 @@
+"""The quickstart at toy size (tiny random model): every stage runs, the report holds the measured
+numbers, a rerun skips finished stages, and the warm-up trains only on the policy's tokens."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from zerosearch.engines.factory import EngineConfig, build_engine
+from zerosearch.miniworld import MiniWorldConfig, write_world
+from zerosearch.qa import load_qa
+from zerosearch.rollout import RolloutConfig
+from zerosearch.warmup import build_traces
+
+TOY = {
+    "policy": "embedded:tiny-random", "simulator_base": "embedded:tiny-random", "topk": 2,
+    "world": {"people": 20, "works": 10, "organisations": 5, "cities": 6, "countries": 2, "distractors": 10},
+    "sim": {"questions": 24, "steps": 2, "batch_size": 2, "max_new_tokens": 24},
+    "warmup": {"steps": 2, "batch_size": 2, "max_traces": 8},
+    "rl": {"steps": 2, "prompts_per_step": 2, "num_generations": 2},
+    "rollout": {"max_turns": 1, "max_turn_tokens": 12, "max_completion_tokens": 120, "max_obs_tokens": 60,
+                "topk": 2},
+    "eval_questions": 4, "eval_batch_size": 4,
+}
+
+
+def test_toy_quickstart_runs_every_stage_and_resumes(tmp_path):
+    config = tmp_path / "toy.yaml"
+    config.write_text(yaml.safe_dump(TOY))
+    out = tmp_path / "qs"
+    cmd = [sys.executable, "-m", "zerosearch.cli", "quickstart", "--config", str(config), "-o", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for path in ("world/corpus.jsonl", "sim/sft/train.jsonl", "sim/simulator/final/config.json",
+                 "warmup/config.json", "rl/final/config.json", "rl/metrics.jsonl", "reward.png", "em.png"):
+        assert (out / path).exists(), path
+    report = (out / "report.md").read_text()
+    for label in ("direct answer", "RAG", "untrained agent", "warm-up only agent", "ZeroSearch-trained agent"):
+        assert label in report
+    results = json.loads((out / "eval" / "zerosearch" / "results.json").read_text())
+    em_line = next(line for line in report.splitlines() if line.startswith("| ZeroSearch-trained"))
+    assert f"{100 * results['average']['em']:.1f}" in em_line
+    steps = [json.loads(line)["step"] for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()
+             if "reward" in json.loads(line)]
+    assert steps == [1, 2]
+    stamp = (out / "sim" / "simulator" / "final" / "model.safetensors").stat().st_mtime
+    logged = (out / "rl" / "metrics.jsonl").read_text()
+    rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    assert (out / "sim" / "simulator" / "final" / "model.safetensors").stat().st_mtime == stamp
+    assert (out / "rl" / "metrics.jsonl").read_text() == logged  # RL was not run again
+    assert "ZeroSearch-trained agent" in rerun.stdout
+
+
+def test_warmup_traces_train_only_the_policy_tokens(tmp_path, tiny_model):
+    from transformers import AutoTokenizer
+
+    write_world(tmp_path, MiniWorldConfig(**TOY["world"]))
+    rows = [r for r in load_qa(tmp_path / "train.jsonl")]
+    engine = build_engine(EngineConfig(kind="bm25", corpus=str(tmp_path / "corpus.jsonl"), topk=2))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    traces = build_traces(rows, engine, tokenizer, RolloutConfig(topk=2, max_obs_tokens=200), 5)
+    assert len(traces) == 5
+    for ids, labels in traces:
+        trained = tokenizer.decode([i for i, l in zip(ids, labels) if l != -100])
+        masked = tokenizer.decode([i for i, l in zip(ids, labels) if l == -100])
+        assert "<search>" in trained and "<answer>" in trained and "<information>" not in trained
+        assert "<information>Doc 1:" in masked and "Question:" in masked
+        assert ids[-1] == tokenizer.eos_token_id and labels[-1] == ids[-1]
