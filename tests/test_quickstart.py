@@ -69,3 +69,29 @@ def test_warmup_traces_train_only_the_policy_tokens(tmp_path, tiny_model):
         assert "<search>" in trained and "<answer>" in trained and "<information>" not in trained
         assert "<information>Doc 1:" in masked and "Question:" in masked
         assert ids[-1] == tokenizer.eos_token_id and labels[-1] == ids[-1]
+
+
+def _zs(*args):
+    return subprocess.run([sys.executable, "-m", "zerosearch.cli", *args], capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_cli_miniworld_is_deterministic(tmp_path):
+    for name in ("a", "b"):
+        r = _zs("data", "miniworld", "--out", str(tmp_path / name), "--seed", "3", "--people", "25")
+        assert r.returncode == 0, r.stderr
+    assert "passages" in r.stderr
+    for f in ("corpus.jsonl", "train.jsonl", "test.jsonl"):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes()
+
+
+def test_bad_quickstart_configs_fail_before_any_work(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"rl": {"stepz": 3}}))
+    r = _zs("quickstart", "-c", str(bad), "-o", str(tmp_path / "qs"))
+    assert r.returncode != 0 and "stepz" in r.stderr and not (tmp_path / "qs").exists()
+    # a folder made with other settings is not silently reused
+    (tmp_path / "qs").mkdir()
+    (tmp_path / "qs" / "config.json").write_text(json.dumps({"policy": "something-else"}))
+    r = _zs("quickstart", "-o", str(tmp_path / "qs"), "--rl-steps", "1")
+    assert r.returncode != 0 and "different" in r.stderr and "policy" in r.stderr

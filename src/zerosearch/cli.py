@@ -574,7 +574,7 @@ def quickstart(
             report = run(cfg, update, log=lambda m: console.print(f"[dim]{m}[/]"))
     except USER_ERRORS as err:
         fail(err)
-    out.print(Path(report).read_text().split("## Example trace")[0])
+    out.print(Path(report).read_text().split("## Example trace")[0], markup=False, highlight=False)
     console.print(f"[green]report:[/] {report}")
 
 

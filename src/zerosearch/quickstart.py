@@ -304,11 +304,9 @@ def run(cfg: QuickstartConfig, progress: Progress, log=print) -> Path:
     stages_file = out / "stages.json"
     stages: dict[str, float] = json.loads(stages_file.read_text()) if stages_file.exists() else {}
     _timed(stages, "world", stages_file, lambda: stage_world(cfg))
-    simulator = _timed(stages, "simulation tuning", stages_file, lambda: stage_simulator(cfg, progress, log))
+    _timed(stages, "simulation tuning", stages_file, lambda: stage_simulator(cfg, progress, log))
     start = _timed(stages, "format warm-up", stages_file, lambda: stage_warmup(cfg, progress, log))
-    engine = simulator_config(cfg)
-    assert engine.model == simulator
-    train_cfg = rl_train_config(cfg, start, engine, cfg.rl.curriculum, out / "rl")
+    train_cfg = rl_train_config(cfg, start, simulator_config(cfg), cfg.rl.curriculum, out / "rl")
     trained = _timed(stages, "RL", stages_file, lambda: stage_rl(train_cfg, progress, log=log))
     reports, runs = [], eval_runs(cfg, start, trained)
     for name, model, method in runs:
