@@ -11,7 +11,8 @@ mini-world, and evaluates each on held-out questions with the real BM25 engine:
 
 The simulator, the mini-world and the optional format warm-up are the quickstart's stages
 (``zerosearch.quickstart``), made once and shared. ``--warmup both`` also trains every arm from the
-untouched policy, so the table shows results with and without the warm-up. Every stage resumes.
+untouched policy (``--base-arms`` picks which), so the table shows results with and without the
+warm-up. Every stage resumes.
 
     python benchmarks/miniworld_learning.py --steps 16 --eval-questions 100   # about an hour on 2 cores
 
@@ -23,12 +24,14 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from zerosearch.curriculum import CurriculumConfig
+from zerosearch.jsonl import read_finished
 from zerosearch.quickstart import (QuickstartConfig, RLStageConfig, bm25_config, check_same_config,
                                    eval_by_hops, rl_train_config, simulator_config, stage_eval, stage_rl,
                                    stage_simulator, stage_warmup, stage_world)
@@ -51,6 +54,9 @@ def main(
     warmup: str = typer.Option("yes", "--warmup", help="yes, no or both."),
     warmup_steps: int = typer.Option(24, "--warmup-steps"),
     arms: str = typer.Option("zerosearch,sim-fixed-noise,bm25", "--arms"),
+    base_arms: Optional[str] = typer.Option(None, "--base-arms",
+                                  help="Arms trained from the untouched policy with --warmup both/no "
+                                       "(default: --arms)."),
 ):
     if warmup not in ("yes", "no", "both"):
         raise typer.BadParameter("--warmup must be yes, no or both")
@@ -93,7 +99,7 @@ def main(
         for start_name, start_model in starts.items():
             tag = "warmup" if start_name == "warm-up" else "base"
             evals = [("untrained", cfg.policy)] if tag == "base" else [("warm-up only", start_model)]
-            for arm in arms.split(","):
+            for arm in (arms if tag == "warmup" else base_arms or arms).split(","):
                 if arm not in engines:
                     raise typer.BadParameter(f"unknown arm {arm!r}; choose from {', '.join(engines)}")
                 engine, curriculum = engines[arm]
@@ -133,7 +139,13 @@ def main(
         lines.append(f"| {r['start']} | {r['policy']} | {r['em']:.1f} | {r['f1']:.1f} | "
                      + " | ".join(f"{h.get(k, float('nan')):.1f}" for k in (1, 2, 3))
                      + f" | {r['searches']:.2f} | {r['no_answer']:.0f} |")
-    lines += ["", "| stage | seconds |", "|---|---|", *[f"| {k} | {v:.0f} |" for k, v in timings.items()]]
+    lines += ["", "RL cost per arm (from each run's metrics.jsonl, so a resumed benchmark still reports the "
+              "training it did):", "", "| arm | steps | mean s / step | total s |", "|---|---|---|---|"]
+    for name in sorted(p.name for p in (out / "rl").iterdir() if (p / "metrics.jsonl").exists()):
+        secs = [r["time/step_s"] for r in read_finished(out / "rl" / name / "metrics.jsonl")
+                if "time/step_s" in r]
+        if secs:
+            lines.append(f"| {name} | {len(secs)} | {sum(secs) / len(secs):.0f} | {sum(secs):.0f} |")
     (out / "results.md").write_text("\n".join(lines) + "\n")
     (out / "results.json").write_text(json.dumps({"rows": rows, "timings": timings,
                                                    "fixed_noise": fixed}, indent=2))
