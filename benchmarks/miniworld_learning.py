@@ -14,7 +14,7 @@ The simulator, the mini-world and the optional format warm-up are the quickstart
 untouched policy (``--base-arms`` picks which), so the table shows results with and without the
 warm-up. Every stage resumes.
 
-    python benchmarks/miniworld_learning.py --steps 16 --eval-questions 100   # about an hour on 2 cores
+    python benchmarks/miniworld_learning.py   # about 70 minutes on 2 cores (README table)
 
 Writes ``<output_dir>/results.md`` and ``results.json`` (and reward curves ``reward.png``).
 """
@@ -46,17 +46,17 @@ def mean_noise(curriculum: CurriculumConfig, steps: int) -> float:
 
 def main(
     output_dir: str = typer.Option("runs/miniworld_learning", "--output-dir", "-o"),
-    steps: int = typer.Option(16, "--steps", help="RL steps per arm."),
+    steps: int = typer.Option(20, "--steps", help="RL steps per arm."),
     prompts_per_step: int = typer.Option(2, "--prompts-per-step"),
     num_generations: int = typer.Option(4, "--num-generations"),
     learning_rate: float = typer.Option(5e-6, "--learning-rate"),
     eval_questions: int = typer.Option(100, "--eval-questions"),
-    warmup: str = typer.Option("yes", "--warmup", help="yes, no or both."),
+    warmup: str = typer.Option("both", "--warmup", help="yes, no or both."),
     warmup_steps: int = typer.Option(24, "--warmup-steps"),
     arms: str = typer.Option("zerosearch,sim-fixed-noise,bm25", "--arms"),
-    base_arms: Optional[str] = typer.Option(None, "--base-arms",
-                                  help="Arms trained from the untouched policy with --warmup both/no "
-                                       "(default: --arms)."),
+    base_arms: Optional[str] = typer.Option("zerosearch", "--base-arms",
+                                            help="Arms trained from the untouched policy with --warmup "
+                                                 "both/no (empty: all of --arms)."),
 ):
     if warmup not in ("yes", "no", "both"):
         raise typer.BadParameter("--warmup must be yes, no or both")

@@ -34,6 +34,7 @@ def test_toy_quickstart_runs_every_stage_and_resumes(tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     for path in ("world/corpus.jsonl", "sim/sft/train.jsonl", "sim/simulator/final/config.json",
+                 "sim/fidelity/fidelity.json",
                  "warmup/config.json", "rl/final/config.json", "rl/metrics.jsonl", "reward.png", "em.png"):
         assert (out / path).exists(), path
     report = (out / "report.md").read_text()

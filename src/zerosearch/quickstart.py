@@ -6,6 +6,8 @@ after a kill resumes; RL resumes from its last checkpoint, evaluation from its p
 1. ``world/``      the mini-world corpus and questions (:mod:`zerosearch.miniworld`);
 2. ``sim/``        simulation tuning: collect (query, documents) pairs from BM25 over the world,
                    label them by answer containment, build a balanced SFT set, fine-tune the simulator;
+   ``sim/fidelity/`` measures the tuned simulator on held-out queries (format, answer in useful
+                   and noisy mode);
 3. ``warmup/``     optional format warm-up of the policy (:mod:`zerosearch.warmup`; ``warmup.steps: 0``
                    skips it and the report says so);
 4. ``rl/``         GRPO against the *simulated* engine with the noise curriculum, F1 reward;
@@ -165,6 +167,27 @@ def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str
         progress=lambda d, t, info: progress("sim: fine-tune", d, t, info))
 
 
+def stage_fidelity(cfg: QuickstartConfig, progress: Progress) -> dict[str, Any]:
+    """How faithful the tuned simulator is on the held-out SFT queries (``sim/fidelity/``)."""
+    from zerosearch.sim.fidelity import held_out_queries, measure, real_engine_row, reference_documents, write_report
+
+    out = Path(cfg.output_dir) / "sim" / "fidelity"
+    if (out / "fidelity.json").exists():
+        return json.loads((out / "fidelity.json").read_text())[1]
+    queries = held_out_queries(Path(cfg.output_dir) / "sim" / "sft" / "val.jsonl")
+    if not queries:
+        raise ValueError("no held-out simulator queries (sim/sft/val.jsonl is empty); raise sim.questions")
+    reference = reference_documents(queries, None, cfg.topk)
+    engine = build_engine(simulator_config(cfg))
+    try:
+        row = measure("tuned simulator", engine, queries, cfg.topk, reference,
+                      progress=lambda _n, d, t: progress("sim: fidelity", d, t, ""))
+    finally:
+        engine.close()
+    write_report([real_engine_row(queries, reference), row], out)
+    return row
+
+
 def stage_warmup(cfg: QuickstartConfig, progress: Progress, log=print) -> str:
     """The warmed-up policy folder, or the policy itself when the warm-up is off."""
     from zerosearch.qa import load_qa
@@ -305,6 +328,7 @@ def run(cfg: QuickstartConfig, progress: Progress, log=print) -> Path:
     stages: dict[str, float] = json.loads(stages_file.read_text()) if stages_file.exists() else {}
     _timed(stages, "world", stages_file, lambda: stage_world(cfg))
     _timed(stages, "simulation tuning", stages_file, lambda: stage_simulator(cfg, progress, log))
+    _timed(stages, "simulator fidelity", stages_file, lambda: stage_fidelity(cfg, progress))
     start = _timed(stages, "format warm-up", stages_file, lambda: stage_warmup(cfg, progress, log))
     train_cfg = rl_train_config(cfg, start, simulator_config(cfg), cfg.rl.curriculum, out / "rl")
     trained = _timed(stages, "RL", stages_file, lambda: stage_rl(train_cfg, progress, log=log))

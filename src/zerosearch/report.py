@@ -118,6 +118,16 @@ def _sft_summary(path: Path) -> str:
     return f" ({train['examples']} SFT examples: {modes})"
 
 
+def _fidelity_line(path: Path) -> str:
+    if not path.exists():
+        return "- Simulator fidelity: not measured."
+    row = json.loads(path.read_text())[1]
+    return (f"- Simulator fidelity on {row['queries']} held-out queries (`sim/fidelity/fidelity.md`): "
+            f"{100 * row['format_validity']:.0f}% well-formed outputs, a gold answer in "
+            f"{100 * row['contains_useful']:.0f}% of useful-mode and {100 * row['contains_noisy']:.0f}% of "
+            f"noisy-mode outputs (fidelity score {row['fidelity']:.3f}).")
+
+
 def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Sequence[str],
                             stages: dict[str, float]) -> Path:
     """Write report.md, reward.png and em.png into the quickstart folder; ``names`` are the
@@ -149,6 +159,7 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
         f"- Simulator: `{cfg.simulator_base}` fine-tuned for {cfg.sim.steps} steps on "
         f"{cfg.sim.questions} questions' BM25 results"
         + _sft_summary(sim_stats) + ".",
+        _fidelity_line(out / "sim" / "fidelity" / "fidelity.json"),
         f"- Format warm-up: {warm}.",
         f"- RL: GRPO, {cfg.rl.steps} steps x {cfg.rl.prompts_per_step} questions x "
         f"{cfg.rl.num_generations} rollouts, F1 reward, against the fine-tuned *simulated* engine; "
