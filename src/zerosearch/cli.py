@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
-from zerosearch.cli_engine import USER_ERRORS, console, fail, with_engine_options
+from zerosearch.cli_engine import USER_ERRORS, console, fail, named_progress, with_engine_options
 from zerosearch.engines.base import SearchRequest
 from zerosearch.engines.factory import EngineConfig, build_engine
 from zerosearch.protocol import document_line
@@ -183,7 +183,6 @@ def eval_run(
     """Evaluate a policy: EM / cover-EM / F1 / ROUGE-L per dataset, resumable."""
     if ctx.invoked_subcommand:
         return
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
     from zerosearch.evaluate import EvalConfig, evaluate, resolve_dataset
     from zerosearch.generation import load_policy
@@ -203,16 +202,7 @@ def eval_run(
         generator, tokenizer = load_policy(model, policy_device)
     except USER_ERRORS as err:
         fail(err)
-    progress = Progress(TextColumn("{task.description:>10}"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                        console=console)
-    tasks: dict[str, int] = {}
-
-    def on_progress(name: str, done: int, total: int) -> None:
-        if name not in tasks:
-            tasks[name] = progress.add_task(name, total=total)
-        progress.update(tasks[name], completed=done)
-
+    progress, on_progress = named_progress(10)
     try:
         with progress:
             evaluate(cfg, generator, tokenizer, engine, output_dir, on_progress)
@@ -450,8 +440,6 @@ def sim_fidelity(
     """Measure simulators against the real engine: format, controllability, overlap, cost."""
     from dataclasses import replace
 
-    from rich.progress import Progress
-
     from zerosearch.sim.fidelity import (held_out_queries, measure, real_engine_row,
                                          reference_documents, write_report)
 
@@ -465,14 +453,7 @@ def sim_fidelity(
         reference = reference_documents(queries, ref_engine, engine_cfg.topk)
         judge = _judge_backend(judge_model, judge_url)
         rows = [real_engine_row(queries, reference)]
-        progress = Progress(console=console)
-        tasks: dict[str, int] = {}
-
-        def update(name: str, done: int, total: int) -> None:
-            if name not in tasks:
-                tasks[name] = progress.add_task(name, total=total)
-            progress.update(tasks[name], completed=done)
-
+        progress, update = named_progress(40)
         with progress:
             for spec in simulator:
                 style, sep, model = spec.partition("@")
@@ -542,8 +523,6 @@ def quickstart(
     # library deprecation notices and the CPU's pin_memory notice would bury the progress bars
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", message=".*pin_memory.*")
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
     from zerosearch.config import from_dict, load_yaml
     from zerosearch.quickstart import QuickstartConfig, run
 
@@ -559,16 +538,7 @@ def quickstart(
             cfg.rl.steps = rl_steps
     except USER_ERRORS as err:
         fail(err)
-    progress = Progress(TextColumn("[bold]{task.description:<22}[/]"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
-                        TimeElapsedColumn(), console=console)
-    tasks: dict[str, int] = {}
-
-    def update(stage: str, done: int, total: int, info: str) -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(stage, total=total, info="")
-        progress.update(tasks[stage], completed=done, total=total, **({"info": info} if info else {}))
-
+    progress, update = named_progress()
     try:
         with progress:
             report = run(cfg, update, log=lambda m: console.print(f"[dim]{m}[/]"))

@@ -24,6 +24,26 @@ USER_ERRORS = (ModelNotFoundError, FileNotFoundError, ValueError)
 console = Console(stderr=True, soft_wrap=True)  # one-line errors, greppable when piped
 
 
+def named_progress(width: int = 22):
+    """(progress, update) for jobs with several named parts (datasets, stages, simulators): each new
+    name gets its own bar; ``update(name, done, total, info="")`` moves it and, if given, sets the text
+    beside it (a loss, a reward)."""
+    from rich.progress import (BarColumn, Progress, TextColumn, TimeElapsedColumn,
+                               TimeRemainingColumn)
+
+    progress = Progress(TextColumn(f"[bold]{{task.description:<{width}}}[/]"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
+                        TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    tasks: dict[str, int] = {}
+
+    def update(name: str, done: int, total: int, info: str = "") -> None:
+        if name not in tasks:
+            tasks[name] = progress.add_task(name, total=total, info="")
+        progress.update(tasks[name], completed=done, total=total, **({"info": info} if info else {}))
+
+    return progress, update
+
+
 def fail(err: Exception) -> None:
     """Print a user mistake in one red line and exit with status 2."""
     console.print(f"[bold red]error:[/] {err}")
