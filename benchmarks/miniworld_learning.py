@@ -27,18 +27,14 @@ from pathlib import Path
 from typing import Optional
 
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from zerosearch.cli_engine import named_progress
 from zerosearch.curriculum import CurriculumConfig
 from zerosearch.jsonl import read_finished
 from zerosearch.quickstart import (QuickstartConfig, RLStageConfig, bm25_config, check_same_config,
-                                   eval_by_hops, rl_train_config, simulator_config, stage_eval, stage_rl,
+                                   rl_train_config, simulator_config, stage_eval, stage_rl,
                                    stage_simulator, stage_warmup, stage_world)
-from zerosearch.report import plot_reward, rl_curve
-
-console = Console(stderr=True, soft_wrap=True)
-
+from zerosearch.report import eval_by_hops, plot_reward, rl_curve
 
 def mean_noise(curriculum: CurriculumConfig, steps: int) -> float:
     return sum(curriculum.at(i, steps) for i in range(steps)) / steps
@@ -64,16 +60,7 @@ def main(
                            rl=RLStageConfig(steps=steps, prompts_per_step=prompts_per_step,
                                             num_generations=num_generations, learning_rate=learning_rate))
     cfg.warmup.steps = warmup_steps
-    progress = Progress(TextColumn("[bold]{task.description:<28}[/]"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[info]}"),
-                        TimeElapsedColumn(), console=console)
-    tasks: dict[str, int] = {}
-
-    def update(stage: str, done: int, total: int, info: str) -> None:
-        if stage not in tasks:
-            tasks[stage] = progress.add_task(stage, total=total, info="")
-        progress.update(tasks[stage], completed=done, total=total, **({"info": info} if info else {}))
-
+    progress, update = named_progress(28)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_same_config(cfg)

@@ -4,7 +4,6 @@ numbers, a rerun skips finished stages, and the warm-up trains only on the polic
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import yaml
 

@@ -71,7 +71,7 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _save_atomically(target: Path, model, tokenizer) -> None:
+def save_atomically(target: Path, model, tokenizer) -> None:
     """Save into a temporary sibling folder, then rename: readers never see half a model."""
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
@@ -104,7 +104,7 @@ def _convert_gguf(target: Path) -> None:
     fresh = LlamaForCausalLM(config)
     fresh.load_state_dict(loaded.state_dict())
     fresh.generation_config = loaded.generation_config
-    _save_atomically(target, fresh, tokenizer)
+    save_atomically(target, fresh, tokenizer)
 
 
 def _build_tiny(target: Path, seed: int = 0) -> None:
@@ -120,7 +120,7 @@ def _build_tiny(target: Path, seed: int = 0) -> None:
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
         architectures=["LlamaForCausalLM"])
     torch.manual_seed(seed)
-    _save_atomically(target, LlamaForCausalLM(config), tokenizer)
+    save_atomically(target, LlamaForCausalLM(config), tokenizer)
 
 
 #: Bump when a conversion changes, so that caches made by older code are rebuilt.

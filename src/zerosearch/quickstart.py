@@ -26,13 +26,17 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from zerosearch.curriculum import CurriculumConfig
 from zerosearch.engines.factory import EngineConfig, build_engine
 from zerosearch.miniworld import MiniWorldConfig, write_world
+from zerosearch.report import LABELS, write_quickstart_report
 from zerosearch.rollout import RolloutConfig
 from zerosearch.warmup import WarmupConfig
+
+if TYPE_CHECKING:
+    from zerosearch.train.config import TrainConfig
 
 Progress = Callable[[str, int, int, str], None]
 """progress(stage, done, total, info): drives the CLI's bars."""
@@ -233,14 +237,14 @@ def rl_train_config(cfg: QuickstartConfig, start_model: str, engine: EngineConfi
 
 def stage_rl(train_cfg, progress: Progress, name: str = "RL", log=print) -> str:
     """Train (resuming from the last checkpoint); returns the final model folder."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    from zerosearch.train.run import train
-
     out = Path(train_cfg.training.output_dir)
     final = out / "final"
     if (final / "config.json").exists():
         return str(final)
+    from transformers.trainer_utils import get_last_checkpoint  # slow imports: only when training
+
+    from zerosearch.train.run import train
+
     resume = out.is_dir() and get_last_checkpoint(str(out)) is not None
 
     def on_progress(step: int, total: int, record: dict) -> None:
@@ -255,15 +259,15 @@ def stage_rl(train_cfg, progress: Progress, name: str = "RL", log=print) -> str:
 def stage_eval(cfg: QuickstartConfig, name: str, model: str, method: str, progress: Progress,
                out_root: str | Path | None = None, log=print) -> dict[str, Any]:
     """Evaluate one (model, method) on held-out questions with the real BM25 engine."""
-    from zerosearch.evaluate import EvalConfig, evaluate
-    from zerosearch.generation import load_policy
-
     out = Path(out_root or Path(cfg.output_dir) / "eval") / name
     results = out / "results.json"
     if results.exists():
         report = json.loads(results.read_text())
         if report.get("limit") == cfg.eval_questions:
             return report
+    from zerosearch.evaluate import EvalConfig, evaluate  # slow imports: only when evaluating
+    from zerosearch.generation import load_policy
+
     test = Path(cfg.output_dir) / "world" / "test.jsonl"
     rollout = RolloutConfig(**{**asdict(cfg.rollout), "temperature": 0.0, "topk": cfg.topk})
     eval_cfg = EvalConfig(model=model, method=method, datasets=[str(test)], limit=cfg.eval_questions,
@@ -276,23 +280,6 @@ def stage_eval(cfg: QuickstartConfig, name: str, model: str, method: str, progre
     finally:
         if engine is not None:
             engine.close()
-
-
-def eval_by_hops(pred_file: Path, test_file: Path) -> dict[int, float]:
-    """Strict EM (x100) per hop count of the questions in ``pred_file``."""
-    from zerosearch.jsonl import read_finished
-
-    hops = {r["id"]: r["metadata"]["hops"] for r in read_finished(test_file)}
-    per: dict[int, list[float]] = {}
-    for rec in read_finished(pred_file):
-        per.setdefault(hops[rec["id"]], []).append(rec["metrics"]["em"])
-    return {h: 100 * sum(v) / len(v) for h, v in sorted(per.items())}
-
-
-LABELS = {"direct": "direct answer (no search)", "rag": "RAG (top-k in the prompt)",
-          "untrained": "untrained agent", "warmup": "warm-up only agent",
-          "zerosearch": "ZeroSearch-trained agent"}
-"""Row names of the report's table, by evaluation folder."""
 
 
 def eval_runs(cfg: QuickstartConfig, start: str, trained: str) -> list[tuple[str, str, str]]:
@@ -336,6 +323,4 @@ def run(cfg: QuickstartConfig, progress: Progress, log=print) -> Path:
     for name, model, method in runs:
         reports.append(_timed(stages, "evaluation", stages_file,
                               lambda: stage_eval(cfg, name, model, method, progress, log=log)))
-    from zerosearch.report import write_quickstart_report
-
     return write_quickstart_report(cfg, reports, [name for name, _, _ in runs], stages)

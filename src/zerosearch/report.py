@@ -72,10 +72,23 @@ def plot_em(rows: Sequence[tuple[str, float]], path: Path) -> None:
     plt.close(fig)
 
 
+def eval_by_hops(pred_file: Path, test_file: Path) -> dict[int, float]:
+    """Strict EM (x100) per hop count of the questions in ``pred_file``."""
+    hops = {r["id"]: r["metadata"]["hops"] for r in read_finished(test_file)}
+    per: dict[int, list[float]] = {}
+    for rec in read_finished(pred_file):
+        per.setdefault(hops[rec["id"]], []).append(rec["metrics"]["em"])
+    return {h: 100 * sum(v) / len(v) for h, v in sorted(per.items())}
+
+
+LABELS = {"direct": "direct answer (no search)", "rag": "RAG (top-k in the prompt)",
+          "untrained": "untrained agent", "warmup": "warm-up only agent",
+          "zerosearch": "ZeroSearch-trained agent"}
+"""Row names of the report's table, by evaluation folder."""
+
+
 def method_table(reports: Sequence[dict[str, Any]], test_file: Path, pred_dirs: Sequence[Path]) -> str:
     """Markdown: EM, F1, EM by hop count, searches, answer-extraction failures per method."""
-    from zerosearch.quickstart import eval_by_hops
-
     hops_seen: set[int] = set()
     by_hops = []
     for d in pred_dirs:

@@ -79,7 +79,7 @@ def train_warmup(model_name: str, rows: Sequence[Row], engine: Engine, out_dir: 
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from zerosearch.models import resolve_model
+    from zerosearch.models import resolve_model, save_atomically
 
     if cfg.steps < 1:
         raise ValueError("warm-up steps must be >= 1 (set steps: 0 to skip the stage instead)")
@@ -118,12 +118,6 @@ def train_warmup(model_name: str, rows: Sequence[Row], engine: Engine, out_dir: 
         if progress:
             progress(step + 1, cfg.steps, float(loss))
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():
-        import shutil
-
-        shutil.rmtree(out)
-    tmp.rename(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    save_atomically(out, model, tokenizer)
     return str(out)
