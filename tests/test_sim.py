@@ -143,6 +143,16 @@ def test_contains_answer_is_token_aligned():
     assert not contains_answer(["Berliner Dom"], ["Berlin"])
 
 
+def test_contains_leaves_yes_no_questions_unlabelled(bm25, tmp_path):
+    rows = [Row("Is Berlin the capital of Germany?", ["yes"], "b"),
+            Row("Is the Nile in Germany?", ["No"], "n"), Row("Which city is in Germany?", ["Berlin", "yes"], "g")]
+    collect(rows, bm25, tmp_path / "c.jsonl", CollectConfig(query_source="question",
+                                                           rollout=RolloutConfig(topk=2)))
+    label(tmp_path / "c.jsonl", tmp_path / "l.jsonl")
+    labels = {p["row_id"]: p["labels"]["contains"] for p in read_finished(tmp_path / "l.jsonl")}
+    assert labels == {"b": None, "n": None, "g": "useful"}
+
+
 def test_train_and_fidelity_cli_end_to_end(bm25, tmp_path, tiny_corpus, tiny_model):
     collected, labelled, sft = tmp_path / "c.jsonl", tmp_path / "l.jsonl", tmp_path / "sft"
     collect(ROWS, bm25, collected, CollectConfig(query_source="question", rollout=RolloutConfig(topk=2)))
@@ -181,3 +191,27 @@ def test_clipping_keeps_the_answer_in_useful_documents():
     assert len(clipped.split()) == 20 and "Charles Darwin" in clipped
     assert clip_words(text, 20, ["nothing"]) == " ".join(f"w{i}" for i in range(20))
     assert clip_words("short text", 20, ["x"]) == "short text"
+
+
+def test_completion_loss_equals_the_models_own_loss(tiny_model):
+    """The SFT loss that projects only completion positions matches transformers' loss with the
+    same labels (-100 on the prompt and padding)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from zerosearch.sim.tune import completion_loss
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    ids = torch.randint(0, 1000, (3, 12))
+    mask = torch.ones_like(ids)
+    mask[2, 9:] = 0
+    labels = ids.clone()
+    labels[:, :5] = -100          # prompt
+    labels[2, 9:] = -100          # padding
+    inputs = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    expected = model(**inputs).loss
+    got = completion_loss(model, inputs)
+    assert torch.allclose(got, expected, atol=1e-5)
+    assert torch.allclose(completion_loss(model, inputs, num_items_in_batch=2 * int((labels[:, 1:] != -100).sum())),
+                          expected / 2, atol=1e-5)

@@ -406,6 +406,8 @@ def sim_train(
     learning_rate: float = typer.Option(5e-5, "--learning-rate", help="Peak learning rate."),
     batch_size: int = typer.Option(8, "--batch-size", help="Examples per step."),
     lora: bool = typer.Option(False, "--lora", help="LoRA, merged at the end."),
+    bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32",
+                                        help="Precision (default: bf16 where the hardware runs it natively)."),
 ):
     """Fine-tune the simulation LLM (completion-only loss); saves a servable checkpoint."""
     from zerosearch.sim.tune import SimTrainConfig, train_simulator
@@ -414,7 +416,7 @@ def sim_train(
         final = train_simulator(SimTrainConfig(model=model, data=data, output_dir=output_dir,
                                                epochs=epochs, max_steps=max_steps,
                                                learning_rate=learning_rate, batch_size=batch_size,
-                                               lora=lora), log=lambda m: console.print(m))
+                                               lora=lora, bf16=bf16), log=lambda m: console.print(m))
     except USER_ERRORS as err:
         fail(err)
     console.print(f"[green]serve it:[/] zerosearch serve --engine simulated --model {final}")

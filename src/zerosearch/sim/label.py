@@ -4,7 +4,9 @@
   documents hold enough information to answer the query (the paper's current recipe);
 - ``outcome``: useful when the trajectory that issued the query ended with a correct answer
   (F1 >= ``outcome_threshold``; the paper's first recipe; undefined for question-as-query records);
-- ``contains``: a gold answer occurs in the documents (normalised text).
+- ``contains``: a gold answer occurs in the documents (normalised text); left unlabelled when every
+  gold answer is yes/no (comparison questions), whose answer is never a span of the documents, so
+  "no" inside a passage would mark it useful and its absence noisy, both by accident.
 
 All three are kept on every pair; ``sim build`` picks one. The judge is the slow one, so pairs are
 appended as they are labelled and a restart skips finished pairs.
@@ -33,6 +35,11 @@ _YES_NO = re.compile(r"\b(yes|no)\b", re.IGNORECASE)
 
 def doc_texts(documents: Sequence[dict[str, Any]]) -> list[str]:
     return [document_line(d.get("title"), d["text"]) for d in documents]
+
+
+def span_answers(golds: Sequence[str]) -> bool:
+    """Whether containment can say anything: some gold answer is more than yes/no."""
+    return any(normalize_answer(g) not in ("", "yes", "no") for g in golds)
 
 
 def contains_answer(texts: Sequence[str], golds: Sequence[str]) -> bool:
@@ -82,11 +89,13 @@ def label(collected: str | Path, out_path: str | Path, judge: LLMBackend | None 
                 query=p["query"], documents=format_documents(doc_texts(p["documents"])))}] for p in batch]
             verdicts = [parse_judgement(c.text) for c in judge.chat(prompts, params)]
         for pair, verdict in zip(batch, verdicts):
-            contains = contains_answer(doc_texts(pair["documents"]), pair["golden_answers"])
+            contains = (contains_answer(doc_texts(pair["documents"]), pair["golden_answers"])
+                        if span_answers(pair["golden_answers"]) else None)
             outcome = None if pair["f1"] is None else (
                 "useful" if pair["f1"] >= outcome_threshold else "noisy")
             pair["labels"] = {"judge": verdict, "outcome": outcome,
-                              "contains": "useful" if contains else "noisy"}
+                              "contains": None if contains is None else (
+                                  "useful" if contains else "noisy")}
         append(out_path, batch)
         if progress:
             progress(len(pairs) - len(todo) + start + len(batch), len(pairs))

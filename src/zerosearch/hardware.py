@@ -1,0 +1,21 @@
+"""What this machine does fast, for the settings whose best value depends on it.
+
+bf16 mixed precision pays on CUDA and on CPUs with native bf16 matrix units (Intel AMX or
+AVX512-BF16): on this project's 2-core Xeon a bf16 matmul runs about 8x faster than fp32 and a
+SmolLM2 SFT step about 2x faster. On other CPUs bf16 is emulated and slower than fp32, so "auto"
+settings must ask rather than assume.
+"""
+
+from __future__ import annotations
+
+
+def bf16_is_fast() -> bool:
+    """True on a CUDA GPU with bf16, or a CPU whose oneDNN has native bf16 kernels."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
