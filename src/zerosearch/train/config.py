@@ -109,7 +109,9 @@ class TrainingConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """tensorboard, wandb, trackio, or [] (metrics.jsonl is always written)."""
     bf16: bool = False
-    """bf16 mixed precision (GPU)."""
+    """bf16 mixed precision for the optimisation (GPUs, and CPUs with native bf16: AMX or
+    AVX512-BF16; refused on other CPUs, where it is emulated and slower). Generation keeps the
+    model's dtype."""
     use_vllm: bool = False
     """Generate rollouts with TRL's vLLM integration."""
     vllm_mode: str = "colocate"

@@ -88,6 +88,12 @@ def build_trainer(cfg: TrainConfig, log=print,
                           f"micro_batch_size x processes ({t.micro_batch_size} x {world})")
     accumulation = rollouts // (t.micro_batch_size * world)
     use_cuda = torch.cuda.is_available()
+    if t.bf16 and not use_cuda:
+        from zerosearch.hardware import bf16_is_fast
+
+        if not bf16_is_fast():
+            raise ConfigError("training.bf16 needs a GPU or a CPU with native bf16 (AMX / AVX512-BF16); "
+                             "this CPU would emulate it, slower than fp32")
     dtype = {"auto": torch.bfloat16 if use_cuda else torch.float32, "float32": torch.float32,
              "bfloat16": torch.bfloat16}[cfg.model.dtype]
     tokenizer = AutoTokenizer.from_pretrained(policy)
@@ -115,7 +121,7 @@ def build_trainer(cfg: TrainConfig, log=print,
         top_p=r.top_p, beta=a.beta, epsilon=a.epsilon, loss_type=a.loss_type,
         scale_rewards=a.scale_rewards, mask_truncated_completions=False,
         save_strategy="steps", save_steps=t.save_steps, save_total_limit=t.save_total_limit,
-        logging_steps=t.logging_steps, report_to=t.report_to, bf16=t.bf16 and use_cuda,
+        logging_steps=t.logging_steps, report_to=t.report_to, bf16=t.bf16, use_cpu=not use_cuda,
         gradient_checkpointing=cfg.model.gradient_checkpointing, remove_unused_columns=False,
         disable_tqdm=on_progress is not None, log_completions=t.log_completions,
         use_vllm=t.use_vllm, vllm_mode=t.vllm_mode, vllm_server_base_url=t.vllm_server_base_url,
