@@ -152,6 +152,27 @@ def test_bad_configs_fail_before_training(tmp_path, qa_file, tiny_corpus):
         train(_config(tmp_path, qa_file, _bm25(tiny_corpus)), resume=True)
 
 
+def test_bf16_on_a_cpu_without_native_bf16_is_refused(tmp_path, qa_file, tiny_corpus, monkeypatch):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("the refusal is about CPUs")
+    monkeypatch.setattr("zerosearch.hardware.bf16_is_fast", lambda: False)
+    with pytest.raises(ConfigError, match="native bf16"):
+        build_trainer(_config(tmp_path, qa_file, _bm25(tiny_corpus), bf16=True))
+
+
+def test_one_bf16_step_where_the_cpu_has_native_bf16(tmp_path, qa_file, tiny_corpus):
+    from zerosearch.hardware import bf16_is_fast
+
+    if not bf16_is_fast():
+        pytest.skip("this machine has no native bf16 (AMX / AVX512-BF16) and no GPU")
+    cfg = _config(tmp_path, qa_file, _bm25(tiny_corpus), steps=1, bf16=True)
+    train(cfg, log=lambda m: None)
+    [row] = _metrics(cfg)
+    assert row["step"] == 1 and row["time/optimisation_s"] > 0
+
+
 def test_presets_load():
     import glob
 

@@ -7,7 +7,9 @@ the trainer's live model, so rollouts always come from the current policy.
 The KV cache is static by default: allocated once per call for the whole turn and written in place.
 transformers' default dynamic cache concatenates every layer's keys and values at every decoding
 step, copying the whole cache (about 1 GB for 32 SmolLM2 rows of 700 tokens); on the CPU that copy
-was half of a decoding step's time.
+was half of a decoding step's time. A model whose forward runs under autocast (bf16 mixed-precision
+training of fp32 weights) writes bf16 keys and values that an fp32 static cache refuses; the trainer
+asks for the dynamic cache then.
 """
 
 from __future__ import annotations
