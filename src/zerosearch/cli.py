@@ -472,6 +472,11 @@ def sim_fidelity(
         fail(err)
     out.print(write_report(rows, output_dir))
     console.print(f"[green]wrote[/] {output_dir}/fidelity.md, fidelity.json, fidelity.png")
+    failed = {r["simulator"]: r["errors"] for r in rows if r.get("errors")}
+    if failed:  # a failed output counts as malformed and answer-free: the numbers are not a measurement
+        console.print(f"[red]error:[/] simulator outputs failed (engine errors, not bad text): {failed}; "
+                      "see fidelity.json")
+        raise typer.Exit(1)
 
 data_app = typer.Typer(help="Datasets: the fictional mini-world.", no_args_is_help=True)
 app.add_typer(data_app, name="data")

@@ -43,7 +43,8 @@ class EngineConfig:
     max_new_tokens: int = 256
     """Simulator output budget (paper: up to 600; five 30-word documents need about 250)."""
     timeout_s: float = 60.0
-    """Per-attempt timeout for any HTTP back end."""
+    """Per-attempt timeout for any HTTP back end (an in-process model gets 10 minutes a batch: a CPU
+    needs about a minute for 16 outputs of 200 tokens)."""
     max_retries: int = 3
     """Bounded retries (exponential backoff with jitter) before a request fails with an error."""
     device: str = "cpu"
@@ -85,7 +86,7 @@ def build_llm_backend(cfg: EngineConfig):
     from zerosearch.llm.transformers_backend import TransformersBackend
 
     return TransformersBackend(cfg.model, device=cfg.device, dtype=cfg.dtype,
-                               max_batch_size=cfg.max_batch_size, timeout_s=max(cfg.timeout_s, 1),
+                               max_batch_size=cfg.max_batch_size,
                                seed=cfg.seed)
 
 

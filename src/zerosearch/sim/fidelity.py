@@ -136,7 +136,7 @@ def write_report(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> str:
             ("contains_noisy", "answer in noisy", "{:.1%}"), ("judge_useful", "judge: useful", "{:.1%}"),
             ("judge_noisy", "judge: noisy", "{:.1%}"), ("doc_words", "words/doc", "{:.1f}"),
             ("overlap", "overlap w/ real", "{:.3f}"), ("latency_s", "s/query", "{:.2f}"),
-            ("fidelity", "fidelity", "{:.3f}")]
+            ("errors", "failed outputs", "{}"), ("fidelity", "fidelity", "{:.3f}")]
     lines = ["| simulator | " + " | ".join(c[1] for c in cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for row in rows:
         cells = [fmt.format(row[key]) if row.get(key) is not None else "–" for key, _, fmt in cols]
