@@ -10,7 +10,7 @@ generation: re-reading the context at every turn is overhead, not useful work. A
 sequence-squared terms are left out (a few percent at these lengths), so the MFU is a lower bound.
 
 For comparison it also measures plain HF ``generate`` (batch 32, 200-token prompts, 64 new tokens)
-the same way, with transformers' dynamic KV cache and with the static cache our rollouts use.
+the same way, with transformers' dynamic KV cache (what rollouts use) and with its static cache.
 ``--bf16`` runs the optimisation in bf16 mixed precision (CPUs with AMX / AVX512-BF16); its MFU is
 then a ratio to the bf16 matmul throughput, measured in the same process too. Run: ``.venv/bin/python benchmarks/train_step.py`` (about 10 minutes on 2 CPU cores).
 """

@@ -110,20 +110,3 @@ def test_real_rollout_with_the_tiny_model(tiny_model, tok):
     for t in trajs:
         assert len(t.completion_ids) == len(t.env_mask) <= 64
         assert sum(t.env_mask) > 0 and 1 <= t.turns <= 3
-
-
-def test_static_and_dynamic_kv_cache_generate_the_same_tokens(tiny_model, tok):
-    """The static cache (the default) changes where keys and values live, not what is generated:
-    greedy decoding of left-padded contexts of different lengths gives identical tokens."""
-    from transformers import AutoModelForCausalLM
-
-    from zerosearch.generation import HFGenerator
-
-    model = AutoModelForCausalLM.from_pretrained(tiny_model)
-    contexts = [tok(text)["input_ids"] for text in ("a short one", "a much longer context " * 6, "mid size text")]
-    static = HFGenerator(model, tok, max_batch_size=3).generate(contexts, 12, 0.0, 1.0)
-    dynamic = HFGenerator(model, tok, max_batch_size=3, cache="dynamic").generate(contexts, 12, 0.0, 1.0)
-    assert [g.ids for g in static] == [g.ids for g in dynamic]
-    assert all(len(g.ids) == 12 for g in static)
-    with pytest.raises(ValueError, match="cache"):
-        HFGenerator(model, tok, cache="paged")

@@ -3,13 +3,6 @@
 ``HFGenerator`` runs transformers ``generate`` on a batch of token contexts (left-padded, KV cache,
 stop strings ``</search>`` / ``</answer>`` plus EOS), on the CPU or one GPU. During training it wraps
 the trainer's live model, so rollouts always come from the current policy.
-
-The KV cache is static by default: allocated once per call for the whole turn and written in place.
-transformers' default dynamic cache concatenates every layer's keys and values at every decoding
-step, copying the whole cache (about 1 GB for 32 SmolLM2 rows of 700 tokens); on the CPU that copy
-was half of a decoding step's time. A model whose forward runs under autocast (bf16 mixed-precision
-training of fp32 weights) writes bf16 keys and values that an fp32 static cache refuses; the trainer
-asks for the dynamic cache then.
 """
 
 from __future__ import annotations
@@ -25,11 +18,8 @@ from zerosearch.rollout import Generation
 class HFGenerator:
     """Batched ``model.generate`` with the search protocol's stop strings."""
 
-    def __init__(self, model, tokenizer, max_batch_size: int = 64, cache: str = "static"):
-        if cache not in ("static", "dynamic"):
-            raise ValueError(f"cache must be static or dynamic, not {cache!r}")
+    def __init__(self, model, tokenizer, max_batch_size: int = 64):
         self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
-        self.cache = cache
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
     @torch.inference_mode()
@@ -47,8 +37,7 @@ class HFGenerator:
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
             do_sample=sample, temperature=temperature if sample else None,
             top_p=top_p if sample else None, top_k=None, stop_strings=list(STOP_STRINGS),
-            tokenizer=self.tokenizer, pad_token_id=self.pad_id,
-            cache_implementation="static" if self.cache == "static" else None)
+            tokenizer=self.tokenizer, pad_token_id=self.pad_id)
         return [Generation(ids=row.tolist()) for row in out[:, width:].cpu()]
 
     def generate(self, contexts: Sequence[list[int]], max_new_tokens: int, temperature: float,

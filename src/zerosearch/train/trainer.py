@@ -79,11 +79,7 @@ class ZeroSearchTrainer(GRPOTrainer):
             return TRLVLLMGenerator(self)
         from zerosearch.generation import HFGenerator
 
-        # bf16 mixed precision runs the forward under autocast: its bf16 keys and values do not fit
-        # a static cache allocated in the fp32 weights' dtype
-        mixed = self.zs.training.bf16 and next(model.parameters()).dtype != torch.bfloat16
-        return HFGenerator(model, self.processing_class, self.zs.training.generation_batch_size,
-                           cache="dynamic" if mixed else "static")
+        return HFGenerator(model, self.processing_class, self.zs.training.generation_batch_size)
 
     def _rollout(self, prompts: list, trainer) -> dict[str, Any]:
         from trl.models.utils import unwrap_model_for_generation
