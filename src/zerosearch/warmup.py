@@ -116,7 +116,7 @@ def train_warmup(model_name: str, rows: Sequence[Row], engine: Engine, out_dir: 
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if progress:
-            progress(step + 1, cfg.steps, float(loss))
+            progress(step + 1, cfg.steps, loss.item())
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     save_atomically(out, model, tokenizer)
