@@ -36,6 +36,7 @@ from zerosearch.quickstart import (QuickstartConfig, RLStageConfig, bm25_config,
                                    stage_simulator, stage_warmup, stage_world)
 from zerosearch.report import eval_by_hops, plot_reward, rl_curve
 
+
 def mean_noise(curriculum: CurriculumConfig, steps: int) -> float:
     return sum(curriculum.at(i, steps) for i in range(steps)) / steps
 

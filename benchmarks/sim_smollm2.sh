@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Simulation tuning of the embedded SmolLM2 from BM25 over the shared Wikipedia passages, and its
 # fidelity on held-out queries next to the prompt-only SmolLM2 simulator. Each stage resumes or
-# rebuilds from the files of the one before (about 80 minutes on 2 CPU cores with AMX, SFT in bf16).
+# rebuilds from the files of the one before (about 55 minutes on 2 CPU cores with AMX, SFT in bf16).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/sim/smollm2}
 N=${N:-8148}                 # every question of the shared training set
-STEPS=${STEPS:-80}        # optimizer steps of 8 examples (0.7 epoch; about 60 minutes here)
+STEPS=${STEPS:-80}           # optimizer steps of 8 examples (0.7 epoch; 41 minutes here)
 HELD_OUT=${HELD_OUT:-48}
 CORPUS=${CORPUS:-../shared/data/corpus/wiki_passages.jsonl}
 ZS=.venv/bin/zerosearch

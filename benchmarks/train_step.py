@@ -12,7 +12,8 @@ sequence-squared terms are left out (a few percent at these lengths), so the MFU
 For comparison it also measures plain HF ``generate`` (batch 32, 200-token prompts, 64 new tokens)
 the same way, with transformers' dynamic KV cache (what rollouts use) and with its static cache.
 ``--bf16`` runs the optimisation in bf16 mixed precision (CPUs with AMX / AVX512-BF16); its MFU is
-then a ratio to the bf16 matmul throughput, measured in the same process too. Run: ``.venv/bin/python benchmarks/train_step.py`` (about 10 minutes on 2 CPU cores).
+then a ratio to the bf16 matmul throughput, measured in the same process too.
+Run: ``.venv/bin/python benchmarks/train_step.py [--bf16]`` (about 6 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+from typing import Optional
 
 import torch
 import typer
@@ -59,7 +61,7 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
          num_generations: int = typer.Option(4, help="Rollouts per question (8 x 4 = batch 32)."),
          micro_batch_size: int = typer.Option(8, help="Rollouts per forward/backward."),
          bf16: bool = typer.Option(False, "--bf16/--fp32", help="Optimisation precision."),
-         out: Path = typer.Option(None, help="Default runs/bench/train_step[_bf16].json.")):
+         out: Optional[Path] = typer.Option(None, help="Default runs/bench/train_step[_bf16].json.")):
     from zerosearch.train.config import load_train_config
     from zerosearch.train.run import train
 

@@ -213,5 +213,5 @@ def test_completion_loss_equals_the_models_own_loss(tiny_model):
     expected = model(**inputs).loss
     got = completion_loss(model, inputs)
     assert torch.allclose(got, expected, atol=1e-5)
-    assert torch.allclose(completion_loss(model, inputs, num_items_in_batch=2 * int((labels[:, 1:] != -100).sum())),
-                          expected / 2, atol=1e-5)
+    doubled = 2 * int((labels[:, 1:] != -100).sum())
+    assert torch.allclose(completion_loss(model, inputs, num_items_in_batch=doubled), expected / 2, atol=1e-5)

@@ -89,13 +89,12 @@ def label(collected: str | Path, out_path: str | Path, judge: LLMBackend | None 
                 query=p["query"], documents=format_documents(doc_texts(p["documents"])))}] for p in batch]
             verdicts = [parse_judgement(c.text) for c in judge.chat(prompts, params)]
         for pair, verdict in zip(batch, verdicts):
-            contains = (contains_answer(doc_texts(pair["documents"]), pair["golden_answers"])
-                        if span_answers(pair["golden_answers"]) else None)
+            contains = None if not span_answers(pair["golden_answers"]) else (
+                "useful" if contains_answer(doc_texts(pair["documents"]), pair["golden_answers"])
+                else "noisy")
             outcome = None if pair["f1"] is None else (
                 "useful" if pair["f1"] >= outcome_threshold else "noisy")
-            pair["labels"] = {"judge": verdict, "outcome": outcome,
-                              "contains": None if contains is None else (
-                                  "useful" if contains else "noisy")}
+            pair["labels"] = {"judge": verdict, "outcome": outcome, "contains": contains}
         append(out_path, batch)
         if progress:
             progress(len(pairs) - len(todo) + start + len(batch), len(pairs))
