@@ -1,8 +1,11 @@
 """Policy generation back ends for :mod:`zerosearch.rollout`.
 
-``HFGenerator`` runs transformers ``generate`` on a batch of token contexts (left-padded, KV cache,
-stop strings ``</search>`` / ``</answer>`` plus EOS), on the CPU or one GPU. During training it wraps
-the trainer's live model, so rollouts always come from the current policy.
+``HFGenerator`` continues a batch of token contexts until the stop strings ``</search>`` /
+``</answer>`` or EOS, on the CPU or one GPU. For plain full-attention decoders it runs
+:class:`zerosearch.decoding.KVDecoder` (in-place KV cache, stopped rows leave the batch, each turn
+reuses the previous turn's cache); other models go through transformers ``generate`` (left-padded,
+KV cache). During training it wraps the trainer's live model, so rollouts always come from the
+current policy; ``reset`` drops the kept caches (``run_rollouts`` calls it at both ends).
 """
 
 from __future__ import annotations
@@ -11,16 +14,29 @@ from typing import Sequence
 
 import torch
 
+from zerosearch.decoding import KVDecoder, supports
 from zerosearch.protocol import STOP_STRINGS
 from zerosearch.rollout import Generation
 
 
 class HFGenerator:
-    """Batched ``model.generate`` with the search protocol's stop strings."""
+    """Batched generation with the search protocol's stop strings (``KVDecoder`` or ``generate``)."""
 
-    def __init__(self, model, tokenizer, max_batch_size: int = 64):
+    def __init__(self, model, tokenizer, max_batch_size: int = 64, fast: bool | None = None):
+        """``fast``: use ``KVDecoder`` (None = wherever the model supports it)."""
         self.model, self.tokenizer, self.max_batch_size = model, tokenizer, max_batch_size
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        if fast is None:
+            fast = supports(model)
+        elif fast and not supports(model):
+            raise ValueError(f"{type(model).__name__} has layers KVDecoder cannot cache (sliding "
+                             "window, linear attention…); use fast=False")
+        self.decoder = KVDecoder(model, tokenizer, STOP_STRINGS, max_rows=max_batch_size) if fast else None
+
+    def reset(self) -> None:
+        """Drop the caches kept for the next turn (call when the rollouts end or weights change)."""
+        if self.decoder is not None:
+            self.decoder.reset()
 
     @torch.inference_mode()
     def _batch(self, contexts: Sequence[list[int]], max_new_tokens: int, temperature: float,
@@ -47,6 +63,9 @@ class HFGenerator:
         was_training = self.model.training
         self.model.eval()
         try:
+            if self.decoder is not None:
+                return [Generation(ids=ids) for ids in self.decoder.generate(
+                    contexts, max_new_tokens, temperature, top_p)]
             order = sorted(range(len(contexts)), key=lambda i: len(contexts[i]))  # less padding
             results: list[Generation | None] = [None] * len(contexts)
             for start in range(0, len(order), self.max_batch_size):

@@ -112,7 +112,11 @@ class Generation:
 
 
 class PolicyGenerator(Protocol):
-    """Batched continuation of token contexts (HF generate, vLLM…)."""
+    """Batched continuation of token contexts (HF generate, vLLM…).
+
+    A generator may keep state between the turns of one ``run_rollouts`` call (KV caches); if it
+    has a ``reset()`` method, ``run_rollouts`` calls it before the first turn and after the last.
+    """
 
     def generate(self, contexts: Sequence[list[int]], max_new_tokens: int, temperature: float,
                  top_p: float) -> list[Generation]:
@@ -213,6 +217,28 @@ def run_rollouts(rows: Sequence[Row], generator: PolicyGenerator, tokenizer, eng
         for i, t in enumerate(trajs):
             t.trace = _Trace(lambda event, i=i: on_event(i, event))
     max_turns = cfg.max_turns if engine is not None else 0
+    reset = getattr(generator, "reset", None)  # generators that keep caches between turns
+    if reset is not None:
+        reset()
+    try:
+        _turns(trajs, generator, tokenizer, engine, cfg, max_turns, noise_prob, mode, rng, timings,
+               eos)
+    finally:
+        if reset is not None:
+            reset()
+    for t in trajs:
+        t.done = True
+        t.response = tokenizer.decode(t.completion_ids, skip_special_tokens=True)
+        generated = tokenizer.decode([i for i, m in zip(t.completion_ids, t.env_mask) if m],
+                                     skip_special_tokens=True)
+        t.answer = extract_answer(generated)
+    return trajs
+
+
+def _turns(trajs: list[Trajectory], generator: PolicyGenerator, tokenizer, engine: Engine | None,
+           cfg: RolloutConfig, max_turns: int, noise_prob: float | None, mode: str | None,
+           rng: random.Random, timings: RolloutTimings, eos: set[int]) -> None:
+    """The turn loop of :func:`run_rollouts`: generate, act, search, insert, until all are done."""
     invalid_ids = tokenizer(INVALID_ACTION_MESSAGE, add_special_tokens=False)["input_ids"]
     # A lockstep generator (vLLM server mode) must be called every turn by every process.
     lockstep = getattr(generator, "lockstep", False)
@@ -299,10 +325,3 @@ def run_rollouts(rows: Sequence[Row], generator: PolicyGenerator, tokenizer, eng
                 t.append(ids, 0)
                 t.trace.append({"type": "information", "text": tokenizer.decode(ids),
                                 "cut": cut})
-    for t in trajs:
-        t.done = True
-        t.response = tokenizer.decode(t.completion_ids, skip_special_tokens=True)
-        generated = tokenizer.decode([i for i, m in zip(t.completion_ids, t.env_mask) if m],
-                                     skip_special_tokens=True)
-        t.answer = extract_answer(generated)
-    return trajs

@@ -1,0 +1,276 @@
+"""Batched sampling for multi-turn rollouts: a KV cache kept in place, across turns.
+
+transformers' ``generate`` spends much of a search rollout on work nobody needs:
+- its dynamic KV cache grows by concatenation, so every decoding step copies the whole cache;
+- a row that has stopped keeps its batch slot until the longest row of the turn stops;
+- every turn starts from scratch and reads the whole context again (prompt, earlier turns, documents);
+- the ``num_generations`` rollouts of one question read the same prompt once each.
+
+``KVDecoder`` removes all four. Each layer's keys and values live in a preallocated buffer
+(``BufferLayer``) that a step writes one column of; a row that stops is swapped out of the active
+block at once (one row copied); its cache is kept, and the next ``generate`` call reuses the longest
+cached prefix of each new context, so a turn only reads what the environment inserted; identical
+contexts are read once and their cache copied. Positions are each row's own token positions, so a
+cached row can sit at any offset of the next turn's batch.
+
+Only plain decoder models whose every layer uses full attention qualify (``supports``); the
+generator falls back to ``generate`` for the rest. Sampling matches ``generate`` with
+``do_sample=True``, ``temperature`` and ``top_p`` (greedy at temperature 0).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
+
+_MIN_REUSE = 8
+"""Shortest cached prefix worth reusing (tokens)."""
+_STOP_TAIL = 24
+"""Generated tokens decoded to look for a stop string (stop strings are a few characters long)."""
+
+
+def supports(model) -> bool:
+    """True when every layer of ``model`` keeps a plain full-attention KV cache."""
+    try:
+        layers = DynamicCache(config=model.config).layers
+    except Exception:  # noqa: BLE001 - any model transformers cannot describe goes to generate()
+        return False
+    return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+class BufferLayer(DynamicLayer):
+    """One layer's cache in a zeroed buffer ``(rows, heads, capacity, head_dim)``.
+
+    ``update`` writes the new columns in place and returns views of the first ``rows`` rows and the
+    filled columns: no step copies the past. The buffer is allocated on first use, with the shape
+    and dtype of the model's keys. Columns never written stay zero (finite) and are masked.
+    """
+
+    def __init__(self, rows: int, capacity: int):
+        super().__init__()
+        self.rows, self.capacity, self.length = rows, capacity, 0
+        self.buf_k: torch.Tensor | None = None
+        self.buf_v: torch.Tensor | None = None
+
+    def allocate(self, like: torch.Tensor) -> None:
+        heads, dim = like.shape[-3], like.shape[-1]
+        shape = (self.rows, heads, self.capacity, dim)
+        self.buf_k = torch.zeros(shape, dtype=like.dtype, device=like.device)
+        self.buf_v = torch.zeros_like(self.buf_k)
+        self.dtype, self.device, self.is_initialized = like.dtype, like.device, True
+
+    def preload(self, row: int, start: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Copy a saved ``(heads, n, dim)`` cache into ``row`` from column ``start``."""
+        if self.buf_k is None:
+            self.allocate(keys)
+        self.buf_k[row, :, start:start + keys.shape[-2]] = keys
+        self.buf_v[row, :, start:start + values.shape[-2]] = values
+
+    def _views(self) -> None:
+        self.keys = self.buf_k[:self.rows, :, :self.length]
+        self.values = self.buf_v[:self.rows, :, :self.length]
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if self.buf_k is None:
+            self.allocate(key_states)
+        end = self.length + key_states.shape[-2]
+        if end > self.capacity:
+            raise RuntimeError(f"KV buffer full: {end} > {self.capacity} columns")
+        self.buf_k[:self.rows, :, self.length:end] = key_states
+        self.buf_v[:self.rows, :, self.length:end] = value_states
+        self.length = end
+        self._views()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def get_max_length(self) -> int:
+        return self.capacity
+
+
+@dataclass
+class _Saved:
+    """A row's cache after a call: the token ids it covers and, per layer, (keys, values)."""
+
+    ids: np.ndarray
+    kv: list[tuple[torch.Tensor, torch.Tensor]]
+
+
+def sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
+    """One token per row: argmax at temperature 0, else softmax sampling with nucleus ``top_p``."""
+    if temperature <= 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_p < 1.0:
+        sorted_logits, order = logits.sort(-1, descending=True)
+        probs = sorted_logits.softmax(-1)
+        drop = probs.cumsum(-1) - probs > top_p  # keep the smallest prefix holding top_p of the mass
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return torch.multinomial(logits.softmax(-1), 1).squeeze(-1)
+
+
+class KVDecoder:
+    """Sampling loop over a model's forward with buffer caches, row swap-out and prefix reuse.
+
+    ``generate`` continues each context until an EOS id, a stop string or ``max_new_tokens``; the
+    returned ids include the stopping token. Caches of the rows of the previous call are kept for
+    the next one (``reset`` drops them; do so whenever the weights change).
+    """
+
+    def __init__(self, model, tokenizer, stop_strings: Sequence[str] = (),
+                 eos_token_ids: Sequence[int] = (), max_rows: int = 64):
+        self.model, self.tokenizer, self.max_rows = model, tokenizer, max_rows
+        self.stop_strings = tuple(stop_strings)
+        self.num_layers = len(DynamicCache(config=model.config).layers)
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        eos = set(eos_token_ids)
+        config_eos = getattr(model.generation_config, "eos_token_id", None)
+        eos |= set(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
+        eos.add(tokenizer.eos_token_id)
+        self.eos = {i for i in eos if i is not None}
+        # a token can only complete a stop string if it holds the string's last character
+        last_chars = {s[-1] for s in self.stop_strings}
+        pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
+        self.may_stop = [any(c in (p or "") for c in last_chars) for p in pieces]
+        self._saved: list[_Saved] = []
+
+    def reset(self) -> None:
+        """Forget the caches kept from the last call."""
+        self._saved = []
+
+    # -- prefix reuse ------------------------------------------------------------------------
+    def _best_prefix(self, context: list[int], table: np.ndarray | None) -> tuple[int, int]:
+        """(saved entry, tokens reusable) for ``context``; at least one token is left to read."""
+        if table is None:
+            return -1, 0
+        m = min(len(context) - 1, table.shape[1])
+        if m < _MIN_REUSE:
+            return -1, 0
+        same = table[:, :m] == np.asarray(context[:m])
+        lcp = np.cumprod(same, axis=1).sum(axis=1)
+        best = int(lcp.argmax())
+        length = min(int(lcp[best]), len(self._saved[best].ids))
+        return (best, length) if length >= _MIN_REUSE else (-1, 0)
+
+    # -- one batch of rows -------------------------------------------------------------------
+    def _stopped(self, generated: list[int]) -> bool:
+        tail = self.tokenizer.decode(generated[-_STOP_TAIL:], skip_special_tokens=False)
+        return any(s in tail for s in self.stop_strings)
+
+    def _chunk(self, contexts: list[list[int]], max_new_tokens: int, temperature: float,
+               top_p: float, previous: list[_Saved], table: np.ndarray | None,
+               saved: list[_Saved]) -> list[list[int]]:
+        device = next(self.model.parameters()).device
+        uniq: dict[tuple[int, ...], int] = {}
+        inverse = [uniq.setdefault(tuple(c), len(uniq)) for c in contexts]
+        unique = [list(k) for k in uniq]
+        reuse = [self._best_prefix(c, table) for c in unique]
+        lengths = [len(c) for c in unique]
+        width = max(lengths)
+        block = max(n - p for n, (_, p) in zip(lengths, reuse))
+        capacity = width + max_new_tokens
+        layers = [BufferLayer(len(unique), capacity) for _ in range(self.num_layers)]
+        for u, ((entry, _), n) in enumerate(zip(reuse, lengths)):
+            before = n - block  # this row's cached tokens left of the block that is read now
+            if entry >= 0 and before > 0:
+                for layer, (k, v) in zip(layers, previous[entry].kv):
+                    layer.preload(u, width - n, k[:, :before], v[:, :before])
+        for layer in layers:
+            layer.length = width - block
+        ids = torch.full((len(unique), block), self.pad_id, dtype=torch.long)
+        positions = torch.zeros((len(unique), block), dtype=torch.long)
+        mask = torch.zeros((len(unique), capacity), dtype=torch.long)
+        for u, c in enumerate(unique):
+            n = len(c)
+            mask[u, width - n:width] = 1
+            inside = c[max(0, n - block):]
+            ids[u, block - len(inside):] = torch.tensor(inside)
+            positions[u] = (torch.arange(block) + n - block).clamp(min=0)
+        out = self.model(input_ids=ids.to(device), attention_mask=mask[:, :width].to(device),
+                         position_ids=positions.to(device), past_key_values=Cache(layers=layers),
+                         use_cache=True, logits_to_keep=1)
+        logits = out.logits[:, -1]
+        if len(unique) < len(contexts):  # copy each unique row's cache to its duplicates
+            index = torch.tensor(inverse, device=device)
+            for layer in layers:
+                layer.buf_k = layer.buf_k.index_select(0, index)
+                layer.buf_v = layer.buf_v.index_select(0, index)
+                layer.rows = len(contexts)
+            logits = logits.index_select(0, index)
+            mask = mask.index_select(0, index.cpu())
+        mask = mask.to(device)
+        cache = Cache(layers=layers)
+        starts = [width - len(c) for c in contexts]
+        next_pos = torch.tensor([len(c) for c in contexts], device=device)
+        slot_row = list(range(len(contexts)))  # which context each active slot holds
+        outputs: list[list[int]] = [[] for _ in contexts]
+        active, column = len(contexts), width
+        for _ in range(max_new_tokens):
+            tokens = sample(logits[:active], temperature, top_p).tolist()
+            done = []
+            for s, tok in enumerate(tokens):
+                gen = outputs[slot_row[s]]
+                gen.append(tok)
+                if (tok in self.eos or len(gen) >= max_new_tokens
+                        or (self.may_stop[tok] and self._stopped(gen))):
+                    done.append(s)
+            for s in done:  # keep the cache of every token read so far (the last one was not)
+                r = slot_row[s]
+                saved.append(_Saved(np.asarray(contexts[r] + outputs[r][:-1]), [
+                    (layer.buf_k[s, :, starts[r]:column].clone(),
+                     layer.buf_v[s, :, starts[r]:column].clone()) for layer in layers]))
+            for s in sorted(done, reverse=True):  # swap the last active slot into the free one
+                last = active - 1
+                if s != last:
+                    for layer in layers:
+                        layer.buf_k[s, :, :column] = layer.buf_k[last, :, :column]
+                        layer.buf_v[s, :, :column] = layer.buf_v[last, :, :column]
+                    mask[s] = mask[last]
+                    next_pos[s] = next_pos[last]
+                    slot_row[s], tokens[s] = slot_row[last], tokens[last]
+                active -= 1
+            if active == 0:
+                break
+            for layer in layers:
+                layer.rows = active
+            mask[:active, column] = 1
+            out = self.model(input_ids=torch.tensor(tokens[:active], device=device)[:, None],
+                             attention_mask=mask[:active, :column + 1],
+                             position_ids=next_pos[:active, None], past_key_values=cache,
+                             use_cache=True)
+            logits = out.logits[:, -1]
+            next_pos[:active] += 1
+            column += 1
+        return outputs
+
+    @torch.inference_mode()
+    def generate(self, contexts: Sequence[list[int]], max_new_tokens: int, temperature: float,
+                 top_p: float) -> list[list[int]]:
+        """The generated ids of each context, in order (stopping token included)."""
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        if any(not c for c in contexts):
+            raise ValueError("cannot continue an empty context")
+        previous, saved = self._saved, []
+        table = None
+        if previous:
+            longest = max(len(p.ids) for p in previous)
+            table = np.full((len(previous), longest), -1, dtype=np.int64)
+            for i, p in enumerate(previous):
+                table[i, :len(p.ids)] = p.ids
+        # identical contexts land in the same chunk; similar lengths pad little
+        order = sorted(range(len(contexts)), key=lambda i: (len(contexts[i]), contexts[i]))
+        results: list[list[int]] = [[] for _ in contexts]
+        for start in range(0, len(order), self.max_rows):
+            chunk = order[start:start + self.max_rows]
+            for i, ids in zip(chunk, self._chunk([list(contexts[i]) for i in chunk], max_new_tokens,
+                                                 temperature, top_p, previous, table, saved)):
+                results[i] = ids
+        self._saved = saved
+        return results
