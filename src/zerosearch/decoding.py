@@ -139,6 +139,10 @@ class KVDecoder:
         pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         self.may_stop = [any(c in (p or "") for c in last_chars) for p in pieces]
         self._saved: list[_Saved] = []
+        self.read_tokens = 0
+        """Context tokens read by the model so far (prefill; duplicates and reused prefixes excluded)."""
+        self.reused_tokens = 0
+        """Context tokens whose cache came from the previous call instead."""
 
     def reset(self) -> None:
         """Forget the caches kept from the last call."""
@@ -183,6 +187,8 @@ class KVDecoder:
                     layer.preload(u, width - n, k[:, :before], v[:, :before])
         for layer in layers:
             layer.length = width - block
+        self.read_tokens += sum(min(n, block) for n in lengths)
+        self.reused_tokens += sum(max(0, n - block) for n in lengths)
         ids = torch.full((len(unique), block), self.pad_id, dtype=torch.long)
         positions = torch.zeros((len(unique), block), dtype=torch.long)
         mask = torch.zeros((len(unique), capacity), dtype=torch.long)

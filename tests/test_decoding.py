@@ -1,0 +1,128 @@
+"""KVDecoder: the same tokens as transformers' generate, caches reused across turns, stops at stop
+strings and EOS, stopped rows leave the batch, and models it cannot serve are refused."""
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+import zerosearch.decoding as decoding
+from zerosearch.decoding import KVDecoder, sample, supports
+from zerosearch.generation import HFGenerator
+from zerosearch.protocol import STOP_STRINGS
+
+
+@pytest.fixture(scope="module")
+def model_tok(tiny_model):
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+
+
+def _contexts(tok):
+    texts = ["Question: who wrote it?", "A much longer question about a river, a city and a year?",
+             "Question: who wrote it?", "Short"]
+    return [tok(t)["input_ids"] for t in texts]
+
+
+def _hf_greedy(model, tok, contexts, n):
+    outs = []
+    for c in contexts:  # one at a time: no padding at all
+        o = model.generate(input_ids=torch.tensor([c]), attention_mask=torch.ones(1, len(c), dtype=torch.long),
+                           max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                           pad_token_id=tok.pad_token_id)
+        outs.append(o[0, len(c):].tolist())
+    return outs
+
+
+def test_greedy_equals_generate_and_reuse_equals_fresh(model_tok):
+    model, tok = model_tok
+    assert supports(model)
+    contexts = _contexts(tok)
+    decoder = KVDecoder(model, tok, eos_token_ids=[], max_rows=3)  # 3 rows: two chunks
+    decoder.eos = set()  # run the full budget, like min_new_tokens
+    first = decoder.generate(contexts, 12, 0.0, 1.0)
+    assert first == _hf_greedy(model, tok, contexts, 12)
+    assert decoder.read_tokens == sum(len(c) for c in contexts[1:])  # the duplicate read once
+    # the next turn: the generated text (minus its unread last token) plus an inserted block
+    inserted = tok(" <information>Doc 1: text</information>", add_special_tokens=False)["input_ids"]
+    second_contexts = [c + g + inserted for c, g in zip(contexts, first)]
+    read_before = decoder.read_tokens
+    second = decoder.generate(second_contexts, 10, 0.0, 1.0)
+    assert decoder.reused_tokens > 0
+    assert decoder.read_tokens - read_before < sum(len(c) for c in second_contexts) // 2
+    assert second == _hf_greedy(model, tok, second_contexts, 10)
+    decoder.reset()
+    assert decoder.generate(second_contexts, 10, 0.0, 1.0) == second
+
+
+def test_rows_that_stop_leave_and_the_others_go_on(model_tok):
+    model, tok = model_tok
+    contexts = _contexts(tok) + [tok("Yet another prompt, of middling length")["input_ids"]]
+    reference = _hf_greedy(model, tok, contexts, 12)
+    # make two tokens of the reference outputs "EOS": rows stop at different steps
+    stops = {reference[0][2], reference[1][5]}
+    expected = []
+    for out in reference:
+        cut = next((i + 1 for i, t in enumerate(out) if t in stops), len(out))
+        expected.append(out[:cut])
+    lengths = sorted(len(e) for e in expected)
+    assert lengths[0] < 12 and lengths[-1] == 12  # some rows stopped early, some ran on
+    decoder = KVDecoder(model, tok)
+    decoder.eos = stops
+    assert decoder.generate(contexts, 12, 0.0, 1.0) == expected
+
+
+def test_stops_at_stop_strings_eos_and_budget(model_tok, monkeypatch):
+    model, tok = model_tok
+    decoder = KVDecoder(model, tok, STOP_STRINGS)
+    context = tok("a prompt")["input_ids"]
+
+    def run(script, budget):
+        it = iter(script)
+        monkeypatch.setattr(decoding, "sample", lambda *a: torch.tensor([next(it)]))
+        return decoder.generate([context], budget, 1.0, 1.0)[0]
+
+    search = tok(" think <search>q</search> more text", add_special_tokens=False)["input_ids"]
+    out = run(search, 40)
+    assert tok.decode(out).endswith("</search>") and out == search[:len(out)]
+    assert run([7, 8, tok.eos_token_id, 9, 10], 40) == [7, 8, tok.eos_token_id]
+    assert run([7] * 50, 5) == [7] * 5
+
+
+def test_sample_top_p_keeps_only_the_nucleus():
+    logits = torch.tensor([[5.0, 4.0, -3.0, -3.0]] * 200)
+    drawn = sample(logits, 1.0, 0.5)
+    assert set(drawn.tolist()) == {0}
+    drawn = sample(logits, 1.0, 0.99)
+    assert set(drawn.tolist()) == {0, 1}
+    assert sample(logits, 0.0, 1.0).tolist() == [0] * 200
+
+
+def test_models_with_sliding_layers_use_generate(tiny_model):
+    from transformers import MistralConfig, MistralForCausalLM
+
+    config = MistralConfig(vocab_size=300, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=4, num_key_value_heads=2, sliding_window=16)
+    model = MistralForCausalLM(config).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    assert not supports(model)
+    assert HFGenerator(model, tok).decoder is None
+    with pytest.raises(ValueError, match="sliding window"):
+        HFGenerator(model, tok, fast=True)
+
+
+def test_rollouts_match_generate_turn_by_turn(model_tok):
+    """Greedy multi-turn rollouts (corrective messages inserted between turns) give the same
+    tokens with KVDecoder, which reuses each turn's cache, as with unpadded generate calls."""
+    from helpers import RecordingEngine
+    from zerosearch.rollout import RolloutConfig, Row, run_rollouts
+
+    model, tok = model_tok
+    rows = [Row(f"Question {i}: which city?", ["x"], i) for i in range(3)]
+    cfg = RolloutConfig(max_turns=2, max_turn_tokens=10, max_completion_tokens=96, temperature=0.0)
+    fast = HFGenerator(model, tok, fast=True)
+    got = run_rollouts(rows, fast, tok, RecordingEngine(), cfg)
+    want = run_rollouts(rows, HFGenerator(model, tok, max_batch_size=1, fast=False), tok,
+                        RecordingEngine(), cfg)
+    assert [t.completion_ids for t in got] == [t.completion_ids for t in want]
+    assert max(t.turns for t in got) > 1 and fast.decoder.reused_tokens > 0
+    assert fast.decoder._saved == []  # run_rollouts released the caches
