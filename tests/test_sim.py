@@ -119,6 +119,10 @@ def test_build_balances_and_uses_the_released_prompt(bm25, tmp_path):
     assert ex["prompt"][1]["content"].startswith("You are the Google search engine.\nGiven a query, you "
                                                  f"need to generate {'two' if ex['k'] == 2 else 'one'} {ex['mode']} documents")
     assert ex["completion"][0]["content"].startswith("Doc 1: ")
+    build(labelled, tmp_path / "first", label_by="contains", max_docs=2, val_fraction=0.25,
+          answer_first=True)
+    useful = [e for e in read_finished(tmp_path / "first" / "train.jsonl") if e["mode"] == "useful"]
+    assert useful and all(contains_answer(e["documents"][:1], e["golden_answers"]) for e in useful)
     with pytest.raises(ValueError, match="no pair"):
         build(labelled, tmp_path / "x", label_by="judge")
 

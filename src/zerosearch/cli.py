@@ -385,12 +385,15 @@ def sim_build(
     max_doc_words: int = typer.Option(40, "--max-doc-words", help="Words kept per document."),
     val_fraction: float = typer.Option(0.1, "--val-fraction", help="Questions held out."),
     seed: int = typer.Option(0, "--seed", help="Balancing and split seed."),
+    answer_first: bool = typer.Option(False, "--answer-first/--engine-order",
+                                      help="Useful examples: documents holding the answer first."),
 ):
     """Build a balanced useful/noisy SFT set in chat format with the released simulators' prompt."""
     from zerosearch.sim.build import build
 
     try:
-        stats = build(labelled, output_dir, label_by, max_docs, max_doc_words, val_fraction, seed)
+        stats = build(labelled, output_dir, label_by, max_docs, max_doc_words, val_fraction, seed,
+                      answer_first=answer_first)
     except USER_ERRORS as err:
         fail(err)
     out.print_json(json.dumps(stats))

@@ -20,7 +20,7 @@ from typing import Any, Sequence
 from zerosearch.jsonl import read_finished
 from zerosearch.protocol import finetuned_sim_messages, format_documents
 from zerosearch.rewards import normalize_answer
-from zerosearch.sim.label import METHODS, doc_texts
+from zerosearch.sim.label import METHODS, contains_answer, doc_texts
 
 
 def clip_words(text: str, max_words: int, golds: Sequence[str] = ()) -> str:
@@ -41,10 +41,14 @@ def clip_words(text: str, max_words: int, golds: Sequence[str] = ()) -> str:
     return " ".join(words[start:start + max_words])
 
 
-def example(pair: dict[str, Any], mode: str, max_docs: int, max_doc_words: int) -> dict[str, Any]:
-    """One SFT example from a labelled pair."""
+def example(pair: dict[str, Any], mode: str, max_docs: int, max_doc_words: int,
+            answer_first: bool = False) -> dict[str, Any]:
+    """One SFT example from a labelled pair; ``answer_first`` moves the documents holding a gold
+    answer to the front of a useful example (the rest keep the engine's order)."""
     golds = pair["golden_answers"]
     texts = [clip_words(t, max_doc_words, golds) for t in doc_texts(pair["documents"])[:max_docs]]
+    if answer_first and mode == "useful":
+        texts.sort(key=lambda t: not contains_answer([t], golds))  # stable: ranks kept within
     messages = finetuned_sim_messages(pair["query"], pair["question"], pair["golden_answers"], mode,
                                       k=len(texts))
     return {"prompt": messages, "completion": [{"role": "assistant", "content": format_documents(texts)}],
@@ -55,8 +59,13 @@ def example(pair: dict[str, Any], mode: str, max_docs: int, max_doc_words: int) 
 
 def build(labelled: str | Path, out_dir: str | Path, label_by: str = "contains", max_docs: int = 5,
           max_doc_words: int = 40, val_fraction: float = 0.1, seed: int = 0,
-          balance: bool = True) -> dict[str, Any]:
-    """Write ``train.jsonl`` and ``val.jsonl`` into ``out_dir``; returns statistics."""
+          balance: bool = True, answer_first: bool = False) -> dict[str, Any]:
+    """Write ``train.jsonl`` and ``val.jsonl`` into ``out_dir``; returns statistics.
+
+    ``answer_first``: in useful examples the documents holding a gold answer come first, so the
+    simulator learns to state the answer it was given early (a short dependency on the prompt,
+    learned in fewer steps, and never cut by a token budget); the engine's order is otherwise kept.
+    """
     if label_by not in METHODS:
         raise ValueError(f"label_by must be one of {', '.join(METHODS)}")
     if not 1 <= max_docs <= 20:
@@ -79,7 +88,8 @@ def build(labelled: str | Path, out_dir: str | Path, label_by: str = "contains",
         if balance and all(by_mode.values()):
             n = min(len(v) for v in by_mode.values())
             by_mode = {m: rng.sample(v, n) for m, v in by_mode.items()}
-        examples = [example(p, m, max_docs, max_doc_words) for m, v in by_mode.items() for p in v]
+        examples = [example(p, m, max_docs, max_doc_words, answer_first)
+                    for m, v in by_mode.items() for p in v]
         rng.shuffle(examples)
         splits[split] = examples
     out = Path(out_dir)
@@ -93,7 +103,7 @@ def build(labelled: str | Path, out_dir: str | Path, label_by: str = "contains",
                      "mean_docs": sum(e["k"] for e in v) / len(v) if v else 0.0,
                      "mean_target_words": sum(len(e["completion"][0]["content"].split()) for e in v)
                      / len(v) if v else 0.0} for split, v in splits.items()}
-    stats["label_by"] = label_by
+    stats["label_by"], stats["answer_first"] = label_by, answer_first
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     return stats
 
