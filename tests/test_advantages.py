@@ -80,6 +80,13 @@ def test_plain_token_logps_match_trl_fused_head(tiny_model):
     logps, entropy = plain_token_logps(model, ids, attn, keep, temperature=0.7, compute_entropy=True)
     assert torch.allclose(logps, fused.log_probs[:, -keep:], atol=1e-4)
     assert torch.allclose(entropy, fused.entropy[:, -keep:], atol=1e-4)
+    # entropies outside autograd (logged only): the same values, no graph, same log-prob gradients
+    lp2, ent2 = plain_token_logps(model, ids, attn, keep, temperature=0.7, compute_entropy=True,
+                                  entropy_grad=False)
+    assert torch.allclose(ent2, entropy) and not ent2.requires_grad and entropy.requires_grad
+    g1 = torch.autograd.grad(logps.sum(), model.lm_head.weight)[0]
+    g2 = torch.autograd.grad(lp2.sum(), model.lm_head.weight)[0]
+    assert torch.allclose(g1, g2)
 
 
 def test_reorder_rows_moves_every_per_row_entry_together():

@@ -220,8 +220,9 @@ class ZeroSearchTrainer(GRPOTrainer):
                                     compute_entropy=compute_entropy)
             else:
                 with self.accelerator.autocast():
-                    lp, ent = plain_token_logps(model, ids[:, first:last], attn[:, first:last], keep,
-                                                self.temperature, compute_entropy)
+                    lp, ent = plain_token_logps(
+                        model, ids[:, first:last], attn[:, first:last], keep, self.temperature,
+                        compute_entropy, entropy_grad=getattr(self, "_entropy_bonus_enabled", True))
             pad = logits_to_keep - keep
             logps.append(torch.nn.functional.pad(lp, (0, pad)))
             if compute_entropy:
@@ -290,19 +291,27 @@ def reorder_rows(batch: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
 
 
 def plain_token_logps(model, input_ids, attention_mask, logits_to_keep: int, temperature: float = 1.0,
-                      compute_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      compute_entropy: bool = False, entropy_grad: bool = True,
+                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities (and entropies) of the last ``logits_to_keep`` tokens from full logits.
 
     TRL's fused LM head tiles the vocabulary projection to save memory on GPUs with large
     vocabularies, but recomputes it in the backward pass; on a CPU the plain path is about twice as
-    fast (``training.fused_lm_head`` picks one).
+    fast (``training.fused_lm_head`` picks one). ``entropy_grad=False`` computes the entropies
+    outside autograd, for when they are only logged or used as a mask (no entropy bonus): the
+    vocabulary-wide softmax then keeps nothing for a backward pass that never comes.
     """
+    import contextlib
+
     from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
                    logits_to_keep=logits_to_keep + 1).logits[:, :-1]
     logps = selective_log_softmax(logits, input_ids[:, -logits_to_keep:], temperature=temperature)
-    entropy = entropy_from_logits(logits / temperature) if compute_entropy else None
+    entropy = None
+    if compute_entropy:
+        with contextlib.nullcontext() if entropy_grad else torch.no_grad():
+            entropy = entropy_from_logits((logits if entropy_grad else logits.detach()) / temperature)
     return logps, entropy
 
 
