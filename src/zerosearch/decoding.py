@@ -138,6 +138,8 @@ class KVDecoder:
         last_chars = {s[-1] for s in self.stop_strings}
         pieces = tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))
         self.may_stop = [any(c in (p or "") for c in last_chars) for p in pieces]
+        rows = model.get_output_embeddings().weight.shape[0]  # may exceed the tokenizer (padding)
+        self.may_stop += [False] * max(0, rows - len(self.may_stop))
         self._saved: list[_Saved] = []
         self.read_tokens = 0
         """Context tokens read by the model so far (prefill; duplicates and reused prefixes excluded)."""
