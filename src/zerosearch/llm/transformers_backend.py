@@ -2,7 +2,9 @@
 
 Callers from many threads (HTTP handlers, engine batches) submit conversations; one worker thread
 takes whatever is waiting (up to ``max_batch_size``, after waiting ``batch_wait_s`` for company),
-runs one left-padded ``generate`` with the KV cache, and hands each caller its text. This is what
+generates for the whole batch at once (:class:`zerosearch.decoding.KVDecoder` for plain
+full-attention decoders: in-place KV cache, a finished document set leaves the batch at once; else a
+left-padded ``generate``), and hands each caller its text. This is what
 lets ``zerosearch serve --engine simulated --model embedded:smollm2-135m-instruct`` work on a CPU
 with no other server running, and keeps throughput high when many clients search at once.
 """
@@ -46,9 +48,13 @@ class TransformersBackend:
                  seed: int | None = None):
         import torch
 
+        from zerosearch.decoding import KVDecoder, supports
+
         self.model_name = model
         self.device = device
         self.tokenizer, self.lm = load_causal_lm(model, device, dtype)
+        self.decoder = KVDecoder(self.lm, self.tokenizer, max_rows=max_batch_size) if supports(
+            self.lm) else None
         self.max_batch_size, self.batch_wait_s, self.timeout_s = max_batch_size, batch_wait_s, timeout_s
         self._torch = torch
         if seed is not None:
@@ -102,6 +108,14 @@ class TransformersBackend:
         """Generate synchronously for a batch (the worker's job; also usable directly)."""
         prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                    for c in conversations]
+        if self.decoder is not None:
+            ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
+            try:
+                out = self.decoder.generate(ids, params.max_new_tokens, params.temperature,
+                                            params.top_p)
+            finally:
+                self.decoder.reset()  # nothing is kept between batches
+            return self.tokenizer.batch_decode(out, skip_special_tokens=True)
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True,
                              add_special_tokens=False).to(self.device)
         sample = params.temperature > 0
