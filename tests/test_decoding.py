@@ -126,3 +126,22 @@ def test_rollouts_match_generate_turn_by_turn(model_tok):
     assert [t.completion_ids for t in got] == [t.completion_ids for t in want]
     assert max(t.turns for t in got) > 1 and fast.decoder.reused_tokens > 0
     assert fast.decoder._saved == []  # run_rollouts released the caches
+
+
+def test_in_process_simulator_backend_gives_generates_text():
+    """The in-process chat back end (simulated engine) decodes with KVDecoder: same greedy texts as
+    its generate path, and nothing kept between batches."""
+    from zerosearch.llm.base import GenerationParams
+    from zerosearch.llm.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend("embedded:tiny-random")
+    try:
+        assert backend.decoder is not None
+        chats = [[{"role": "user", "content": f"Query {i}: {'long ' * i}question"}] for i in range(3)]
+        params = GenerationParams(max_new_tokens=12, temperature=0.0)
+        fast = backend.generate(chats, params)
+        assert backend.decoder._saved == []
+        backend.decoder = None
+        assert backend.generate(chats, params) == fast
+    finally:
+        backend.close()
