@@ -14,8 +14,10 @@ contexts are read once and their cache copied. Positions are each row's own toke
 cached row can sit at any offset of the next turn's batch.
 
 Only plain decoder models whose every layer uses full attention qualify (``supports``); the
-generator falls back to ``generate`` for the rest. Sampling matches ``generate`` with
-``do_sample=True``, ``temperature`` and ``top_p`` (greedy at temperature 0).
+generator falls back to ``generate`` for the rest. Sampling is softmax sampling at ``temperature``
+over the whole vocabulary, with nucleus ``top_p`` (greedy at temperature 0): the policy's own
+distribution, which the trainer's log-probabilities assume. (transformers' ``generate`` adds top-k 50
+whenever ``top_k`` is left unset; our fallbacks pass ``top_k=0`` so both paths sample alike.)
 """
 
 from __future__ import annotations

@@ -52,8 +52,9 @@ class HFGenerator:
         out = self.model.generate(
             input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
             do_sample=sample, temperature=temperature if sample else None,
-            top_p=top_p if sample else None, top_k=None, stop_strings=list(STOP_STRINGS),
-            tokenizer=self.tokenizer, pad_token_id=self.pad_id)
+            top_p=top_p if sample else None,
+            top_k=0 if sample else None,  # unset would mean transformers' default top-k 50
+            stop_strings=list(STOP_STRINGS), tokenizer=self.tokenizer, pad_token_id=self.pad_id)
         return [Generation(ids=row.tolist()) for row in out[:, width:].cpu()]
 
     def generate(self, contexts: Sequence[list[int]], max_new_tokens: int, temperature: float,

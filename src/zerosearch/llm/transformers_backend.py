@@ -123,7 +123,7 @@ class TransformersBackend:
             out = self.lm.generate(
                 **enc, max_new_tokens=params.max_new_tokens, do_sample=sample,
                 temperature=params.temperature if sample else None,
-                top_p=params.top_p if sample else None, top_k=None,
+                top_p=params.top_p if sample else None, top_k=0 if sample else None,
                 pad_token_id=self.tokenizer.pad_token_id)
         new = out[:, enc["input_ids"].shape[1]:]
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
