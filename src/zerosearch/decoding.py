@@ -162,8 +162,8 @@ class KVDecoder:
             return -1, 0
         same = table[:, :m] == np.asarray(context[:m])
         lcp = np.cumprod(same, axis=1).sum(axis=1)
-        best = int(lcp.argmax())
-        length = min(int(lcp[best]), len(self._saved[best].ids))
+        best = int(lcp.argmax())  # the table pads with -1, so a prefix never runs past an entry
+        length = int(lcp[best])
         return (best, length) if length >= _MIN_REUSE else (-1, 0)
 
     # -- one batch of rows -------------------------------------------------------------------
