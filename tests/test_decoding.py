@@ -14,7 +14,8 @@ from zerosearch.protocol import STOP_STRINGS
 @pytest.fixture(scope="module")
 def model_tok(tiny_model):
     torch.manual_seed(0)
-    return AutoModelForCausalLM.from_pretrained(tiny_model).eval(), AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    return model, AutoTokenizer.from_pretrained(tiny_model)
 
 
 def _contexts(tok):
@@ -26,7 +27,8 @@ def _contexts(tok):
 def _hf_greedy(model, tok, contexts, n):
     outs = []
     for c in contexts:  # one at a time: no padding at all
-        o = model.generate(input_ids=torch.tensor([c]), attention_mask=torch.ones(1, len(c), dtype=torch.long),
+        o = model.generate(input_ids=torch.tensor([c]),
+                           attention_mask=torch.ones(1, len(c), dtype=torch.long),
                            max_new_tokens=n, min_new_tokens=n, do_sample=False,
                            pad_token_id=tok.pad_token_id)
         outs.append(o[0, len(c):].tolist())

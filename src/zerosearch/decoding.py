@@ -130,7 +130,8 @@ class KVDecoder:
         self.model, self.tokenizer, self.max_rows = model, tokenizer, max_rows
         self.stop_strings = tuple(stop_strings)
         self.num_layers = len(DynamicCache(config=model.config).layers)
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                       else tokenizer.eos_token_id)
         eos = set(eos_token_ids)
         config_eos = getattr(model.generation_config, "eos_token_id", None)
         eos |= set(config_eos if isinstance(config_eos, (list, tuple)) else [config_eos])
@@ -144,7 +145,7 @@ class KVDecoder:
         self.may_stop += [False] * max(0, rows - len(self.may_stop))
         self._saved: list[_Saved] = []
         self.read_tokens = 0
-        """Context tokens read by the model so far (prefill; duplicates and reused prefixes excluded)."""
+        """Context tokens the model has read (prefill; duplicates and reused prefixes excluded)."""
         self.reused_tokens = 0
         """Context tokens whose cache came from the previous call instead."""
 

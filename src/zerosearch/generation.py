@@ -31,7 +31,8 @@ class HFGenerator:
         elif fast and not supports(model):
             raise ValueError(f"{type(model).__name__} has layers KVDecoder cannot cache (sliding "
                              "window, linear attention…); use fast=False")
-        self.decoder = KVDecoder(model, tokenizer, STOP_STRINGS, max_rows=max_batch_size) if fast else None
+        self.decoder = (KVDecoder(model, tokenizer, STOP_STRINGS, max_rows=max_batch_size)
+                        if fast else None)
 
     def reset(self) -> None:
         """Drop the caches kept for the next turn (call when the rollouts end or weights change)."""
