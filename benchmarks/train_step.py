@@ -49,7 +49,6 @@ def baseline_mfu(model, tokenizer, peak: float, body: int, head: int, how: str) 
     from zerosearch.decoding import KVDecoder
 
     ids = torch.randint(100, 20000, (32, 200))
-    decoder = KVDecoder(model, tokenizer)
     with torch.inference_mode():
         model.generate(input_ids=ids[:, :16], attention_mask=torch.ones_like(ids[:, :16]),
                        max_new_tokens=2, do_sample=False, pad_token_id=tokenizer.pad_token_id)
@@ -60,6 +59,7 @@ def baseline_mfu(model, tokenizer, peak: float, body: int, head: int, how: str) 
                                  pad_token_id=tokenizer.pad_token_id)
             generated = out[:, ids.shape[1]:].numel()
         else:  # stops only at EOS, which random prompts rarely reach: count what it generated
+            decoder = KVDecoder(model, tokenizer)
             generated = sum(len(g) for g in decoder.generate(ids.tolist(), 64, 1.0, 1.0))
         seconds = time.perf_counter() - started
     flops = 2 * body * (ids.numel() + generated) + 2 * head * generated
@@ -77,9 +77,8 @@ def decode_step_mfu(model, peak: float, body: int, head: int, batch: int,
     layers = []
     for layer in range(model.config.num_hidden_layers):
         buffer = BufferLayer(batch, context + steps)
-        like = torch.zeros(model.config.num_key_value_heads, 1,
-                           model.config.hidden_size // model.config.num_attention_heads)
-        buffer.preload(0, 0, like, like)
+        buffer.allocate(torch.empty(model.config.num_key_value_heads, 1,
+                                    model.config.hidden_size // model.config.num_attention_heads))
         buffer.buf_k.normal_()
         buffer.buf_v.normal_()
         buffer.length = context

@@ -218,7 +218,6 @@ class KVDecoder:
         mask = mask.to(device)
         cache = Cache(layers=layers)
         starts = [width - len(c) for c in contexts]
-        next_pos = torch.tensor([len(c) for c in contexts], device=device)
         slot_row = list(range(len(contexts)))  # which context each active slot holds
         outputs: list[list[int]] = [[] for _ in contexts]
         active, column = len(contexts), width
@@ -243,7 +242,6 @@ class KVDecoder:
                         layer.buf_k[s, :, :column] = layer.buf_k[last, :, :column]
                         layer.buf_v[s, :, :column] = layer.buf_v[last, :, :column]
                     mask[s] = mask[last]
-                    next_pos[s] = next_pos[last]
                     slot_row[s], tokens[s] = slot_row[last], tokens[last]
                 active -= 1
             if active == 0:
@@ -251,12 +249,13 @@ class KVDecoder:
             for layer in layers:
                 layer.rows = active
             mask[:active, column] = 1
+            # the token fed now sits after its row's context and earlier generated tokens
+            positions = [len(contexts[r]) + len(outputs[r]) - 1 for r in slot_row[:active]]
             out = self.model(input_ids=torch.tensor(tokens[:active], device=device)[:, None],
                              attention_mask=mask[:active, :column + 1],
-                             position_ids=next_pos[:active, None], past_key_values=cache,
-                             use_cache=True)
+                             position_ids=torch.tensor(positions, device=device)[:, None],
+                             past_key_values=cache, use_cache=True)
             logits = out.logits[:, -1]
-            next_pos[:active] += 1
             column += 1
         return outputs
 

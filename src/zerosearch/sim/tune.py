@@ -128,17 +128,16 @@ def train_simulator(cfg: SimTrainConfig, log=print,
         callbacks.append(Report())
     fused = torch.cuda.is_available() if cfg.fused_loss is None else cfg.fused_loss
 
-    class Trainer(SFTTrainer):
+    class CompletionLossTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            if fused:
-                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = completion_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch,
                                    self.accelerator.autocast)
             return (loss, {"loss": loss}) if return_outputs else loss
 
-    trainer = Trainer(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
-                         eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
+    trainer_class = SFTTrainer if fused else CompletionLossTrainer
+    trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                            eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
+                            processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     if progress is not None:
         from transformers.trainer_callback import PrinterCallback
 

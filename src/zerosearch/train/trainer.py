@@ -301,8 +301,6 @@ def plain_token_logps(model, input_ids, attention_mask, logits_to_keep: int, tem
     outside autograd, for when they are only logged or used as a mask (no entropy bonus): the
     vocabulary-wide softmax then keeps nothing for a backward pass that never comes.
     """
-    import contextlib
-
     from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
     logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
@@ -310,8 +308,8 @@ def plain_token_logps(model, input_ids, attention_mask, logits_to_keep: int, tem
     logps = selective_log_softmax(logits, input_ids[:, -logits_to_keep:], temperature=temperature)
     entropy = None
     if compute_entropy:
-        with contextlib.nullcontext() if entropy_grad else torch.no_grad():
-            entropy = entropy_from_logits((logits if entropy_grad else logits.detach()) / temperature)
+        with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
+            entropy = entropy_from_logits(logits / temperature)
     return logps, entropy
 
 
