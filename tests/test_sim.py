@@ -178,10 +178,16 @@ def test_train_and_fidelity_cli_end_to_end(bm25, tmp_path, tiny_corpus, tiny_mod
     rows = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
     assert [row["simulator"] for row in rows] == ["real engine (reference)", f"finetuned@{final}",
                                                   "prompt@embedded:tiny-random"]
+    outputs = [json.loads(line) for line in (tmp_path / "fid" / "outputs.jsonl").open()]
     for row in rows[1:]:
         assert 0 <= row["format_validity"] <= 1
         assert row["fidelity"] == pytest.approx(row["format_validity"] * max(
             0.0, row["contains_useful"] - row["contains_noisy"]))
+        mine = [o for o in outputs if o["simulator"] == row["simulator"]]
+        assert len(mine) == 2 * row["queries"]  # every query in both modes, each output kept
+        for mode in ("useful", "noisy"):
+            held = [o["contains_answer"] for o in mine if o["mode"] == mode]
+            assert sum(held) / len(held) == pytest.approx(row[f"contains_{mode}"])
     assert "| simulator |" in (tmp_path / "fid" / "fidelity.md").read_text()
     assert (tmp_path / "fid" / "fidelity.png").exists()
 

@@ -11,6 +11,9 @@ the real engine's documents for the same query are the reference. Measured per s
 - ``overlap``: unigram F1 between the simulator's useful documents and the real documents;
 - ``latency_s`` and ``words_per_query`` (generation cost per query).
 
+Every output (mode, query, gold answers, documents, whether they hold an answer) is kept in
+``outputs.jsonl`` beside the report, so a leak or a malformed output can be read, not only counted.
+
 The single **fidelity score** = ``format_validity * max(0, contains_useful - contains_noisy)``:
 1.0 means always well-formed and perfectly controllable; a simulator that ignores the mode, or
 writes unusable output, scores near 0.
@@ -58,7 +61,7 @@ def measure(name: str, engine: Engine, queries: Sequence[dict[str, Any]], topk: 
     stats = {"valid": 0, "contains_useful": 0, "contains_noisy": 0, "judge_useful": 0,
              "judge_noisy": 0, "judged": {"useful": 0, "noisy": 0}, "words": 0, "docs": 0,
              "overlap": 0.0, "seconds": 0.0, "outputs": 0, "errors": 0}
-    samples = []
+    records = []
     total = 2 * len(queries)
     for mode in ("useful", "noisy"):
         for start in range(0, len(queries), batch_size):
@@ -83,7 +86,8 @@ def measure(name: str, engine: Engine, queries: Sequence[dict[str, Any]], topk: 
                 if result.error and result.error_kind != "bad_output":
                     stats["errors"] += 1
                 stats["valid"] += int(len(texts) == topk and all(len(t.split()) >= 3 for t in texts))
-                stats[f"contains_{mode}"] += int(contains_answer(texts, q["golden_answers"]))
+                holds = contains_answer(texts, q["golden_answers"])
+                stats[f"contains_{mode}"] += int(holds)
                 if verdict is not None:
                     stats["judged"][mode] += 1
                     stats[f"judge_{mode}"] += int(verdict == "useful")
@@ -91,8 +95,9 @@ def measure(name: str, engine: Engine, queries: Sequence[dict[str, Any]], topk: 
                 stats["docs"] += len(texts)
                 if mode == "useful":
                     stats["overlap"] += _unigram_f1(" ".join(texts), " ".join(reference[request.row_id]))
-                if len(samples) < 4 and start == 0:
-                    samples.append({"mode": mode, "query": q["query"], "documents": texts})
+                records.append({"simulator": name, "mode": mode, "query": q["query"],
+                                "golden_answers": list(q["golden_answers"]), "contains_answer": holds,
+                                "error": result.error, "documents": texts})
             if progress:
                 progress(name, stats["outputs"], total)
     n = max(len(queries), 1)
@@ -106,7 +111,7 @@ def measure(name: str, engine: Engine, queries: Sequence[dict[str, Any]], topk: 
         "doc_words": stats["words"] / max(stats["docs"], 1), "overlap": stats["overlap"] / n,
         "latency_s": stats["seconds"] / max(stats["outputs"], 1),
         "words_per_query": stats["words"] / max(stats["outputs"], 1), "errors": stats["errors"],
-        "fidelity": validity * max(0.0, useful - noisy), "samples": samples}
+        "fidelity": validity * max(0.0, useful - noisy), "outputs": records}
 
 
 def reference_documents(queries: Sequence[dict[str, Any]], engine: Engine | None, topk: int) -> dict[int, list[str]]:
@@ -128,10 +133,16 @@ def real_engine_row(queries: Sequence[dict[str, Any]], reference: dict[int, list
 
 
 def write_report(rows: Sequence[dict[str, Any]], out_dir: str | Path) -> str:
-    """fidelity.json, fidelity.md (table) and fidelity.png (bars)."""
+    """fidelity.json (metrics), outputs.jsonl (every output of every simulator), fidelity.md (table)
+    and fidelity.png (bars)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "fidelity.json").write_text(json.dumps(list(rows), indent=2))
+    with open(out / "outputs.jsonl", "w") as f:
+        for row in rows:
+            for record in row.get("outputs", []):
+                f.write(json.dumps(record) + "\n")
+    rows = [{k: v for k, v in row.items() if k != "outputs"} for row in rows]
+    (out / "fidelity.json").write_text(json.dumps(rows, indent=2))
     cols = [("format_validity", "well-formed k docs", "{:.1%}"), ("contains_useful", "answer in useful", "{:.1%}"),
             ("contains_noisy", "answer in noisy", "{:.1%}"), ("judge_useful", "judge: useful", "{:.1%}"),
             ("judge_noisy", "judge: noisy", "{:.1%}"), ("doc_words", "words/doc", "{:.1f}"),
