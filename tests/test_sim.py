@@ -203,6 +203,25 @@ def test_clipping_keeps_the_answer_in_useful_documents():
     assert clip_words("short text", 20, ["x"]) == "short text"
 
 
+def test_targets_keep_the_title_and_a_lower_ranked_answer():
+    from zerosearch.sim.build import example, target_document
+
+    body = " ".join(f"w{i}" for i in range(60)) + " born in Lyon " + " ".join(f"v{i}" for i in range(60))
+    doc = target_document({"title": "Some Person", "text": body}, 12, ["Lyon"])
+    assert doc.startswith("(Title: Some Person) ") and "Lyon" in doc
+    assert len(doc.split()) == 12 + 3  # the whole title, then 12 words of the text
+    inline = target_document({"title": None, "text": "Title: Lyon Text:  Lyon is a city."}, 12, [])
+    assert inline == "(Title: Lyon) Lyon is a city."
+    docs = [{"title": f"T{i}", "text": f"filler text {i}"} for i in range(4)] + [
+        {"title": "T4", "text": body}]
+    pair = {"golden_answers": ["Lyon"], "query": "q", "question": "q?", "row_id": "r",
+            "documents": docs}
+    useful = example(pair, "useful", 3, 12, answer_first=True)
+    assert useful["k"] == 3 and "Lyon" in useful["documents"][0]  # rank 5 of 5, kept first
+    assert [d.split()[1] for d in useful["documents"][1:]] == ["T0)", "T1)"]  # the rest in order
+    assert not any("Lyon" in d for d in example(pair, "noisy", 3, 12)["documents"])
+
+
 def test_completion_loss_equals_the_models_own_loss(tiny_model):
     """The SFT loss that projects only completion positions matches transformers' loss with the
     same labels (-100 on the prompt and padding)."""
@@ -225,3 +244,25 @@ def test_completion_loss_equals_the_models_own_loss(tiny_model):
     assert torch.allclose(got, expected, atol=1e-5)
     doubled = 2 * int((labels[:, 1:] != -100).sum())
     assert torch.allclose(completion_loss(model, inputs, num_items_in_batch=doubled), expected / 2, atol=1e-5)
+
+
+def test_sim_train_resumes_from_its_last_checkpoint(bm25, tmp_path, tiny_model):
+    from zerosearch.sim.tune import SimTrainConfig, train_simulator
+
+    collected, labelled, sft = tmp_path / "c.jsonl", tmp_path / "l.jsonl", tmp_path / "sft"
+    collect(ROWS, bm25, collected, CollectConfig(query_source="question", rollout=RolloutConfig(topk=2)))
+    label(collected, labelled)
+    build(labelled, sft, max_docs=2, val_fraction=0.25)
+    cfg = SimTrainConfig(model="embedded:tiny-random", data=str(sft), output_dir=str(tmp_path / "sim"),
+                         max_steps=2, batch_size=2, save_steps=1, bf16=False)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train_simulator(SimTrainConfig(**{**cfg.__dict__, "resume": True}), log=lambda m: None)
+    train_simulator(cfg, log=lambda m: None)
+    assert (tmp_path / "sim" / "checkpoint-2").is_dir()
+    steps = []
+    train_simulator(SimTrainConfig(**{**cfg.__dict__, "max_steps": 4, "resume": True}), log=lambda m: None,
+                    progress=lambda step, total, info: steps.append(step))
+    assert min(steps) == 3 and max(steps) == 4  # steps 1-2 were not run again
+    logged = [json.loads(line) for line in (tmp_path / "sim" / "metrics.jsonl").open()]
+    assert logged and logged[-1]["step"] == 4
+    assert (tmp_path / "sim" / "final" / "model.safetensors").exists()

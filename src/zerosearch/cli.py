@@ -411,6 +411,8 @@ def sim_train(
     lora: bool = typer.Option(False, "--lora", help="LoRA, merged at the end."),
     bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32",
                                         help="Precision (default: bf16 where the hardware runs it natively)."),
+    save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every N steps (last two kept)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in -o."),
 ):
     """Fine-tune the simulation LLM (completion-only loss); saves a servable checkpoint."""
     from zerosearch.sim.tune import SimTrainConfig, train_simulator
@@ -419,7 +421,8 @@ def sim_train(
         final = train_simulator(SimTrainConfig(model=model, data=data, output_dir=output_dir,
                                                epochs=epochs, max_steps=max_steps,
                                                learning_rate=learning_rate, batch_size=batch_size,
-                                               lora=lora, bf16=bf16), log=lambda m: console.print(m))
+                                               lora=lora, bf16=bf16, save_steps=save_steps,
+                                               resume=resume), log=lambda m: console.print(m))
     except USER_ERRORS as err:
         fail(err)
     console.print(f"[green]serve it:[/] zerosearch serve --engine simulated --model {final}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -20,7 +21,11 @@ from typing import Any, Sequence
 from zerosearch.jsonl import read_finished
 from zerosearch.protocol import finetuned_sim_messages, format_documents
 from zerosearch.rewards import normalize_answer
-from zerosearch.sim.label import METHODS, contains_answer, doc_texts
+from zerosearch.protocol import document_line
+from zerosearch.sim.label import METHODS, contains_answer
+
+# Some corpora (a FlashRAG passage file among them) keep the title inside the text.
+_INLINE_TITLE = re.compile(r"^\s*Title:\s*(.+?)\s+Text:\s*", re.S)
 
 
 def clip_words(text: str, max_words: int, golds: Sequence[str] = ()) -> str:
@@ -41,14 +46,27 @@ def clip_words(text: str, max_words: int, golds: Sequence[str] = ()) -> str:
     return " ".join(words[start:start + max_words])
 
 
+def target_document(doc: dict[str, Any], max_words: int, golds: Sequence[str]) -> str:
+    """A document as the simulator should write it: ``(Title: …)`` then at most ``max_words`` words
+    of the text (around the answer, see :func:`clip_words`). The title is kept whole so that every
+    target starts the same way, and a title held inside the text (``Title: X Text: …``) moves out."""
+    title, text = doc.get("title"), doc["text"]
+    inline = _INLINE_TITLE.match(text) if not title else None
+    if inline:
+        title, text = inline.group(1), text[inline.end():]
+    return document_line(title, clip_words(text, max_words, golds))
+
+
 def example(pair: dict[str, Any], mode: str, max_docs: int, max_doc_words: int,
             answer_first: bool = False) -> dict[str, Any]:
     """One SFT example from a labelled pair; ``answer_first`` moves the documents holding a gold
-    answer to the front of a useful example (the rest keep the engine's order)."""
+    answer to the front of a useful example (the rest keep the engine's order) before the first
+    ``max_docs`` are kept, so a pair labelled useful by a lower-ranked document stays useful."""
     golds = pair["golden_answers"]
-    texts = [clip_words(t, max_doc_words, golds) for t in doc_texts(pair["documents"])[:max_docs]]
+    texts = [target_document(d, max_doc_words, golds) for d in pair["documents"]]
     if answer_first and mode == "useful":
         texts.sort(key=lambda t: not contains_answer([t], golds))  # stable: ranks kept within
+    texts = texts[:max_docs]
     messages = finetuned_sim_messages(pair["query"], pair["question"], pair["golden_answers"], mode,
                                       k=len(texts))
     return {"prompt": messages, "completion": [{"role": "assistant", "content": format_documents(texts)}],

@@ -3,10 +3,13 @@
 The loss covers the completion only (the documents), never the prompt. Full fine-tuning or LoRA
 (merged into the weights at the end), so the result in ``<output_dir>/final`` is a normal HF
 checkpoint that `zerosearch serve --engine simulated --model <dir>`, vLLM and SGLang can load.
+Training and validation losses go to ``<output_dir>/metrics.jsonl`` as they are logged, and
+checkpoints every ``save_steps`` let an interrupted run resume.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -52,6 +55,11 @@ class SimTrainConfig:
     """LoRA rank."""
     seed: int = 0
     """Data order and initialisation."""
+    save_steps: int = 50
+    """Checkpoint (weights, optimizer, scheduler, RNG) every N optimizer steps; the last two are kept
+    under ``output_dir/checkpoint-*`` so an interrupted run can continue with ``resume``."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``output_dir`` (an error when there is none)."""
 
 
 def completion_loss(model, inputs, num_items_in_batch=None, autocast=None):
@@ -109,13 +117,33 @@ def train_simulator(cfg: SimTrainConfig, log=print,
         output_dir=cfg.output_dir, num_train_epochs=cfg.epochs, max_steps=cfg.max_steps,
         learning_rate=cfg.learning_rate, per_device_train_batch_size=cfg.batch_size,
         max_length=cfg.max_length, completion_only_loss=True, seed=cfg.seed,
-        logging_steps=5, save_strategy="no", report_to=[], lr_scheduler_type="cosine",
+        logging_steps=5, save_strategy="steps", save_steps=cfg.save_steps, save_total_limit=2,
+        report_to=[], lr_scheduler_type="cosine",
         warmup_steps=0.05, eval_strategy="epoch" if val_rows else "no",
         per_device_eval_batch_size=cfg.batch_size, dataloader_num_workers=0, prediction_loss_only=True,
         train_sampling_strategy="group_by_length",
         bf16=bf16, gradient_checkpointing=cfg.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=progress is not None)
-    callbacks = []
+    metrics_file = Path(cfg.output_dir) / "metrics.jsonl"
+    resume_from = None
+    if cfg.resume:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        resume_from = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
+        if resume_from is None:
+            raise FileNotFoundError(f"--resume: no checkpoint-* folder in {cfg.output_dir}")
+        log(f"resuming from {resume_from}")
+    elif metrics_file.exists():
+        metrics_file.unlink()  # a fresh run starts a fresh log
+
+    class WriteMetrics(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and state.is_world_process_zero:
+                metrics_file.parent.mkdir(parents=True, exist_ok=True)
+                with open(metrics_file, "a") as f:
+                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    callbacks: list = [WriteMetrics()]
     if progress is not None:
         class Report(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
@@ -142,7 +170,7 @@ def train_simulator(cfg: SimTrainConfig, log=print,
         from transformers.trainer_callback import PrinterCallback
 
         trainer.remove_callback(PrinterCallback)
-    trainer.train()
+    trainer.train(resume_from_checkpoint=resume_from)
     final = Path(cfg.output_dir) / "final"
     trained = trainer.model
     if cfg.lora:
