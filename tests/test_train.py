@@ -141,6 +141,8 @@ def test_bad_configs_fail_before_training(tmp_path, qa_file, tiny_corpus):
         load_train_config(None, {"training": {"max_stepz": 3}})
     with pytest.raises(ConfigError, match="algorithm.name"):
         load_train_config(None, {"algorithm": {"name": "dpo"}})
+    with pytest.raises(ConfigError, match="generation_dtype"):
+        load_train_config(None, {"training": {"generation_dtype": "fp8"}})
     cfg = _config(tmp_path, tmp_path / "missing.jsonl", _bm25(tiny_corpus))
     with pytest.raises(FileNotFoundError, match="QA data not found"):
         build_trainer(cfg)
@@ -171,6 +173,39 @@ def test_one_bf16_step_where_the_cpu_has_native_bf16(tmp_path, qa_file, tiny_cor
     train(cfg, log=lambda m: None)
     [row] = _metrics(cfg)
     assert row["step"] == 1 and row["time/optimisation_s"] > 0
+
+
+def test_rollouts_from_a_bf16_copy_that_follows_the_policy(tmp_path, qa_file, tiny_corpus, monkeypatch):
+    import torch
+
+    from zerosearch.generation import generation_copy
+    from zerosearch.train.trainer import generation_dtype
+
+    trainer = build_trainer(_config(tmp_path, qa_file, _bm25(tiny_corpus), steps=2,
+                                    generation_dtype="bfloat16"), log=lambda m: None)
+    policy = trainer.model
+    assert generation_dtype("bfloat16", policy) == torch.bfloat16
+    assert generation_dtype("float32", policy) is None  # the policy itself
+    monkeypatch.setattr("zerosearch.hardware.bf16_is_fast", lambda: False)
+    assert generation_dtype("auto", policy) is None
+    copies = []
+    original = trainer._generator
+
+    def spy(model):
+        generator = original(model)
+        copies.append((generator.model, next(generator.model.parameters()).data_ptr()))
+        return generator
+
+    trainer._generator = spy
+    trainer.train()
+    assert len(copies) == 2 and copies[0] == copies[1]  # one copy, refreshed in place
+    [copy] = {id(c[0]): c[0] for c in copies}.values()
+    assert copy is not policy and next(copy.parameters()).dtype == torch.bfloat16
+    with torch.no_grad():  # the next rollout sees the policy's new weights, cast to bf16
+        policy.get_input_embeddings().weight.add_(0.5)
+    assert trainer._generator(policy).model is copy
+    for name, value in policy.state_dict().items():
+        assert torch.equal(copy.state_dict()[name], value.to(torch.bfloat16)), name
 
 
 def test_presets_load():

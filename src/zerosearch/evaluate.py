@@ -75,7 +75,8 @@ class EvalConfig:
     device: str = "auto"
     """cpu, cuda or auto."""
     dtype: str = "auto"
-    """auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."""
+    """auto (bf16 on CUDA and on CPUs with native bf16, AMX or AVX512-BF16; fp32 elsewhere),
+    float32, bfloat16."""
     label: str | None = None
     """Row name in tables (default ``method / model``)."""
 

@@ -81,6 +81,22 @@ class HFGenerator:
                 self.model.train()
 
 
+def generation_copy(model, dtype: torch.dtype, previous=None):
+    """``model``'s current weights in ``dtype``, for rollouts in a cheaper dtype than training's.
+
+    The first call makes the copy; later calls pass it back as ``previous`` and its tensors are
+    overwritten in place (no new memory), so it always holds the weights of the latest step.
+    """
+    import copy
+
+    if previous is None:
+        previous = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+    else:
+        with torch.no_grad():
+            previous.load_state_dict(model.state_dict())  # casts to the copy's dtype
+    return previous
+
+
 def load_policy(model: str, device: str = "auto", dtype: str = "auto", max_batch_size: int = 64):
     """(HFGenerator, tokenizer) for a policy name (embedded:…, hub id or path), ready to generate."""
     from zerosearch.llm.transformers_backend import load_causal_lm

@@ -50,7 +50,8 @@ class EngineConfig:
     device: str = "cpu"
     """In-process model device (cpu, cuda, cuda:1)."""
     dtype: str = "auto"
-    """In-process model dtype: auto (bf16 on CUDA, fp32 on CPU), float32, bfloat16."""
+    """In-process model dtype: auto (bf16 on CUDA and on CPUs with native bf16, AMX or AVX512-BF16;
+    fp32 elsewhere), float32, bfloat16."""
     max_batch_size: int = 32
     """In-process back end: most requests generated together."""
     seed: int | None = None

@@ -23,15 +23,20 @@ from zerosearch.models import resolve_model
 
 
 def load_causal_lm(model: str, device: str = "cpu", dtype: str = "auto"):
-    """Load (tokenizer, model) for generation; ``dtype`` auto = bf16 on CUDA, fp32 on CPU."""
+    """Load (tokenizer, model) for generation; ``dtype`` auto = bf16 where the hardware runs it
+    natively (CUDA, CPUs with AMX / AVX512-BF16), fp32 elsewhere."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from zerosearch.hardware import inference_dtype
+
     path = resolve_model(model)
     if dtype == "auto":
-        torch_dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
-    else:
+        torch_dtype = inference_dtype(device)
+    elif dtype in ("float32", "bfloat16", "float16"):
         torch_dtype = getattr(torch, dtype)
+    else:
+        raise ValueError(f"dtype {dtype!r} is not one of auto, float32, bfloat16, float16")
     tokenizer = AutoTokenizer.from_pretrained(path)
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:

@@ -54,6 +54,7 @@ class ZeroSearchTrainer(GRPOTrainer):
         self.engine = engine
         self.timings = RolloutTimings()
         self._rows: list[Row] = []
+        self._gen_copy = None  # the policy in training.generation_dtype, when that differs
         self._algo = zs_config.algorithm.name
         super().__init__(*args, rollout_func=self._rollout, **kwargs)
         self._kl_beta = self.beta
@@ -77,8 +78,11 @@ class ZeroSearchTrainer(GRPOTrainer):
             from zerosearch.generation_vllm import TRLVLLMGenerator
 
             return TRLVLLMGenerator(self)
-        from zerosearch.generation import HFGenerator
+        from zerosearch.generation import HFGenerator, generation_copy
 
+        dtype = generation_dtype(self.zs.training.generation_dtype, model)
+        if dtype is not None:
+            self._gen_copy = model = generation_copy(model, dtype, self._gen_copy)
         return HFGenerator(model, self.processing_class, self.zs.training.generation_batch_size)
 
     def _rollout(self, prompts: list, trainer) -> dict[str, Any]:
@@ -274,6 +278,22 @@ class ZeroSearchTrainer(GRPOTrainer):
         weights = os.path.join(path, "model.safetensors")
         self.accelerator.unwrap_model(self.value_model).load_state_dict(load_file(weights))
         self._value_opt.load_state_dict(torch.load(os.path.join(path, "optimizer.pt")))
+
+
+def generation_dtype(setting: str, model) -> torch.dtype | None:
+    """The dtype rollouts run in when it differs from ``model``'s (see
+    ``TrainingConfig.generation_dtype``); None = generate with the model itself."""
+    from zerosearch.hardware import bf16_is_fast
+
+    param = next(model.parameters())
+    if setting == "auto":
+        wanted = (torch.bfloat16 if param.dtype == torch.float32 and param.device.type == "cpu"
+                  and bf16_is_fast() else param.dtype)
+    elif setting in ("float32", "bfloat16"):
+        wanted = getattr(torch, setting)
+    else:
+        raise ValueError(f"training.generation_dtype {setting!r} is not one of auto, float32, bfloat16")
+    return None if wanted == param.dtype else wanted
 
 
 def reorder_rows(batch: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
