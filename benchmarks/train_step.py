@@ -51,6 +51,29 @@ def matmul_flops(dtype=torch.float32, n: int = 2048, reps: int = 10) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - started)
 
 
+def read_bandwidth(megabytes: int = 256, reps: int = 10) -> float:
+    """Bytes per second this process reads from memory (summing a tensor much larger than caches)."""
+    data = torch.ones(megabytes * 2**20 // 4)
+    data.sum()
+    started = time.perf_counter()
+    for _ in range(reps):
+        data.sum()
+    return data.numel() * 4 * reps / (time.perf_counter() - started)
+
+
+def decode_roofline(model, peak: float, bandwidth: float, batch: int, context: int = 300) -> float:
+    """The highest MFU one decoding step can reach at ``batch`` rows over a ``context``-token cache
+    if it ran at full matmul speed and full read bandwidth at once: its FLOPs / peak against the time
+    to read every weight once and every row's keys and values (in the model's dtype)."""
+    cfg = model.config
+    size = torch.finfo(model.dtype).bits // 8
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    weights = sum(p.numel() for p in model.parameters()) * size
+    kv = 2 * cfg.num_hidden_layers * batch * cfg.num_key_value_heads * context * head_dim * size
+    flops = 2 * sum(p.numel() for p in model.parameters()) * batch
+    return (flops / peak) / max(flops / peak, (weights + kv) / bandwidth)
+
+
 def baseline_mfu(model, tokenizer, peak: float, body: int, head: int, how: str) -> float:
     """MFU of one batch (32 distinct 200-token prompts, up to 64 sampled tokens each)."""
     from zerosearch.decoding import KVDecoder
@@ -190,6 +213,9 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
     peaks["float32"].append(matmul_flops())
     peaks["bfloat16"].append(matmul_flops(torch.bfloat16))
     peak = {dtype: sum(v) / len(v) for dtype, v in peaks.items()}
+    bandwidth = read_bandwidth()
+    roofline = {dtype: {b: decode_roofline(lm, peak[dtype], bandwidth, b) for b in batches}
+                for dtype, lm in (("float32", model), ("bfloat16", model_bf16))}
     opt_dtype = "bfloat16" if bf16 else "float32"
     ref = 1 if cfg.algorithm.beta else 0
     table = Table(title=f"RL step on the CPU ({prompts_per_step} x {num_generations} rollouts; "
@@ -237,13 +263,18 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
     for dtype, v in decode.items():
         console.print(f"one decoding step alone ({dtype}, 300-token cache), by batch size: " + ", ".join(
             f"{b}: {1000 * sec:.0f} ms, {decode_mfu[dtype][b]:.1%}" for b, sec in v.items()))
+        console.print(f"  its roofline at {bandwidth / 1e9:.0f} GB/s read bandwidth (weights and KV "
+                      "read once, at full matmul speed): " + ", ".join(
+                          f"{b}: {r:.1%}" for b, r in roofline[dtype].items()))
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "matmul_gflops": peak["float32"] / 1e9,
                                "matmul_bf16_gflops": peak["bfloat16"] / 1e9,
                                "generation_dtype": gen_dtype, "optimisation_precision": opt_dtype,
                                "threads": torch.get_num_threads(), "steps": results,
                                "baseline_mfu": baseline, "greedy_rollouts": rollouts,
-                               "decode_step_seconds": decode, "decode_step_mfu": decode_mfu}, indent=2))
+                               "decode_step_seconds": decode, "decode_step_mfu": decode_mfu,
+                               "read_bandwidth_gbs": bandwidth / 1e9, "decode_step_roofline": roofline},
+                              indent=2))
     console.print(f"wrote {out}")
 
 
