@@ -201,6 +201,9 @@ def test_rollouts_from_a_bf16_copy_that_follows_the_policy(tmp_path, qa_file, ti
     assert len(copies) == 2 and copies[0] == copies[1]  # one copy, refreshed in place
     [copy] = {id(c[0]): c[0] for c in copies}.values()
     assert copy is not policy and next(copy.parameters()).dtype == torch.bfloat16
+    ids = torch.randint(3, 100, (1, 8))
+    with torch.inference_mode():  # it computes on its own bf16 weights, not through the policy
+        assert copy(input_ids=ids).logits.dtype == torch.bfloat16
     with torch.no_grad():  # the next rollout sees the policy's new weights, cast to bf16
         policy.get_input_embeddings().weight.add_(0.5)
     assert trainer._generator(policy).model is copy

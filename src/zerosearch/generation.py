@@ -91,6 +91,10 @@ def generation_copy(model, dtype: torch.dtype, previous=None):
 
     if previous is None:
         previous = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+        # A trainer may have replaced the instance's forward with a wrapper (accelerate's output
+        # conversion) that deepcopy keeps and that still runs the original fp32 module: the copy
+        # must run its own class's forward on its own weights.
+        previous.__dict__.pop("forward", None)
     else:
         with torch.no_grad():
             previous.load_state_dict(model.state_dict())  # casts to the copy's dtype
