@@ -112,11 +112,12 @@ class TrainingConfig:
     """bf16 mixed precision for the optimisation (GPUs, and CPUs with native bf16: AMX or
     AVX512-BF16; refused on other CPUs, where it is emulated and slower)."""
     generation_dtype: str = "auto"
-    """dtype of the HF rollouts: float32, bfloat16, or auto = bfloat16 when the policy trains in
-    fp32 on a CPU with native bf16 (there a decoding step is 1.6-2.1x faster: half the weight bytes),
-    else the policy's own dtype. A dtype other than the policy's generates from a copy of the
-    weights in that dtype, refreshed before every rollout (one more model in memory); the loss
-    still scores the sampled tokens with the policy itself. Ignored with vLLM."""
+    """dtype of the HF rollouts: auto (the policy's own), float32 or bfloat16. A dtype other than
+    the policy's generates from a copy of the weights in that dtype, refreshed in place before every
+    rollout (one more model in memory); the loss still scores the sampled tokens with the policy,
+    so the rollouts are slightly off-policy. On this project's AMX CPU bfloat16 made a SmolLM2
+    rollout forward 1.26x faster, but the one benchmark run with it had slower optimisation steps
+    (not understood yet), so it is not the default. Ignored with vLLM."""
     use_vllm: bool = False
     """Generate rollouts with TRL's vLLM integration."""
     vllm_mode: str = "colocate"

@@ -283,12 +283,9 @@ class ZeroSearchTrainer(GRPOTrainer):
 def generation_dtype(setting: str, model) -> torch.dtype | None:
     """The dtype rollouts run in when it differs from ``model``'s (see
     ``TrainingConfig.generation_dtype``); None = generate with the model itself."""
-    from zerosearch.hardware import bf16_is_fast
-
     param = next(model.parameters())
     if setting == "auto":
-        wanted = (torch.bfloat16 if param.dtype == torch.float32 and param.device.type == "cpu"
-                  and bf16_is_fast() else param.dtype)
+        wanted = param.dtype
     elif setting in ("float32", "bfloat16"):
         wanted = getattr(torch, setting)
     else:
