@@ -115,9 +115,10 @@ class TrainingConfig:
     """dtype of the HF rollouts: auto (the policy's own), float32 or bfloat16. A dtype other than
     the policy's generates from a copy of the weights in that dtype, refreshed in place before every
     rollout (one more model in memory); the loss still scores the sampled tokens with the policy,
-    so the rollouts are slightly off-policy. On this project's AMX CPU bfloat16 made a SmolLM2
-    rollout forward 1.26x faster, but the one benchmark run with it had slower optimisation steps
-    (not understood yet), so it is not the default. Ignored with vLLM."""
+    so the rollouts are slightly off-policy. On this project's AMX CPU a bf16 SmolLM2 decoding
+    step is 1.7x faster at batch 32 (benchmarks/train_step.py), but the one training benchmark run
+    with it had slower optimisation steps (not understood yet), so it is not the default. Ignored
+    with vLLM."""
     use_vllm: bool = False
     """Generate rollouts with TRL's vLLM integration."""
     vllm_mode: str = "colocate"
