@@ -2,8 +2,8 @@
 
 bf16 mixed precision pays on CUDA and on CPUs with native bf16 matrix units (Intel AMX or
 AVX512-BF16): on this project's 2-core Xeon a bf16 matmul runs about 8x faster than fp32 and a
-SmolLM2 SFT step about 2x faster, and a SmolLM2 decoding step with bf16 weights 1.6-2.1x faster
-(half the weight bytes to stream; 2026-11-21, batches 8-64). On other CPUs bf16 is emulated and
+SmolLM2 SFT step about 2x faster, and a SmolLM2 decoding step with bf16 weights 1.6-1.9x faster
+(half the bytes to stream; batches 8-64, benchmarks/train_step.py, 2026-11-21). On other CPUs bf16 is emulated and
 slower than fp32, so "auto" settings must ask rather than assume.
 """
 

@@ -19,9 +19,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from zerosearch.jsonl import read_finished
-from zerosearch.protocol import finetuned_sim_messages, format_documents
+from zerosearch.protocol import document_line, finetuned_sim_messages, format_documents
 from zerosearch.rewards import normalize_answer
-from zerosearch.protocol import document_line
 from zerosearch.sim.label import METHODS, contains_answer
 
 # Some corpora (a FlashRAG passage file among them) keep the title inside the text.
