@@ -15,13 +15,13 @@ tokens), plain HF ``generate`` with its dynamic KV cache and our ``KVDecoder`` (
 counted the same way; the same greedy rollouts with each, and with ``KVDecoder`` on bf16 weights;
 and one decoding step alone by batch size, fp32 and bf16.
 
-Every MFU is a ratio to the matmul throughput *in the dtype that did the work*: rollouts generate in
-bf16 by default on a CPU with native bf16 (``training.generation_dtype: auto``), so their MFU is
-against the bf16 matmul (about 5x the fp32 one here); the JSON also keeps each against the fp32
+Every MFU is a ratio to the matmul throughput *in the dtype that did the work*: with
+``--generation-dtype bfloat16`` the rollouts run on a bf16 copy of the policy and their MFU is
+against the bf16 matmul (about 6x the fp32 one here); the JSON also keeps each against the fp32
 matmul, which says how much faster than an fp32 machine-limit the work ran, not how well it used
 the hardware. ``--bf16`` runs the optimisation in bf16 mixed precision, its MFU likewise against
-bf16. Run: ``.venv/bin/python benchmarks/train_step.py [--bf16] [--generation-dtype float32]``
-(about 8 minutes on 2 CPU cores).
+bf16. Run: ``.venv/bin/python benchmarks/train_step.py [--bf16] [--generation-dtype bfloat16]``
+(about 6 minutes on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -68,9 +68,9 @@ def decode_roofline(model, peak: float, bandwidth: float, batch: int, context: i
     cfg = model.config
     size = torch.finfo(model.dtype).bits // 8
     head_dim = cfg.hidden_size // cfg.num_attention_heads
-    weights = sum(p.numel() for p in model.parameters()) * size
+    params = sum(p.numel() for p in model.parameters())
+    weights, flops = params * size, 2 * params * batch
     kv = 2 * cfg.num_hidden_layers * batch * cfg.num_key_value_heads * context * head_dim * size
-    flops = 2 * sum(p.numel() for p in model.parameters()) * batch
     return (flops / peak) / max(flops / peak, (weights + kv) / bandwidth)
 
 
@@ -142,9 +142,8 @@ def rollout_comparison(model, model_bf16, tokenizer, cfg, body: int, head: int,
     rollout = dataclasses.replace(cfg.rollout, temperature=0.0)
     eos = [tokenizer.eos_token_id]
     results, outputs = {}, {}
-    runs = [("generate", model, False, "float32"), ("KVDecoder", model, True, "float32")]
-    if model_bf16 is not None:
-        runs.append(("KVDecoder bf16", model_bf16, True, "bfloat16"))
+    runs = [("generate", model, False, "float32"), ("KVDecoder", model, True, "float32"),
+            ("KVDecoder bf16", model_bf16, True, "bfloat16")]
     for name, lm, fast, dtype in runs:
         timings = RolloutTimings()
         trajs = run_rollouts(rows, HFGenerator(lm, tokenizer, 64, fast=fast), tokenizer, engine,
@@ -197,8 +196,9 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
 
     path = resolve_model(cfg.model.name)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    gen_dtype = str(resolve_generation_dtype(generation_dtype, model) or torch.float32).split(".")[-1]
+    gen_dtype = str(resolve_generation_dtype(generation_dtype, model) or model.dtype).removeprefix("torch.")
     model_bf16 = generation_copy(model, torch.bfloat16)
+    models = {"float32": model, "bfloat16": model_bf16}
     tokenizer = AutoTokenizer.from_pretrained(path)
     total = sum(p.numel() for p in model.parameters())
     head = model.get_output_embeddings().weight.numel()
@@ -208,14 +208,13 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
     rollouts = rollout_comparison(model, model_bf16, tokenizer, cfg, body, head, num_generations,
                                   prompts_per_step)
     batches = (4, 8, 16, 32, 64)
-    decode = {dtype: {b: decode_step_seconds(lm, b) for b in batches}
-              for dtype, lm in (("float32", model), ("bfloat16", model_bf16))}
+    decode = {dtype: {b: decode_step_seconds(lm, b) for b in batches} for dtype, lm in models.items()}
     peaks["float32"].append(matmul_flops())
     peaks["bfloat16"].append(matmul_flops(torch.bfloat16))
     peak = {dtype: sum(v) / len(v) for dtype, v in peaks.items()}
     bandwidth = read_bandwidth()
     roofline = {dtype: {b: decode_roofline(lm, peak[dtype], bandwidth, b) for b in batches}
-                for dtype, lm in (("float32", model), ("bfloat16", model_bf16))}
+                for dtype, lm in models.items()}
     opt_dtype = "bfloat16" if bf16 else "float32"
     ref = 1 if cfg.algorithm.beta else 0
     table = Table(title=f"RL step on the CPU ({prompts_per_step} x {num_generations} rollouts; "

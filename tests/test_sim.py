@@ -247,6 +247,7 @@ def test_completion_loss_equals_the_models_own_loss(tiny_model):
 
 
 def test_sim_train_resumes_from_its_last_checkpoint(bm25, tmp_path, tiny_model):
+    from zerosearch.config import ConfigError
     from zerosearch.sim.tune import SimTrainConfig, train_simulator
 
     collected, labelled, sft = tmp_path / "c.jsonl", tmp_path / "l.jsonl", tmp_path / "sft"
@@ -255,7 +256,7 @@ def test_sim_train_resumes_from_its_last_checkpoint(bm25, tmp_path, tiny_model):
     build(labelled, sft, max_docs=2, val_fraction=0.25)
     cfg = SimTrainConfig(model="embedded:tiny-random", data=str(sft), output_dir=str(tmp_path / "sim"),
                          max_steps=2, batch_size=2, save_steps=1, bf16=False)
-    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+    with pytest.raises(ConfigError, match="no checkpoint"):
         train_simulator(SimTrainConfig(**{**cfg.__dict__, "resume": True}), log=lambda m: None)
     train_simulator(cfg, log=lambda m: None)
     assert (tmp_path / "sim" / "checkpoint-2").is_dir()

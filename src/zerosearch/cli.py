@@ -116,7 +116,8 @@ def train(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     from zerosearch.train.config import load_train_config
-    from zerosearch.train.run import last_checkpoint, train as run_training
+    from zerosearch.runfolder import last_checkpoint
+    from zerosearch.train.run import train as run_training
 
     try:
         cfg = load_train_config(config, {

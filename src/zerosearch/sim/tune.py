@@ -9,7 +9,6 @@ checkpoints every ``save_steps`` let an interrupted run resume.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -124,26 +123,17 @@ def train_simulator(cfg: SimTrainConfig, log=print,
         train_sampling_strategy="group_by_length",
         bf16=bf16, gradient_checkpointing=cfg.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=progress is not None)
+    from zerosearch.runfolder import MetricsCallback, last_checkpoint
+
     metrics_file = Path(cfg.output_dir) / "metrics.jsonl"
     resume_from = None
     if cfg.resume:
-        from transformers.trainer_utils import get_last_checkpoint
-
-        resume_from = get_last_checkpoint(cfg.output_dir) if Path(cfg.output_dir).is_dir() else None
-        if resume_from is None:
-            raise FileNotFoundError(f"--resume: no checkpoint-* folder in {cfg.output_dir}")
+        resume_from = last_checkpoint(cfg.output_dir)
         log(f"resuming from {resume_from}")
     elif metrics_file.exists():
         metrics_file.unlink()  # a fresh run starts a fresh log
-
-    class WriteMetrics(TrainerCallback):
-        def on_log(self, args, state, control, logs=None, **kwargs):
-            if logs and state.is_world_process_zero:
-                metrics_file.parent.mkdir(parents=True, exist_ok=True)
-                with open(metrics_file, "a") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-    callbacks: list = [WriteMetrics()]
+    metrics_file.parent.mkdir(parents=True, exist_ok=True)
+    callbacks: list = [MetricsCallback(metrics_file)]
     if progress is not None:
         class Report(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):

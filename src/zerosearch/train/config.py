@@ -138,6 +138,10 @@ class TrainingConfig:
     """Print sample completions each logging step."""
 
 
+GENERATION_DTYPES = ("auto", "float32", "bfloat16")
+"""The values of ``TrainingConfig.generation_dtype``."""
+
+
 @dataclass
 class TrainConfig:
     """Everything ``zerosearch train`` needs."""
@@ -161,9 +165,9 @@ class TrainConfig:
             raise ConfigError("algorithm.num_generations must be >= 2 for grpo (a group) and >= 1 otherwise")
         if t.max_steps < 1:
             raise ConfigError("training.max_steps must be >= 1")
-        if t.generation_dtype not in ("auto", "float32", "bfloat16"):
-            raise ConfigError(f"training.generation_dtype {t.generation_dtype!r} is not one of auto, "
-                              "float32, bfloat16")
+        if t.generation_dtype not in GENERATION_DTYPES:
+            raise ConfigError(f"training.generation_dtype {t.generation_dtype!r} is not one of "
+                              f"{', '.join(GENERATION_DTYPES)}")
         rollouts = t.prompts_per_step * a.num_generations
         if rollouts % t.micro_batch_size:
             raise ConfigError(f"training.micro_batch_size ({t.micro_batch_size}) must divide "

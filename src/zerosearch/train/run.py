@@ -9,15 +9,12 @@ with the same step, curriculum position, optimizer and RNG state.
 
 from __future__ import annotations
 
-import json
-import math
 import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
 import yaml
-from transformers import TrainerCallback
 
 from zerosearch.config import ConfigError
 from zerosearch.engines.base import EngineError, SearchRequest
@@ -25,33 +22,9 @@ from zerosearch.engines.factory import build_engine
 from zerosearch.models import resolve_model
 from zerosearch.protocol import STOP_STRINGS
 from zerosearch.qa import load_qa
+from zerosearch.runfolder import MetricsCallback, last_checkpoint
 from zerosearch.train.config import TrainConfig
 from zerosearch.train.trainer import StepTimer, ZeroSearchTrainer, make_reward_func
-
-
-class MetricsCallback(TrainerCallback):
-    """Appends every log record to ``metrics.jsonl``, splits step time, drives the progress display."""
-
-    def __init__(self, path: Path, on_progress: Callable[[int, int, dict], None] | None = None):
-        self.path, self.on_progress, self.timer = path, on_progress, None
-
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.timer:
-            self.timer.on_step_begin()
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if self.timer:
-            self.timer.on_step_end()
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        if not state.is_world_process_zero or not logs:
-            return
-        record = {"step": state.global_step, **{k: (None if isinstance(v, float) and math.isnan(v) else v)
-                                                 for k, v in logs.items()}}
-        with open(self.path, "a") as handle:
-            handle.write(json.dumps(record) + "\n")
-        if self.on_progress:
-            self.on_progress(state.global_step, state.max_steps, record)
 
 
 def check_engine(engine, kind: str) -> None:
@@ -146,16 +119,6 @@ def build_trainer(cfg: TrainConfig, log=print,
 
         trainer.remove_callback(PrinterCallback)
     return trainer
-
-
-def last_checkpoint(output_dir: str) -> str:
-    """The newest ``checkpoint-N`` in ``output_dir``, or a clear error."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    found = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if not found:
-        raise ConfigError(f"--resume: no checkpoint-N folder in {output_dir}")
-    return found
 
 
 def train(cfg: TrainConfig, resume: bool = False, log=print,

@@ -32,7 +32,7 @@ from zerosearch.engines.base import Engine
 from zerosearch.rewards import exact_match, f1_score, get_metric
 from zerosearch.rollout import RolloutTimings, Row, run_rollouts
 from zerosearch.train.advantages import gae, masked_whiten, reinforce_pp_advantages, token_rewards
-from zerosearch.train.config import TrainConfig
+from zerosearch.train.config import GENERATION_DTYPES, TrainConfig
 
 
 def make_reward_func(name: str):
@@ -283,14 +283,12 @@ class ZeroSearchTrainer(GRPOTrainer):
 def generation_dtype(setting: str, model) -> torch.dtype | None:
     """The dtype rollouts run in when it differs from ``model``'s (see
     ``TrainingConfig.generation_dtype``); None = generate with the model itself."""
-    param = next(model.parameters())
-    if setting == "auto":
-        wanted = param.dtype
-    elif setting in ("float32", "bfloat16"):
-        wanted = getattr(torch, setting)
-    else:
-        raise ValueError(f"training.generation_dtype {setting!r} is not one of auto, float32, bfloat16")
-    return None if wanted == param.dtype else wanted
+    if setting not in GENERATION_DTYPES:
+        raise ValueError(f"training.generation_dtype {setting!r} is not one of "
+                         f"{', '.join(GENERATION_DTYPES)}")
+    current = next(model.parameters()).dtype
+    wanted = current if setting == "auto" else getattr(torch, setting)
+    return None if wanted == current else wanted
 
 
 def reorder_rows(batch: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
