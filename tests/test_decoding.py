@@ -150,3 +150,101 @@ def test_in_process_simulator_backend_gives_generates_text():
         assert backend.generate(chats, params) == fast
     finally:
         backend.close()
+
+
+def _step_inputs(model, rows=4, filled=10, seed=0):
+    """Buffer caches holding ``filled`` random columns, a left-padded mask and distinct positions."""
+    from zerosearch.decoding import BufferLayer
+
+    cfg = model.config
+    dim = cfg.hidden_size // cfg.num_attention_heads
+    g = torch.Generator().manual_seed(seed)
+    layers = []
+    for _ in range(cfg.num_hidden_layers):
+        layer = BufferLayer(rows, filled + 4)
+        layer.allocate(torch.empty(cfg.num_key_value_heads, 1, dim, dtype=model.dtype))
+        layer.buf_k.copy_(torch.randn(layer.buf_k.shape, generator=g))
+        layer.buf_v.copy_(torch.randn(layer.buf_v.shape, generator=g))
+        layer.length = filled
+        layers.append(layer)
+    mask = torch.ones(rows, filled + 4, dtype=torch.long)
+    mask[0, :4] = 0  # row 0 is four tokens shorter
+    positions = torch.full((rows,), filled)
+    positions[0] = filled - 4
+    return layers, mask, positions
+
+
+def _forward_steps(model, step, steps=3, rows=4, filled=10):
+    """Logits of ``steps`` consecutive decoding steps by the model's forward and by ``step``."""
+    from transformers.cache_utils import Cache
+
+    ours, theirs = _step_inputs(model, rows, filled), _step_inputs(model, rows, filled)
+    tokens = torch.tensor([5, 17, 300, 9000][:rows])
+    got, want = [], []
+    with torch.inference_mode():
+        for s in range(steps):
+            columns = filled + s + 1
+            want.append(model(input_ids=tokens[:, None], attention_mask=theirs[1][:, :columns],
+                              position_ids=(theirs[2] + s)[:, None],
+                              past_key_values=Cache(layers=theirs[0]), use_cache=True).logits[:, -1])
+            got.append(step(tokens, ours[2] + s, ours[1][:, :columns], ours[0]))
+            tokens = want[-1].argmax(-1)
+    assert ours[0][0].length == theirs[0][0].length == filled + steps
+    return torch.stack(got).float(), torch.stack(want).float()
+
+
+def test_decode_step_computes_the_models_forward(model_tok):
+    """The written-out decoding step gives the model's logits (float32, plain matmuls) over several
+    steps with a padded row, writes the cache like the model does, and repacks when weights change."""
+    from zerosearch.decode_step import DecodeStep, build
+
+    model, _ = model_tok
+    step = DecodeStep(model, packed=False)
+    step.refresh()
+    got, want = _forward_steps(model, step)
+    assert torch.allclose(got, want, atol=1e-5), (got - want).abs().max()
+    assert step.packs == 1
+    step.refresh()
+    assert step.packs == 1  # nothing changed: no repack
+    with torch.no_grad():
+        model.model.layers[0].mlp.up_proj.weight.mul_(1.5)
+    try:
+        step.refresh()
+        assert step.packs == 2
+        got, want = _forward_steps(model, step)
+        assert torch.allclose(got, want, atol=1e-5)
+    finally:
+        with torch.no_grad():
+            model.model.layers[0].mlp.up_proj.weight.div_(1.5)
+    assert build(model) is None  # float32 has no packed kernel: the model's forward is as fast
+
+
+def test_decode_step_packed_bf16_follows_the_model(tiny_model):
+    """On CPUs with native bf16 the packed step is what KVDecoder runs: logits within bf16 rounding of
+    the model's, the same greedy tokens as the model's forward."""
+    from zerosearch.decode_step import build
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bf16: no packed bf16 decoding step")
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    step = build(model, rows=4)
+    assert step is not None and step.kernel == "onednn"
+    step.refresh()
+    got, want = _forward_steps(model, step)
+    assert torch.allclose(got, want, atol=0.05), (got - want).abs().max()
+    fast = KVDecoder(model, tok, max_rows=3)
+    assert fast.step is not None
+    slow = KVDecoder(model, tok, max_rows=3, fast_step=False)
+    contexts = _contexts(tok)
+    assert fast.generate(contexts, 12, 0.0, 1.0) == slow.generate(contexts, 12, 0.0, 1.0)
+
+
+def test_decode_step_refuses_other_families(tiny_model):
+    from zerosearch.decode_step import build
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert build(model) is not None
+    model.config.model_type = "gpt2"
+    assert build(model) is None

@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
+from zerosearch import decode_step
+
 _MIN_REUSE = 8
 """Shortest cached prefix worth reusing (tokens)."""
 _STOP_TAIL = 24
@@ -126,8 +128,11 @@ class KVDecoder:
     """
 
     def __init__(self, model, tokenizer, stop_strings: Sequence[str] = (),
-                 eos_token_ids: Sequence[int] = (), max_rows: int = 64):
+                 eos_token_ids: Sequence[int] = (), max_rows: int = 64, fast_step: bool = True):
+        """``fast_step``: run decoding steps with :class:`zerosearch.decode_step.DecodeStep` where it
+        applies (Llama-family models on the CPU); False keeps the model's own forward."""
         self.model, self.tokenizer, self.max_rows = model, tokenizer, max_rows
+        self.step = decode_step.build(model, max_rows) if fast_step else None
         self.stop_strings = tuple(stop_strings)
         self.num_layers = len(DynamicCache(config=model.config).layers)
         self.pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
@@ -251,11 +256,14 @@ class KVDecoder:
             mask[:active, column] = 1
             # the token fed now sits after its row's context and earlier generated tokens
             positions = [len(contexts[r]) + len(outputs[r]) - 1 for r in slot_row[:active]]
-            out = self.model(input_ids=torch.tensor(tokens[:active], device=device)[:, None],
-                             attention_mask=mask[:active, :column + 1],
-                             position_ids=torch.tensor(positions, device=device)[:, None],
-                             past_key_values=cache, use_cache=True)
-            logits = out.logits[:, -1]
+            fed = torch.tensor(tokens[:active], device=device)
+            where = torch.tensor(positions, device=device)
+            if self.step is not None:
+                logits = self.step(fed, where, mask[:active, :column + 1], layers)
+            else:
+                logits = self.model(input_ids=fed[:, None], attention_mask=mask[:active, :column + 1],
+                                    position_ids=where[:, None], past_key_values=cache,
+                                    use_cache=True).logits[:, -1]
             column += 1
         return outputs
 
@@ -267,6 +275,8 @@ class KVDecoder:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if any(not c for c in contexts):
             raise ValueError("cannot continue an empty context")
+        if self.step is not None:
+            self.step.refresh()  # repacks its weights if the model's changed since the last call
         previous, saved = self._saved, []
         table = None
         if previous:
