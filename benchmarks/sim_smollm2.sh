@@ -11,9 +11,6 @@ STEPS=${STEPS:-500}          # optimizer steps of 8 examples (2.5 epochs; about 
 HELD_OUT=${HELD_OUT:-48}
 CORPUS=${CORPUS:-../shared/data/corpus/wiki_passages.jsonl}
 ZS=.venv/bin/zerosearch
-# keep freed buffers in the heap: SFT allocates logits of varying shapes every step, and returning
-# them to the kernel shows up as system time (one pair of runs: 118 vs 167 tokens/s)
-export MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-68719476736}
 mkdir -p "$OUT"
 $ZS sim collect --engine bm25 --corpus "$CORPUS" --topk 10 --query-source question \
   --train-data ../shared/data/qa/train/hotpot_2wiki.jsonl --limit "$N" --batch-size 256 -o "$OUT/collected.jsonl"

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from zerosearch.hardware import keep_freed_memory
 from zerosearch.jsonl import read_finished
 from zerosearch.models import resolve_model
 
@@ -98,6 +99,8 @@ def train_simulator(cfg: SimTrainConfig, log=print,
     train_rows = [{k: r[k] for k in keep} for r in read_finished(train_file)]
     if not train_rows:
         raise ValueError(f"{train_file} holds no examples")
+    if keep_freed_memory():
+        log("malloc keeps freed memory for reuse (hardware.keep_freed_memory)")
     val_file = data / "val.jsonl" if data.is_dir() else None
     val_rows = [{k: r[k] for k in keep} for r in read_finished(val_file)] if val_file else []
     from zerosearch.hardware import bf16_is_fast

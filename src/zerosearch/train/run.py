@@ -19,6 +19,7 @@ import yaml
 from zerosearch.config import ConfigError
 from zerosearch.engines.base import EngineError, SearchRequest
 from zerosearch.engines.factory import build_engine
+from zerosearch.hardware import keep_freed_memory
 from zerosearch.models import resolve_model
 from zerosearch.protocol import STOP_STRINGS
 from zerosearch.qa import load_qa
@@ -124,6 +125,8 @@ def build_trainer(cfg: TrainConfig, log=print,
 def train(cfg: TrainConfig, resume: bool = False, log=print,
           on_progress: Callable[[int, int, dict], None] | None = None) -> str:
     """Train and return the folder of the final model."""
+    if keep_freed_memory():
+        log("malloc keeps freed memory for reuse (hardware.keep_freed_memory)")
     checkpoint = last_checkpoint(cfg.training.output_dir) if resume else None
     trainer = build_trainer(cfg, log=log, on_progress=on_progress)
     try:
