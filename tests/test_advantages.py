@@ -89,6 +89,46 @@ def test_plain_token_logps_match_trl_fused_head(tiny_model):
     assert torch.allclose(g1, g2)
 
 
+def test_compact_rows_moves_real_tokens_left():
+    from zerosearch.train.trainer import compact_rows
+
+    # prompt width 3 (left padded), completion width 3 (right padded)
+    ids = torch.tensor([[0, 5, 6, 7, 8, 0],
+                        [4, 5, 6, 7, 0, 0]])
+    attn = (ids > 0).long()
+    packed, mask, source, real, first = compact_rows(ids, attn, 3)
+    assert packed.tolist() == [[5, 6, 7, 8], [4, 5, 6, 7]]
+    assert mask.tolist() == [[1, 1, 1, 1], [1, 1, 1, 1]]
+    # completion tokens 7, 8 of row 0 sit at packed 2, 3 (predicted from 1, 2); row 1's 7 at 3
+    assert first == 1 and real.tolist() == [[True, True, False], [True, False, False]]
+    assert source[0, :2].tolist() == [0, 1] and source[1, 0].item() == 1
+
+
+def test_packed_token_logps_equal_each_row_alone(tiny_model):
+    """TRL's layout (left-padded prompts, right-padded completions of different lengths) packed:
+    every real completion token gets the log-probability and entropy it has with its row alone."""
+    from transformers import AutoModelForCausalLM
+
+    from zerosearch.train.trainer import plain_token_logps
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    torch.manual_seed(0)
+    prompts, completions, keep, width = [3, 6, 5], [5, 2, 0], 5, 6
+    ids = torch.randint(10, 1000, (3, width + keep))
+    attn = torch.zeros_like(ids)
+    for r, (p, c) in enumerate(zip(prompts, completions)):
+        attn[r, width - p:width + c] = 1
+    logps, entropy = plain_token_logps(model, ids, attn, keep, temperature=0.7, compute_entropy=True)
+    for r, (p, c) in enumerate(zip(prompts, completions)):
+        alone = ids[r, width - p:width + c][None]
+        logits = model(input_ids=alone).logits[0, p - 1:p + c - 1] / 0.7
+        want = logits.log_softmax(-1).gather(1, alone[0, p:, None])[:, 0]
+        ent = -(logits.softmax(-1) * logits.log_softmax(-1)).sum(-1)
+        assert torch.allclose(logps[r, :c], want, atol=1e-5)
+        assert torch.allclose(entropy[r, :c], ent, atol=1e-4)
+        assert (logps[r, c:] == 0).all() and (entropy[r, c:] == 0).all()
+
+
 def test_reorder_rows_moves_every_per_row_entry_together():
     from zerosearch.train.trainer import reorder_rows
 

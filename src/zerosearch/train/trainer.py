@@ -209,29 +209,37 @@ class ZeroSearchTrainer(GRPOTrainer):
     def _get_per_token_logps_and_entropies(self, model, input_ids, attention_mask, logits_to_keep,
                                            batch_size=None, compute_entropy=False,
                                            compute_aux_loss=False, **multimodal):
-        """TRL's forward, run per chunk on the chunk's own columns (see :func:`trim_columns`)."""
+        """TRL's forward, per chunk of rows of similar length, each row packed without padding
+        (:func:`compact_rows`; the fused LM head path trims the chunk's padded columns instead)."""
         parent = super()._get_per_token_logps_and_entropies
         if compute_aux_loss or any(v is not None for v in multimodal.values()):
             return parent(model, input_ids, attention_mask, logits_to_keep, batch_size,
                           compute_entropy, compute_aux_loss, **multimodal)
         batch_size = batch_size or input_ids.size(0)
+        # rows of similar length share a chunk (the reference pass sees the batch in rollout order)
+        order = torch.argsort(attention_mask.sum(1), stable=True)
         logps, entropies = [], []
         for start in range(0, input_ids.size(0), batch_size):
-            ids, attn = input_ids[start:start + batch_size], attention_mask[start:start + batch_size]
-            first, last, keep = trim_columns(attn, logits_to_keep)
+            rows = order[start:start + batch_size]
+            ids, attn = input_ids[rows], attention_mask[rows]
             if self.zs.training.fused_lm_head:
+                first, last, keep = trim_columns(attn, logits_to_keep)
                 lp, ent, _ = parent(model, ids[:, first:last], attn[:, first:last], keep,
                                     compute_entropy=compute_entropy)
+                pad = logits_to_keep - keep
+                lp = torch.nn.functional.pad(lp, (0, pad))
+                ent = torch.nn.functional.pad(ent, (0, pad)) if compute_entropy else None
             else:
                 with self.accelerator.autocast():
                     lp, ent = plain_token_logps(
-                        model, ids[:, first:last], attn[:, first:last], keep, self.temperature,
-                        compute_entropy, entropy_grad=getattr(self, "_entropy_bonus_enabled", True))
-            pad = logits_to_keep - keep
-            logps.append(torch.nn.functional.pad(lp, (0, pad)))
+                        model, ids, attn, logits_to_keep, self.temperature, compute_entropy,
+                        entropy_grad=getattr(self, "_entropy_bonus_enabled", True))
+            logps.append(lp)
             if compute_entropy:
-                entropies.append(torch.nn.functional.pad(ent, (0, pad)))
-        return torch.cat(logps), torch.cat(entropies) if compute_entropy else None, None
+                entropies.append(ent)
+        back = torch.argsort(order)
+        return (torch.cat(logps)[back], torch.cat(entropies)[back] if compute_entropy else None,
+                None)
 
     # -- PPO critic ---------------------------------------------------------------------------
     def _value_forward(self, out, grad: bool) -> torch.Tensor:
@@ -308,7 +316,10 @@ def reorder_rows(batch: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
 def plain_token_logps(model, input_ids, attention_mask, logits_to_keep: int, temperature: float = 1.0,
                       compute_entropy: bool = False, entropy_grad: bool = True,
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probabilities (and entropies) of the last ``logits_to_keep`` tokens from full logits.
+    """Log-probabilities (and entropies) of the last ``logits_to_keep`` columns, from full logits.
+
+    The rows run packed (:func:`compact_rows`): each row's real tokens side by side from column 0,
+    so no row pays for another's prompt or completion padding. Columns that are padding get 0.
 
     TRL's fused LM head tiles the vocabulary projection to save memory on GPUs with large
     vocabularies, but recomputes it in the backward pass; on a CPU the plain path is about twice as
@@ -318,14 +329,45 @@ def plain_token_logps(model, input_ids, attention_mask, logits_to_keep: int, tem
     """
     from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
-    logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False,
-                   logits_to_keep=logits_to_keep + 1).logits[:, :-1]
-    logps = selective_log_softmax(logits, input_ids[:, -logits_to_keep:], temperature=temperature)
+    packed, packed_mask, source, real, first = compact_rows(input_ids, attention_mask, logits_to_keep)
+    logits = model(input_ids=packed, attention_mask=packed_mask, use_cache=False,
+                   logits_to_keep=packed.size(1) - first).logits  # positions first .. width - 1
+    targets = torch.nn.functional.pad(packed[:, first + 1:], (0, 1))  # each position's next token
+    logps = selective_log_softmax(logits, targets, temperature=temperature)
+    logps = logps.gather(1, source).masked_fill(~real, 0.0)
     entropy = None
     if compute_entropy:
         with torch.set_grad_enabled(torch.is_grad_enabled() and entropy_grad):
-            entropy = entropy_from_logits(logits / temperature)
+            entropy = entropy_from_logits(logits / temperature).gather(1, source).masked_fill(~real, 0.0)
     return logps, entropy
+
+
+def compact_rows(input_ids: torch.Tensor, attention_mask: torch.Tensor, logits_to_keep: int):
+    """Rows with their real tokens moved left, for a forward that pays for no padding inside a row.
+
+    TRL lays a batch out as left-padded prompts then right-padded completions, so a row pays for the
+    longest prompt and the longest completion of its chunk even when its own total is short; packed,
+    a chunk costs its longest row. Positions become each row's own 0, 1, 2, ... (they were offset
+    by the left padding; RoPE only sees relative positions). Returns ``(ids, mask, source, real,
+    first)``: the packed ``(rows, width)`` ids and mask; for each of the last ``logits_to_keep``
+    input columns, the packed position (minus ``first``) whose logits predict it, and whether the
+    column is a real token with one before it (bool); ``first`` the earliest such position.
+    """
+    n, total = input_ids.shape
+    real_all = attention_mask.bool()
+    lengths = real_all.sum(1)
+    width = max(int(lengths.max()), 1)
+    packed_col = real_all.long().cumsum(1) - 1  # where each real token goes
+    rows = torch.arange(n, device=input_ids.device)[:, None].expand(n, total)
+    ids = input_ids.new_zeros((n, width))
+    ids[rows[real_all], packed_col[real_all]] = input_ids[real_all]
+    mask = (torch.arange(width, device=input_ids.device)[None] < lengths[:, None]).to(attention_mask.dtype)
+    real = real_all[:, total - logits_to_keep:]
+    source = packed_col[:, total - logits_to_keep:] - 1  # the token before predicts it
+    real = real & (source >= 0)  # a row's very first token has nothing before it
+    first = int(source[real].min()) if real.any() else width - 1
+    source = (source - first).clamp(min=0, max=width - 1 - first) * real
+    return ids, mask, source, real, first
 
 
 def trim_columns(attention_mask: torch.Tensor, logits_to_keep: int) -> tuple[int, int, int]:
