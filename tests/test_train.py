@@ -178,6 +178,7 @@ def test_one_bf16_step_where_the_cpu_has_native_bf16(tmp_path, qa_file, tiny_cor
 def test_rollouts_from_a_bf16_copy_that_follows_the_policy(tmp_path, qa_file, tiny_corpus):
     import torch
 
+    from zerosearch.hardware import bf16_is_fast
     from zerosearch.train.trainer import generation_dtype
 
     trainer = build_trainer(_config(tmp_path, qa_file, _bm25(tiny_corpus), steps=2,
@@ -185,7 +186,8 @@ def test_rollouts_from_a_bf16_copy_that_follows_the_policy(tmp_path, qa_file, ti
     policy = trainer.model
     assert generation_dtype("bfloat16", policy) == torch.bfloat16
     assert generation_dtype("float32", policy) is None  # the policy itself
-    assert generation_dtype("auto", policy) is None  # the default: the policy's own dtype
+    # the default: bf16 where it is native (as on this project's machines), else the policy's own
+    assert generation_dtype("auto", policy) == (torch.bfloat16 if bf16_is_fast() else None)
     copies = []
     original = trainer._generator
 

@@ -112,13 +112,14 @@ class TrainingConfig:
     """bf16 mixed precision for the optimisation (GPUs, and CPUs with native bf16: AMX or
     AVX512-BF16; refused on other CPUs, where it is emulated and slower)."""
     generation_dtype: str = "auto"
-    """dtype of the HF rollouts: auto (the policy's own), float32 or bfloat16. A dtype other than
-    the policy's generates from a copy of the weights in that dtype, refreshed in place before every
-    rollout (one more model in memory); the loss still scores the sampled tokens with the policy,
-    so the rollouts are slightly off-policy. On this project's AMX CPU a bf16 SmolLM2 decoding
-    step is 1.7x faster at batch 32 (benchmarks/train_step.py), but the one training benchmark run
-    with it had slower optimisation steps (not understood yet), so it is not the default. Ignored
-    with vLLM."""
+    """dtype of the HF rollouts: auto, float32 or bfloat16. A dtype other than the policy's
+    generates from a copy of the weights in that dtype, refreshed in place before every rollout (one
+    more model in memory); the loss still scores the sampled tokens with the policy, so the rollouts
+    are slightly off-policy, as bf16 vLLM rollouts are on GPUs. auto: bf16 for an fp32 policy where
+    bf16 runs natively (GPUs; CPUs with AMX or AVX512-BF16, where the copy also decodes through
+    ``zerosearch.decode_step``: 1.7-1.9x the fp32 tokens/s of rollouts on this project's CPU,
+    benchmarks/train_step.py), the policy's own dtype elsewhere; float32 for exactly on-policy
+    rollouts. Ignored with vLLM."""
     use_vllm: bool = False
     """Generate rollouts with TRL's vLLM integration."""
     vllm_mode: str = "colocate"

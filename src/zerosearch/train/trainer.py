@@ -290,12 +290,20 @@ class ZeroSearchTrainer(GRPOTrainer):
 
 def generation_dtype(setting: str, model) -> torch.dtype | None:
     """The dtype rollouts run in when it differs from ``model``'s (see
-    ``TrainingConfig.generation_dtype``); None = generate with the model itself."""
+    ``TrainingConfig.generation_dtype``); None = generate with the model itself. ``auto``: bf16 for
+    an fp32 policy on hardware with native bf16 (:func:`zerosearch.hardware.inference_dtype`), the
+    policy's own dtype otherwise."""
+    from zerosearch.hardware import inference_dtype
+
     if setting not in GENERATION_DTYPES:
         raise ValueError(f"training.generation_dtype {setting!r} is not one of "
                          f"{', '.join(GENERATION_DTYPES)}")
-    current = next(model.parameters()).dtype
-    wanted = current if setting == "auto" else getattr(torch, setting)
+    first = next(model.parameters())
+    current = first.dtype
+    if setting == "auto":
+        wanted = inference_dtype(first.device.type) if current == torch.float32 else current
+    else:
+        wanted = getattr(torch, setting)
     return None if wanted == current else wanted
 
 
