@@ -35,10 +35,11 @@ def _packed_kernel(dtype: torch.dtype) -> tuple[str, object, object] | None:
     """(name, pack(weight, rows), linear(x, packed, bias)) for CPU weights of ``dtype``, or
     None where no packed GEMM is faster than plain ``F.linear``.
 
-    Measured here (2-core Xeon with AMX, every matmul of SmolLM2-135M at 32 rows): bfloat16 through
-    oneDNN's packed weights 20.6 ms against 28.5 ms plain; float32 gains nothing that works at a
-    varying row count (MKL's packed GEMM applies only at the row count it was packed for, and
-    oneDNN's float32 path ran 59 ms against 61 ms), so float32 has no packed kernel.
+    bfloat16 goes through oneDNN's packed weights (with them a SmolLM2 decoding step at batch 32 took
+    60 ms against 72 ms through the model's forward, ``benchmarks/train_step.py``, 2026-11-22).
+    float32 has none: MKL's packed GEMM is used only at the row count it was packed for (rows leave
+    the batch as they stop), and oneDNN's float32 path was no faster than ``F.linear`` in an ad-hoc
+    test.
     """
     dnn = torch.ops.mkldnn
     if (dtype == torch.bfloat16 and hasattr(dnn, "_reorder_linear_weight")

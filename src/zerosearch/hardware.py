@@ -45,10 +45,9 @@ def keep_freed_memory() -> bool:
     vocabulary, activations, gradients). glibc serves every block above its mmap threshold (dynamic,
     at most 32 MB by default) with a fresh ``mmap`` and unmaps it on free, so each step faults every
     page of them in again, zeroed by the kernel. Raising the mmap and trim thresholds to 2 GiB keeps
-    them in the heap. Measured on this project's 2-core CPU (one SmolLM2 forward+backward of 8 x 400
-    tokens, three in a row, 2026-11-22): 12.6 s instead of 16.1 s a pass, 7.6 s of system time
-    instead of 21.5 s, a quarter of the page faults. The cost: the process keeps its high-water
-    mark of memory. Process-wide and permanent; returns False (and changes nothing) where the C
+    them in the heap: ``benchmarks/train_step.py`` measured 79-90 s of optimisation a step against
+    106-113 s without (2026-11-22, this project's 2-core CPU; README, "Training speed"). The cost:
+    the process keeps its high-water mark of memory. Process-wide and permanent; returns False (and changes nothing) where the C
     library is not glibc.
     """
     import ctypes
