@@ -201,6 +201,10 @@ def test_clipping_keeps_the_answer_in_useful_documents():
     assert len(clipped.split()) == 20 and "Charles Darwin" in clipped
     assert clip_words(text, 20, ["nothing"]) == " ".join(f"w{i}" for i in range(20))
     assert clip_words("short text", 20, ["x"]) == "short text"
+    # the window starts a third of its length before the answer, or ``lead`` words before it
+    assert clipped.split()[6:8] == ["Charles", "Darwin"]
+    assert clip_words(text, 20, ["Charles Darwin"], lead=2).split()[:4] == ["answer", "is", "Charles",
+                                                                          "Darwin"]
 
 
 def test_targets_keep_the_title_and_a_lower_ranked_answer():

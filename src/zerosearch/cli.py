@@ -388,13 +388,16 @@ def sim_build(
     seed: int = typer.Option(0, "--seed", help="Balancing and split seed."),
     answer_first: bool = typer.Option(False, "--answer-first/--engine-order",
                                       help="Useful examples: documents holding the answer first."),
+    answer_lead: Optional[int] = typer.Option(None, "--answer-lead", min=0,
+                                              help="Words a clipped document keeps before the "
+                                                   "answer (default: a third of --max-doc-words)."),
 ):
     """Build a balanced useful/noisy SFT set in chat format with the released simulators' prompt."""
     from zerosearch.sim.build import build
 
     try:
         stats = build(labelled, output_dir, label_by, max_docs, max_doc_words, val_fraction, seed,
-                      answer_first=answer_first)
+                      answer_first=answer_first, answer_lead=answer_lead)
     except USER_ERRORS as err:
         fail(err)
     out.print_json(json.dumps(stats))

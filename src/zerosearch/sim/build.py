@@ -27,9 +27,10 @@ from zerosearch.sim.label import METHODS, contains_answer
 _INLINE_TITLE = re.compile(r"^\s*Title:\s*(.+?)\s+Text:\s*", re.S)
 
 
-def clip_words(text: str, max_words: int, golds: Sequence[str] = ()) -> str:
+def clip_words(text: str, max_words: int, golds: Sequence[str] = (), lead: int | None = None) -> str:
     """At most ``max_words`` words of ``text``: a window around the first gold answer it contains
-    (so clipping never turns a useful document into a noisy one), else the beginning."""
+    (so clipping never turns a useful document into a noisy one), starting ``lead`` words before it
+    (default a third of the window), else the beginning."""
     words = text.split()
     if len(words) <= max_words:
         return text
@@ -40,12 +41,14 @@ def clip_words(text: str, max_words: int, golds: Sequence[str] = ()) -> str:
         hit = next((i for i in range(len(norm)) if target and " ".join(
             t for t in norm[i:i + 3 * len(target)] if t).startswith(" ".join(target))), None)
         if hit is not None:
-            start = max(0, min(hit - max_words // 3, len(words) - max_words))
+            before = max_words // 3 if lead is None else lead
+            start = max(0, min(hit - before, len(words) - max_words))
             break
     return " ".join(words[start:start + max_words])
 
 
-def target_document(doc: dict[str, Any], max_words: int, golds: Sequence[str]) -> str:
+def target_document(doc: dict[str, Any], max_words: int, golds: Sequence[str],
+                    lead: int | None = None) -> str:
     """A document as the simulator should write it: ``(Title: …)`` then at most ``max_words`` words
     of the text (around the answer, see :func:`clip_words`). The title is kept whole so that every
     target starts the same way, and a title held inside the text (``Title: X Text: …``) moves out."""
@@ -53,16 +56,16 @@ def target_document(doc: dict[str, Any], max_words: int, golds: Sequence[str]) -
     inline = _INLINE_TITLE.match(text) if not title else None
     if inline:
         title, text = inline.group(1), text[inline.end():]
-    return document_line(title, clip_words(text, max_words, golds))
+    return document_line(title, clip_words(text, max_words, golds, lead))
 
 
 def example(pair: dict[str, Any], mode: str, max_docs: int, max_doc_words: int,
-            answer_first: bool = False) -> dict[str, Any]:
+            answer_first: bool = False, answer_lead: int | None = None) -> dict[str, Any]:
     """One SFT example from a labelled pair; ``answer_first`` moves the documents holding a gold
     answer to the front of a useful example (the rest keep the engine's order) before the first
     ``max_docs`` are kept, so a pair labelled useful by a lower-ranked document stays useful."""
     golds = pair["golden_answers"]
-    texts = [target_document(d, max_doc_words, golds) for d in pair["documents"]]
+    texts = [target_document(d, max_doc_words, golds, answer_lead) for d in pair["documents"]]
     if answer_first and mode == "useful":
         texts.sort(key=lambda t: not contains_answer([t], golds))  # stable: ranks kept within
     texts = texts[:max_docs]
@@ -76,12 +79,15 @@ def example(pair: dict[str, Any], mode: str, max_docs: int, max_doc_words: int,
 
 def build(labelled: str | Path, out_dir: str | Path, label_by: str = "contains", max_docs: int = 5,
           max_doc_words: int = 40, val_fraction: float = 0.1, seed: int = 0,
-          balance: bool = True, answer_first: bool = False) -> dict[str, Any]:
+          balance: bool = True, answer_first: bool = False,
+          answer_lead: int | None = None) -> dict[str, Any]:
     """Write ``train.jsonl`` and ``val.jsonl`` into ``out_dir``; returns statistics.
 
     ``answer_first``: in useful examples the documents holding a gold answer come first, so the
     simulator learns to state the answer it was given early (a short dependency on the prompt,
     learned in fewer steps, and never cut by a token budget); the engine's order is otherwise kept.
+    ``answer_lead``: words a clipped document keeps before the answer (default a third of
+    ``max_doc_words``); small values put the answer within a few words of the title.
     """
     if label_by not in METHODS:
         raise ValueError(f"label_by must be one of {', '.join(METHODS)}")
@@ -105,7 +111,7 @@ def build(labelled: str | Path, out_dir: str | Path, label_by: str = "contains",
         if balance and all(by_mode.values()):
             n = min(len(v) for v in by_mode.values())
             by_mode = {m: rng.sample(v, n) for m, v in by_mode.items()}
-        examples = [example(p, m, max_docs, max_doc_words, answer_first)
+        examples = [example(p, m, max_docs, max_doc_words, answer_first, answer_lead)
                     for m, v in by_mode.items() for p in v]
         rng.shuffle(examples)
         splits[split] = examples
@@ -121,6 +127,7 @@ def build(labelled: str | Path, out_dir: str | Path, label_by: str = "contains",
                      "mean_target_words": sum(len(e["completion"][0]["content"].split()) for e in v)
                      / len(v) if v else 0.0} for split, v in splits.items()}
     stats["label_by"], stats["answer_first"] = label_by, answer_first
+    stats["answer_lead"] = answer_lead
     (out / "stats.json").write_text(json.dumps(stats, indent=2))
     return stats
 
