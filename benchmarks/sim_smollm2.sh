@@ -9,6 +9,7 @@ OUT=${OUT:-runs/sim/smollm2}
 N=${N:-8148}                 # every question of the shared training set
 STEPS=${STEPS:-500}          # optimizer steps of 8 examples (2.5 epochs; about 9 s a step here)
 HELD_OUT=${HELD_OUT:-48}
+ANSWER_LEAD=${ANSWER_LEAD:-}     # words a target keeps before the answer (empty: a third of 30)
 CORPUS=${CORPUS:-../shared/data/corpus/wiki_passages.jsonl}
 ZS=.venv/bin/zerosearch
 mkdir -p "$OUT"
@@ -20,7 +21,8 @@ $ZS sim label --collected "$OUT/collected.jsonl" -o "$OUT/labelled.jsonl" ${JUDG
 # its title and 30 words around the answer (the released prompt asks for "about 30 words");
 # useful examples state the answer in their first document
 $ZS sim build --labelled "$OUT/labelled.jsonl" -o "$OUT/sft" --label-by contains --max-docs 3 \
-  --max-doc-words 30 --val-fraction 0.1 --answer-first > "$OUT/build_stats.json"
+  --max-doc-words 30 --val-fraction 0.1 --answer-first ${ANSWER_LEAD:+--answer-lead "$ANSWER_LEAD"} \
+  > "$OUT/build_stats.json"
 if [ ! -f "$OUT/simulator/final/model.safetensors" ]; then
   RESUME=$(ls -d "$OUT"/simulator/checkpoint-* >/dev/null 2>&1 && echo --resume || true)
   $ZS sim train --data "$OUT/sft" --model embedded:smollm2-135m-instruct -o "$OUT/simulator" \
