@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-runs/sim/smollm2}
 N=${N:-8148}                 # every question of the shared training set
-STEPS=${STEPS:-500}          # optimizer steps of 8 examples (2.5 epochs; about 9 s a step here)
+STEPS=${STEPS:-500}          # optimizer steps of 8 examples (2.5 epochs; 5-6 s a step here)
 HELD_OUT=${HELD_OUT:-48}
 ANSWER_LEAD=${ANSWER_LEAD:-}     # words a target keeps before the answer (empty: a third of 30)
 CORPUS=${CORPUS:-../shared/data/corpus/wiki_passages.jsonl}

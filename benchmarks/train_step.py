@@ -241,14 +241,13 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
     if build(model_bf16) is not None:  # the written-out step KVDecoder runs on bf16 weights here
         decode["bfloat16 DecodeStep"] = {b: decode_step_seconds(model_bf16, b, written_out=True)
                                          for b in batches}
-        models["bfloat16 DecodeStep"] = model_bf16
     peaks["float32"].append(matmul_flops())
     peaks["bfloat16"].append(matmul_flops(torch.bfloat16))
     peak = {dtype: sum(v) / len(v) for dtype, v in peaks.items()}
     peak["bfloat16 DecodeStep"] = peak["bfloat16"]
     bandwidth = read_bandwidth()
     roofline = {dtype: {b: decode_roofline(lm, peak[dtype], bandwidth, b) for b in batches}
-                for dtype, lm in models.items() if dtype in ("float32", "bfloat16")}
+                for dtype, lm in models.items()}
     opt_dtype = "bfloat16" if bf16 else "float32"
     ref = 1 if cfg.algorithm.beta else 0
     table = Table(title=f"RL step on the CPU ({prompts_per_step} x {num_generations} rollouts; "

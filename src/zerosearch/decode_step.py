@@ -50,7 +50,8 @@ def _packed_kernel(dtype: torch.dtype) -> tuple[str, object, object] | None:
 
 
 class _Linear:
-    """One (possibly fused) projection: the source weights, their packed concatenation, the bias."""
+    """One (possibly fused) projection: the source modules, the weight in the layout the step
+    multiplies with (packed for the kernel, else the plain concatenation), the bias."""
 
     def __init__(self, modules: Sequence[torch.nn.Linear]):
         self.modules = list(modules)
@@ -61,12 +62,14 @@ class _Linear:
         return [t for m in self.modules for t in (m.weight, m.bias) if t is not None]
 
     def pack(self, kernels, rows: int) -> None:
-        self.weight = torch.cat([m.weight.detach() for m in self.modules]).contiguous()
+        weight = torch.cat([m.weight.detach() for m in self.modules]).contiguous()
         biases = [m.bias for m in self.modules]
         self.bias = (None if all(b is None for b in biases) else torch.cat([
-            b.detach() if b is not None else self.weight.new_zeros(n)
+            b.detach() if b is not None else weight.new_zeros(n)
             for b, n in zip(biases, self.sizes)]))
-        self.packed = kernels[1](self.weight, rows) if kernels else None
+        # the packed kernel reads only its own layout: no second copy of the weights is kept
+        self.packed = kernels[1](weight, rows) if kernels else None
+        self.weight = None if kernels else weight
 
     def __call__(self, x: torch.Tensor, kernels):
         if self.packed is None:
@@ -89,7 +92,7 @@ class DecodeStep:
     def __init__(self, model, rows: int = 32, packed: bool = True):
         """``rows``: the row count the packed weights are laid out for (any count runs);
         ``packed``: False runs plain ``F.linear`` on the fused weights (tests compare it exactly)."""
-        self.model, self.rows = model, rows
+        self.rows = rows
         self.base = model.get_decoder()
         self.layers = []
         for layer in self.base.layers:

@@ -48,8 +48,9 @@ def keep_freed_memory() -> bool:
     them in the heap: ``benchmarks/train_step.py`` measured 79-90 s of optimisation a step against
     106-113 s without (2026-11-22, this project's 2-core CPU; README, "Training speed"). Reuse is
     partial: small allocations land in freed blocks and split them, so the heap still grows at times
-    and some pages fault in again. The cost: the process keeps its high-water mark of memory. Process-wide and permanent; returns False (and changes nothing) where the C
-    library is not glibc.
+    and some pages fault in again. The cost: the process keeps its high-water mark of memory.
+    Process-wide and permanent; returns False (and changes nothing) where the C library is not
+    glibc.
     """
     import ctypes
     import ctypes.util

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from zerosearch.hardware import keep_freed_memory
+from zerosearch.hardware import bf16_is_fast, keep_freed_memory
 from zerosearch.jsonl import read_finished
 from zerosearch.models import resolve_model
 
@@ -103,7 +103,6 @@ def train_simulator(cfg: SimTrainConfig, log=print,
         log("malloc keeps freed memory for reuse (hardware.keep_freed_memory)")
     val_file = data / "val.jsonl" if data.is_dir() else None
     val_rows = [{k: r[k] for k in keep} for r in read_finished(val_file)] if val_file else []
-    from zerosearch.hardware import bf16_is_fast
 
     bf16 = bf16_is_fast() if cfg.bf16 is None else cfg.bf16
     path = resolve_model(cfg.model)

@@ -117,7 +117,7 @@ class TrainingConfig:
     more model in memory); the loss still scores the sampled tokens with the policy, so the rollouts
     are slightly off-policy, as bf16 vLLM rollouts are on GPUs. auto: bf16 for an fp32 policy where
     bf16 runs natively (GPUs; CPUs with AMX or AVX512-BF16, where the copy also decodes through
-    ``zerosearch.decode_step``: 1.7-1.9x the fp32 tokens/s of rollouts on this project's CPU,
+    ``zerosearch.decode_step``: about 1.6x the fp32 rollouts' tokens/s on this project's CPU,
     benchmarks/train_step.py), the policy's own dtype elsewhere; float32 for exactly on-policy
     rollouts. Ignored with vLLM."""
     use_vllm: bool = False
