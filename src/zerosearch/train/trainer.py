@@ -324,10 +324,14 @@ def reorder_rows(batch: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
 def plain_token_logps(model, input_ids, attention_mask, logits_to_keep: int, temperature: float = 1.0,
                       compute_entropy: bool = False, entropy_grad: bool = True,
                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-probabilities (and entropies) of the last ``logits_to_keep`` columns, from full logits.
+    """Log-probabilities (and entropies) of the last ``logits_to_keep`` columns.
 
     The rows run packed (:func:`compact_rows`): each row's real tokens side by side from column 0,
     so no row pays for another's prompt or completion padding. Columns that are padding get 0.
+    Where the LM head is a plain projection (:func:`zerosearch.train.head_logps.head_supported`),
+    only the positions of real completion tokens are projected, through one logits buffer reused
+    by the backward pass (:class:`~zerosearch.train.head_logps.ChosenTokenLogProbs`); otherwise
+    the model's own forward gives full logits.
 
     TRL's fused LM head tiles the vocabulary projection to save memory on GPUs with large
     vocabularies, but recomputes it in the backward pass; on a CPU the plain path is about twice as
@@ -337,7 +341,19 @@ def plain_token_logps(model, input_ids, attention_mask, logits_to_keep: int, tem
     """
     from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
+    from zerosearch.train.head_logps import chosen_token_logps, head_supported
+
     packed, packed_mask, source, real, first = compact_rows(input_ids, attention_mask, logits_to_keep)
+    if head_supported(model):
+        # only the positions that predict a real completion token go through the LM head
+        rows, cols = real.nonzero(as_tuple=True)
+        positions = torch.stack([rows, first + source[rows, cols]], dim=1)
+        targets = input_ids[:, -logits_to_keep:][rows, cols]
+        lp, ent = chosen_token_logps(model, packed, positions, targets, temperature,
+                                     compute_entropy, entropy_grad)
+        logps = lp.new_zeros(real.shape).index_put((rows, cols), lp)
+        entropy = ent.new_zeros(real.shape).index_put((rows, cols), ent) if compute_entropy else None
+        return logps, entropy
     logits = model(input_ids=packed, attention_mask=packed_mask, use_cache=False,
                    logits_to_keep=packed.size(1) - first).logits  # positions first .. width - 1
     targets = torch.nn.functional.pad(packed[:, first + 1:], (0, 1))  # each position's next token
