@@ -271,3 +271,65 @@ def test_sim_train_resumes_from_its_last_checkpoint(bm25, tmp_path, tiny_model):
     logged = [json.loads(line) for line in (tmp_path / "sim" / "metrics.jsonl").open()]
     assert logged and logged[-1]["step"] == 4
     assert (tmp_path / "sim" / "final" / "model.safetensors").exists()
+
+
+def test_answer_weighting_marks_the_answer_tokens_of_useful_completions(tiny_model):
+    from transformers import AutoTokenizer
+
+    from zerosearch.protocol import finetuned_sim_messages
+    from zerosearch.sim.tune import weighted_example
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    prompt = finetuned_sim_messages("origin of species author", "Who wrote On the Origin of Species?",
+                                    ["Charles Darwin"], "useful", k=2)
+    completion = [{"role": "assistant", "content": "Doc 1: (Title: Book) written by charles darwin in "
+                                                   "1859.\nDoc 2: (Title: Darwin) Charles Darwinism aside, "
+                                                   "Charles Darwin was a naturalist."}]
+    row = {"prompt": prompt, "completion": completion, "mode": "useful", "golden_answers": ["Charles Darwin"]}
+    ex = weighted_example(tokenizer, row, 4.0, 1024)
+    # the same tokens and loss positions as TRL's chat tokenisation
+    full = tokenizer.apply_chat_template(prompt + completion, tokenize=True)
+    full = full["input_ids"] if hasattr(full, "keys") else full
+    assert ex["input_ids"] == list(full)
+    n_prompt = len(tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True))
+    assert ex["labels"][0] == -100 and ex["labels"][-1] != -100
+    heavy = [t for t, w in zip(ex["input_ids"], ex["loss_weights"]) if w == 4.0]
+    assert all(label != -100 for label, w in zip(ex["labels"], ex["loss_weights"]) if w == 4.0)
+    text = tokenizer.decode(heavy)
+    # both whole-word mentions in the completion, not "Darwinism", not the prompt's own mention
+    assert text.lower().count("charles") == 2 and "ism" not in text and n_prompt > 0
+    noisy = weighted_example(tokenizer, {**row, "mode": "noisy"}, 4.0, 1024)
+    assert set(noisy["loss_weights"]) == {1.0} and noisy["labels"] == ex["labels"]
+    assert len(weighted_example(tokenizer, row, 4.0, 50)["loss_weights"]) == 50
+
+
+def test_sim_train_with_answer_weight(bm25, tmp_path, tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from zerosearch.sim.tune import SimTrainConfig, completion_loss, train_simulator
+
+    collected, labelled, sft = tmp_path / "c.jsonl", tmp_path / "l.jsonl", tmp_path / "sft"
+    collect(ROWS, bm25, collected, CollectConfig(query_source="question", rollout=RolloutConfig(topk=2)))
+    label(collected, labelled)
+    build(labelled, sft, max_docs=2, val_fraction=0.25)
+    logs = []
+    final = train_simulator(SimTrainConfig(model="embedded:tiny-random", data=str(sft), bf16=False,
+                                           output_dir=str(tmp_path / "sim"), max_steps=2, batch_size=2,
+                                           answer_weight=5.0), log=logs.append)
+    assert (tmp_path / "sim" / "final" / "model.safetensors").exists() and final
+    assert any(m.startswith("answer weighting:") and not m.startswith("answer weighting: 0 ")
+               for m in logs)
+    # the weights scale each token's cross-entropy: all ones is the plain loss
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    ids = torch.randint(5, 500, (2, 9))
+    labels = ids.clone()
+    labels[:, :4] = -100
+    plain = completion_loss(model, {"input_ids": ids, "labels": labels})
+    ones = completion_loss(model, {"input_ids": ids, "labels": labels, "loss_weights": torch.ones(2, 9)})
+    twice = completion_loss(model, {"input_ids": ids, "labels": labels,
+                                    "loss_weights": torch.full((2, 9), 2.0)})
+    assert torch.allclose(plain, ones) and torch.allclose(twice, 2 * plain)
+    with pytest.raises(ValueError, match="answer_weight"):
+        train_simulator(SimTrainConfig(model="embedded:tiny-random", data=str(sft), answer_weight=0.0,
+                                       output_dir=str(tmp_path / "sim2")), log=lambda m: None)

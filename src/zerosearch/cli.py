@@ -417,6 +417,8 @@ def sim_train(
                                         help="Precision (default: bf16 where the hardware runs it natively)."),
     save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every N steps (last two kept)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in -o."),
+    answer_weight: float = typer.Option(1.0, "--answer-weight",
+                                        help="Loss weight of gold-answer tokens in useful targets."),
 ):
     """Fine-tune the simulation LLM (completion-only loss); saves a servable checkpoint."""
     from zerosearch.sim.tune import SimTrainConfig, train_simulator
@@ -426,7 +428,7 @@ def sim_train(
                                                epochs=epochs, max_steps=max_steps,
                                                learning_rate=learning_rate, batch_size=batch_size,
                                                lora=lora, bf16=bf16, save_steps=save_steps,
-                                               resume=resume), log=lambda m: console.print(m))
+                                               resume=resume, answer_weight=answer_weight), log=lambda m: console.print(m))
     except USER_ERRORS as err:
         fail(err)
     console.print(f"[green]serve it:[/] zerosearch serve --engine simulated --model {final}")

@@ -9,6 +9,7 @@ checkpoints every ``save_steps`` let an interrupted run resume.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -60,11 +61,17 @@ class SimTrainConfig:
     under ``output_dir/checkpoint-*`` so an interrupted run can continue with ``resume``."""
     resume: bool = False
     """Continue from the newest checkpoint in ``output_dir`` (an error when there is none)."""
+    answer_weight: float = 1.0
+    """Loss weight of the completion tokens that spell a gold answer in useful examples (every other
+    completion token weighs 1). Real documents mention the answer once in a hundred words, so plain
+    SFT hardly teaches a small simulator to copy the answer it is given into useful documents;
+    a weight above 1 stresses exactly that. 1 = plain SFT through TRL's own tokenisation."""
 
 
 def completion_loss(model, inputs, num_items_in_batch=None, autocast=None):
-    """Mean cross-entropy over the completion tokens (labels != -100), projecting only their hidden
-    states onto the vocabulary: the prompt's logits (half the tokens, 49k floats each) are never
+    """Mean cross-entropy over the completion tokens (labels != -100; each times its
+    ``loss_weights`` entry when the batch has them), projecting only their hidden states onto the
+    vocabulary: the prompt's logits (half the tokens, 49k floats each) are never
     built, which is most of an SFT step's memory traffic on a CPU."""
     import contextlib
 
@@ -79,7 +86,60 @@ def completion_loss(model, inputs, num_items_in_batch=None, autocast=None):
         keep = target != -100
         logits = base.get_output_embeddings()(hidden[:, :-1][keep])
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
-    return F.cross_entropy(logits.float(), target[keep], reduction="sum") / count
+    losses = F.cross_entropy(logits.float(), target[keep], reduction="none")
+    if inputs.get("loss_weights") is not None:  # see SimTrainConfig.answer_weight
+        losses = losses * inputs["loss_weights"][:, 1:][keep]
+    return losses.sum() / count
+
+
+def answer_spans(text: str, golds) -> list[tuple[int, int]]:
+    """Character spans of every gold answer in ``text`` (case-insensitive, whole words)."""
+    spans = []
+    for gold in golds:
+        if gold and gold.strip():
+            pattern = r"(?<!\w)" + re.escape(gold.strip()) + r"(?!\w)"
+            spans += [m.span() for m in re.finditer(pattern, text, re.IGNORECASE)]
+    return spans
+
+
+def weighted_example(tokenizer, row: dict, answer_weight: float, max_length: int) -> dict:
+    """Tokenise one chat prompt-completion example as TRL does (the chat template over prompt then
+    prompt + completion; loss on the completion only) and weigh each label: ``answer_weight`` for
+    the tokens overlapping a gold answer in a useful example's completion, 1 for the rest."""
+    prompt_text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
+    full_text = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
+    if not full_text.startswith(prompt_text):
+        raise ValueError("the chat template renders the prompt differently on its own and before a "
+                         "completion; answer weighting needs the prompt as a prefix")
+    enc = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
+    cut = len(prompt_text)
+    spans = ([(a + cut, b + cut) for a, b in answer_spans(full_text[cut:], row.get("golden_answers") or [])]
+             if row.get("mode") == "useful" else [])
+    labels, weights = [], []
+    for token, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
+        in_completion = start >= cut
+        labels.append(token if in_completion else -100)
+        on_answer = in_completion and any(start < b and a < end for a, b in spans)
+        weights.append(answer_weight if on_answer else 1.0)
+    ids = enc["input_ids"][:max_length]
+    return {"input_ids": ids, "labels": labels[:max_length], "loss_weights": weights[:max_length]}
+
+
+def weighted_collator(pad_token_id: int):
+    """TRL's padding collator plus the per-token ``loss_weights`` (padded with 0)."""
+    import torch
+    from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
+
+    base = DataCollatorForLanguageModeling(pad_token_id=pad_token_id)
+
+    def collate(examples: list[dict]) -> dict:
+        out = base([{"input_ids": e["input_ids"], "labels": e["labels"]} for e in examples])
+        width = out["input_ids"].size(1)
+        out["loss_weights"] = torch.tensor([list(e["loss_weights"]) + [0.0] * (width - len(e["loss_weights"]))
+                                            for e in examples])
+        return out
+
+    return collate
 
 
 def train_simulator(cfg: SimTrainConfig, log=print,
@@ -95,18 +155,31 @@ def train_simulator(cfg: SimTrainConfig, log=print,
     train_file = data / "train.jsonl" if data.is_dir() else data
     if not train_file.exists():
         raise FileNotFoundError(f"no SFT data at {train_file} (run `zerosearch sim build` first)")
-    keep = ("prompt", "completion")
-    train_rows = [{k: r[k] for k in keep} for r in read_finished(train_file)]
+    if cfg.answer_weight <= 0:
+        raise ValueError(f"answer_weight must be positive, got {cfg.answer_weight}")
+    weighted = cfg.answer_weight != 1.0
+    keep = ("prompt", "completion") + (("mode", "golden_answers") if weighted else ())
+    train_rows = [{k: r.get(k) for k in keep} for r in read_finished(train_file)]
     if not train_rows:
         raise ValueError(f"{train_file} holds no examples")
+    if weighted and not any(r["mode"] == "useful" and r["golden_answers"] for r in train_rows):
+        raise ValueError(f"answer_weight needs useful examples with golden_answers ({train_file} "
+                         "has none: build it with `zerosearch sim build`)")
     if keep_freed_memory():
         log("malloc keeps freed memory for reuse (hardware.keep_freed_memory)")
-    val_file = data / "val.jsonl" if data.is_dir() else None
-    val_rows = [{k: r[k] for k in keep} for r in read_finished(val_file)] if val_file else []
+    val_file = data / "val.jsonl" if data.is_dir() and (data / "val.jsonl").exists() else None
+    val_rows = [{k: r.get(k) for k in keep} for r in read_finished(val_file)] if val_file else []
 
     bf16 = bf16_is_fast() if cfg.bf16 is None else cfg.bf16
     path = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
+    extra: dict = {}
+    if weighted:  # our tokenisation, with a weight per label; TRL's preparation is skipped
+        train_rows = [weighted_example(tokenizer, r, cfg.answer_weight, cfg.max_length) for r in train_rows]
+        val_rows = [weighted_example(tokenizer, r, cfg.answer_weight, cfg.max_length) for r in val_rows]
+        answer_tokens = sum(w != 1.0 for r in train_rows for w in r["loss_weights"])
+        log(f"answer weighting: {answer_tokens} answer tokens weigh {cfg.answer_weight}")
+        extra = {"dataset_kwargs": {"skip_prepare_dataset": True}, "remove_unused_columns": False}
     model = AutoModelForCausalLM.from_pretrained(path)
     peft_config = None
     if cfg.lora:
@@ -124,7 +197,7 @@ def train_simulator(cfg: SimTrainConfig, log=print,
         per_device_eval_batch_size=cfg.batch_size, dataloader_num_workers=0, prediction_loss_only=True,
         train_sampling_strategy="group_by_length",
         bf16=bf16, gradient_checkpointing=cfg.gradient_checkpointing,
-        use_cpu=not torch.cuda.is_available(), disable_tqdm=progress is not None)
+        use_cpu=not torch.cuda.is_available(), disable_tqdm=progress is not None, **extra)
     from zerosearch.runfolder import MetricsCallback, last_checkpoint
 
     metrics_file = Path(cfg.output_dir) / "metrics.jsonl"
@@ -154,8 +227,14 @@ def train_simulator(cfg: SimTrainConfig, log=print,
                                    self.accelerator.autocast)
             return (loss, {"loss": loss}) if return_outputs else loss
 
-    trainer_class = SFTTrainer if fused else CompletionLossTrainer
+    trainer_class = SFTTrainer if fused and not weighted else CompletionLossTrainer
+    if weighted:
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        extra_trainer = {"data_collator": weighted_collator(pad)}
+    else:
+        extra_trainer = {}
     trainer = trainer_class(model=model, args=args, train_dataset=Dataset.from_list(train_rows),
+                            **extra_trainer,
                             eval_dataset=Dataset.from_list(val_rows) if val_rows else None,
                             processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
     if progress is not None:
