@@ -11,6 +11,7 @@ STEPS=${STEPS:-500}          # optimizer steps of 8 examples (2.5 epochs; 5-6 s 
 HELD_OUT=${HELD_OUT:-48}
 ANSWER_LEAD=${ANSWER_LEAD:-}     # words a target keeps before the answer (empty: a third of 30)
 ANSWER_WEIGHT=${ANSWER_WEIGHT:-1} # loss weight of the answer's tokens in useful targets
+UNLIKELIHOOD=${UNLIKELIHOOD:-0}   # weight of the answer's unlikelihood in noisy targets
 CORPUS=${CORPUS:-../shared/data/corpus/wiki_passages.jsonl}
 ZS=.venv/bin/zerosearch
 mkdir -p "$OUT"
@@ -27,7 +28,8 @@ $ZS sim build --labelled "$OUT/labelled.jsonl" -o "$OUT/sft" --label-by contains
 if [ ! -f "$OUT/simulator/final/model.safetensors" ]; then
   RESUME=$(ls -d "$OUT"/simulator/checkpoint-* >/dev/null 2>&1 && echo --resume || true)
   $ZS sim train --data "$OUT/sft" --model embedded:smollm2-135m-instruct -o "$OUT/simulator" \
-    --max-steps "$STEPS" --learning-rate 1e-4 --batch-size 8 --answer-weight "$ANSWER_WEIGHT" $RESUME
+    --max-steps "$STEPS" --learning-rate 1e-4 --batch-size 8 --answer-weight "$ANSWER_WEIGHT" \
+    --noisy-unlikelihood "$UNLIKELIHOOD" $RESUME
 fi
 $ZS sim fidelity --simulator "finetuned@$OUT/simulator/final" \
   --simulator prompt@embedded:smollm2-135m-instruct --held-out "$OUT/sft/val.jsonl" --limit "$HELD_OUT" \

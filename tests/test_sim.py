@@ -316,10 +316,11 @@ def test_sim_train_with_answer_weight(bm25, tmp_path, tiny_model):
     logs = []
     final = train_simulator(SimTrainConfig(model="embedded:tiny-random", data=str(sft), bf16=False,
                                            output_dir=str(tmp_path / "sim"), max_steps=2, batch_size=2,
-                                           answer_weight=5.0), log=logs.append)
+                                           answer_weight=5.0, noisy_unlikelihood=1.0), log=logs.append)
     assert (tmp_path / "sim" / "final" / "model.safetensors").exists() and final
     assert any(m.startswith("answer weighting:") and not m.startswith("answer weighting: 0 ")
                for m in logs)
+    assert any(m.startswith("unlikelihood 1.0:") and "noisy examples" in m for m in logs)
     # the weights scale each token's cross-entropy: all ones is the plain loss
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     ids = torch.randint(5, 500, (2, 9))
@@ -333,3 +334,33 @@ def test_sim_train_with_answer_weight(bm25, tmp_path, tiny_model):
     with pytest.raises(ValueError, match="answer_weight"):
         train_simulator(SimTrainConfig(model="embedded:tiny-random", data=str(sft), answer_weight=0.0,
                                        output_dir=str(tmp_path / "sim2")), log=lambda m: None)
+
+
+def test_noisy_unlikelihood_pushes_down_the_answers_first_tokens(tiny_model):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zerosearch.sim.tune import answer_first_tokens, completion_loss, weighted_collator, weighted_example
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    first = answer_first_tokens(tokenizer, ["The Amazonian Republic", "7"])
+    # the article is skipped and a one-character piece is never banned
+    assert first and all(len(tokenizer.decode([t]).strip()) >= 3 for t in first)
+    assert all(tokenizer.decode([t]).strip().lower() != "the" for t in first)
+    row = {"prompt": [{"role": "user", "content": "q"}], "golden_answers": ["Amazonian"],
+           "completion": [{"role": "assistant", "content": "Doc 1: (Title: X) nothing here."}]}
+    noisy = weighted_example(tokenizer, {**row, "mode": "noisy"}, 1.0, 512, ban_answers=True)
+    useful = weighted_example(tokenizer, {**row, "mode": "useful"}, 1.0, 512, ban_answers=True)
+    assert noisy["banned_ids"] == answer_first_tokens(tokenizer, ["Amazonian"]) and not useful["banned_ids"]
+    batch = weighted_collator(tokenizer.pad_token_id or 0)([noisy, useful])
+    assert batch["banned_ids"].shape[0] == 2 and (batch["banned_ids"][1] == -1).all()
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    plain = completion_loss(model, batch)
+    pushed = completion_loss(model, batch, unlikelihood=0.5)
+    # by hand: -log(1 - p) of each banned token at each completion position of the noisy row
+    logits = model(input_ids=batch["input_ids"]).logits[0, :-1].float()
+    keep = batch["labels"][0, 1:] != -100
+    p = logits[keep].softmax(-1)[:, batch["banned_ids"][0]]
+    count = (batch["labels"][:, 1:] != -100).sum()
+    assert torch.allclose(pushed - plain, 0.5 * -torch.log1p(-p).sum() / count, atol=1e-5)

@@ -419,6 +419,9 @@ def sim_train(
     resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in -o."),
     answer_weight: float = typer.Option(1.0, "--answer-weight",
                                         help="Loss weight of gold-answer tokens in useful targets."),
+    noisy_unlikelihood: float = typer.Option(0.0, "--noisy-unlikelihood",
+                                             help="Weight of the unlikelihood of gold answers' first "
+                                                  "tokens in noisy targets (0: off)."),
 ):
     """Fine-tune the simulation LLM (completion-only loss); saves a servable checkpoint."""
     from zerosearch.sim.tune import SimTrainConfig, train_simulator
@@ -428,7 +431,8 @@ def sim_train(
                                                epochs=epochs, max_steps=max_steps,
                                                learning_rate=learning_rate, batch_size=batch_size,
                                                lora=lora, bf16=bf16, save_steps=save_steps,
-                                               resume=resume, answer_weight=answer_weight), log=lambda m: console.print(m))
+                                               resume=resume, answer_weight=answer_weight,
+                                               noisy_unlikelihood=noisy_unlikelihood), log=lambda m: console.print(m))
     except USER_ERRORS as err:
         fail(err)
     console.print(f"[green]serve it:[/] zerosearch serve --engine simulated --model {final}")

@@ -66,15 +66,26 @@ class SimTrainConfig:
     completion token weighs 1). Real documents mention the answer once in a hundred words, so plain
     SFT hardly teaches a small simulator to copy the answer it is given into useful documents;
     a weight above 1 stresses exactly that. 1 = plain SFT through TRL's own tokenisation."""
+    noisy_unlikelihood: float = 0.0
+    """Weight of an unlikelihood term (Welleck et al., 2019) on noisy examples: at every completion
+    position, ``-log(1 - p)`` of the first token of each gold answer (as written, with a leading
+    space, lower-cased; leading articles skipped; only tokens of 3+ characters, so a digit or a
+    one-letter piece is never banned). Real noisy documents never hold the answer, but plain SFT
+    never says so either, and a small simulator given the answer in its prompt copies it into
+    noisy documents too. 0 = off."""
 
 
-def completion_loss(model, inputs, num_items_in_batch=None, autocast=None):
+def completion_loss(model, inputs, num_items_in_batch=None, autocast=None, unlikelihood: float = 0.0):
     """Mean cross-entropy over the completion tokens (labels != -100; each times its
     ``loss_weights`` entry when the batch has them), projecting only their hidden states onto the
     vocabulary: the prompt's logits (half the tokens, 49k floats each) are never
-    built, which is most of an SFT step's memory traffic on a CPU."""
+    built, which is most of an SFT step's memory traffic on a CPU. With ``unlikelihood`` > 0 and
+    ``banned_ids`` in the batch (rows x k, -1 = none), adds ``unlikelihood * -log(1 - p(banned))``
+    summed over each row's banned tokens and completion positions (see
+    ``SimTrainConfig.noisy_unlikelihood``), over the same token count."""
     import contextlib
 
+    import torch
     import torch.nn.functional as F
 
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -89,7 +100,17 @@ def completion_loss(model, inputs, num_items_in_batch=None, autocast=None):
     losses = F.cross_entropy(logits.float(), target[keep], reduction="none")
     if inputs.get("loss_weights") is not None:  # see SimTrainConfig.answer_weight
         losses = losses * inputs["loss_weights"][:, 1:][keep]
-    return losses.sum() / count
+    total = losses.sum()
+    banned = inputs.get("banned_ids")
+    if unlikelihood > 0 and banned is not None:
+        banned = banned[keep.nonzero()[:, 0]]  # each kept position's row's banned tokens
+        rows = (banned >= 0).any(1)
+        if rows.any():
+            banned = banned[rows]
+            logp = logits[rows].float().log_softmax(-1).gather(1, banned.clamp(min=0))
+            push = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * (banned >= 0)
+            total = total + unlikelihood * push.sum()
+    return total / count
 
 
 def answer_spans(text: str, golds) -> list[tuple[int, int]]:
@@ -102,10 +123,28 @@ def answer_spans(text: str, golds) -> list[tuple[int, int]]:
     return spans
 
 
-def weighted_example(tokenizer, row: dict, answer_weight: float, max_length: int) -> dict:
+_ARTICLE = re.compile(r"^(the|a|an)\s+", re.IGNORECASE)
+
+
+def answer_first_tokens(tokenizer, golds) -> list[int]:
+    """The first token of each gold answer as it may start in a document (as written, after a
+    space, lower-cased; a leading article skipped), keeping only tokens of 3+ characters."""
+    ids: set[int] = set()
+    for gold in golds or []:
+        gold = _ARTICLE.sub("", (gold or "").strip())
+        for variant in {gold, " " + gold, gold.lower(), " " + gold.lower()}:
+            tokens = tokenizer(variant, add_special_tokens=False)["input_ids"] if gold else []
+            if tokens and len(tokenizer.decode(tokens[:1]).strip()) >= 3:
+                ids.add(tokens[0])
+    return sorted(ids)
+
+
+def weighted_example(tokenizer, row: dict, answer_weight: float, max_length: int,
+                     ban_answers: bool = False) -> dict:
     """Tokenise one chat prompt-completion example as TRL does (the chat template over prompt then
     prompt + completion; loss on the completion only) and weigh each label: ``answer_weight`` for
-    the tokens overlapping a gold answer in a useful example's completion, 1 for the rest."""
+    the tokens overlapping a gold answer in a useful example's completion, 1 for the rest. With
+    ``ban_answers``, a noisy example also lists its answers' first tokens (``banned_ids``)."""
     prompt_text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
     if not full_text.startswith(prompt_text):
@@ -122,11 +161,15 @@ def weighted_example(tokenizer, row: dict, answer_weight: float, max_length: int
         on_answer = in_completion and any(start < b and a < end for a, b in spans)
         weights.append(answer_weight if on_answer else 1.0)
     ids = enc["input_ids"][:max_length]
-    return {"input_ids": ids, "labels": labels[:max_length], "loss_weights": weights[:max_length]}
+    banned = (answer_first_tokens(tokenizer, row.get("golden_answers"))
+              if ban_answers and row.get("mode") == "noisy" else [])
+    return {"input_ids": ids, "labels": labels[:max_length], "loss_weights": weights[:max_length],
+            "banned_ids": banned}
 
 
 def weighted_collator(pad_token_id: int):
-    """TRL's padding collator plus the per-token ``loss_weights`` (padded with 0)."""
+    """TRL's padding collator plus the per-token ``loss_weights`` (padded with 0) and each row's
+    ``banned_ids`` (padded with -1)."""
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -137,6 +180,9 @@ def weighted_collator(pad_token_id: int):
         width = out["input_ids"].size(1)
         out["loss_weights"] = torch.tensor([list(e["loss_weights"]) + [0.0] * (width - len(e["loss_weights"]))
                                             for e in examples])
+        most = max(1, max(len(e.get("banned_ids") or []) for e in examples))
+        out["banned_ids"] = torch.tensor([list(e.get("banned_ids") or []) + [-1] * (most - len(e.get("banned_ids") or []))
+                                          for e in examples], dtype=torch.long)
         return out
 
     return collate
@@ -157,14 +203,16 @@ def train_simulator(cfg: SimTrainConfig, log=print,
         raise FileNotFoundError(f"no SFT data at {train_file} (run `zerosearch sim build` first)")
     if cfg.answer_weight <= 0:
         raise ValueError(f"answer_weight must be positive, got {cfg.answer_weight}")
-    weighted = cfg.answer_weight != 1.0
+    if cfg.noisy_unlikelihood < 0:
+        raise ValueError(f"noisy_unlikelihood must be >= 0, got {cfg.noisy_unlikelihood}")
+    weighted = cfg.answer_weight != 1.0 or cfg.noisy_unlikelihood > 0
     keep = ("prompt", "completion") + (("mode", "golden_answers") if weighted else ())
     train_rows = [{k: r.get(k) for k in keep} for r in read_finished(train_file)]
     if not train_rows:
         raise ValueError(f"{train_file} holds no examples")
-    if weighted and not any(r["mode"] == "useful" and r["golden_answers"] for r in train_rows):
-        raise ValueError(f"answer_weight needs useful examples with golden_answers ({train_file} "
-                         "has none: build it with `zerosearch sim build`)")
+    if weighted and not any(r["mode"] in ("useful", "noisy") and r["golden_answers"] for r in train_rows):
+        raise ValueError(f"answer_weight / noisy_unlikelihood need examples with a mode and "
+                         f"golden_answers ({train_file} has none: build it with `zerosearch sim build`)")
     if keep_freed_memory():
         log("malloc keeps freed memory for reuse (hardware.keep_freed_memory)")
     val_file = data / "val.jsonl" if data.is_dir() and (data / "val.jsonl").exists() else None
@@ -175,10 +223,16 @@ def train_simulator(cfg: SimTrainConfig, log=print,
     tokenizer = AutoTokenizer.from_pretrained(path)
     extra: dict = {}
     if weighted:  # our tokenisation, with a weight per label; TRL's preparation is skipped
-        train_rows = [weighted_example(tokenizer, r, cfg.answer_weight, cfg.max_length) for r in train_rows]
-        val_rows = [weighted_example(tokenizer, r, cfg.answer_weight, cfg.max_length) for r in val_rows]
+        ban = cfg.noisy_unlikelihood > 0
+        train_rows = [weighted_example(tokenizer, r, cfg.answer_weight, cfg.max_length, ban)
+                      for r in train_rows]
+        val_rows = [weighted_example(tokenizer, r, cfg.answer_weight, cfg.max_length, ban)
+                    for r in val_rows]
         answer_tokens = sum(w != 1.0 for r in train_rows for w in r["loss_weights"])
         log(f"answer weighting: {answer_tokens} answer tokens weigh {cfg.answer_weight}")
+        if ban:
+            log(f"unlikelihood {cfg.noisy_unlikelihood}: {sum(bool(r['banned_ids']) for r in train_rows)} "
+                "noisy examples push down their answers' first tokens")
         extra = {"dataset_kwargs": {"skip_prepare_dataset": True}, "remove_unused_columns": False}
     model = AutoModelForCausalLM.from_pretrained(path)
     peft_config = None
@@ -224,7 +278,7 @@ def train_simulator(cfg: SimTrainConfig, log=print,
     class CompletionLossTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             loss = completion_loss(self.accelerator.unwrap_model(model), inputs, num_items_in_batch,
-                                   self.accelerator.autocast)
+                                   self.accelerator.autocast, cfg.noisy_unlikelihood)
             return (loss, {"loss": loss}) if return_outputs else loss
 
     trainer_class = SFTTrainer if fused and not weighted else CompletionLossTrainer

@@ -134,6 +134,9 @@ class ZeroSearchTrainer(GRPOTrainer):
             "tokens/prompt": sum(len(t.prompt_ids) for t in trajs),
             "tokens/completion": sum(len(t.completion_ids) for t in trajs),
             "tokens/generated": sum(sum(t.env_mask) for t in trajs),
+            # sum of squared row lengths: the training forward's attention work (causal: about
+            # 2 * layers * hidden * L^2 FLOPs a row), for MFU accounting
+            "tokens/length_sq": sum((len(t.prompt_ids) + len(t.completion_ids)) ** 2 for t in trajs),
             "time/generation_s": timings.generation_s,
             "time/search_s": timings.search_s,
         }
