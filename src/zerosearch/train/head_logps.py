@@ -92,8 +92,14 @@ class ChosenTokenLogProbs(torch.autograd.Function):
 
 def head_supported(model) -> bool:
     """Whether the model's logits are a plain ``hidden @ W^T`` (no bias, soft-capping or scaling)
-    and its decoder can be called directly: an unwrapped HF model or a PEFT model around one (a
-    DDP / FSDP wrapper must see its own forward, so those keep the model's forward)."""
+    and its decoder can be called directly: an unwrapped HF model or a PEFT model around one in a
+    single process. Distributed runs keep the model's forward: DDP, FSDP and DeepSpeed ZeRO-3
+    gather, shard or synchronise parameters in hooks around it, which reading the LM head's weight
+    directly would bypass."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return False
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if not (hasattr(base, "get_decoder") and hasattr(base, "get_output_embeddings")):
         return False
