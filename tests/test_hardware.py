@@ -21,9 +21,17 @@ def heap_mb():
 
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
+if sys.argv[2:] == ["cap"]:  # the memory cap's callback, with a limit this process is over
+    from zerosearch.hardware import memory_cap_callback, resident_bytes
+    cap = memory_cap_callback(limit_bytes=1)  # (imports transformers before the block is freed)
 t = torch.ones(64 * 2**20)  # 256 MB
 during = heap_mb()
 del t
+if sys.argv[2:] == ["cap"]:
+    before = resident_bytes()
+    cap.on_step_end(None, None, None)
+    print(before >> 20, resident_bytes() >> 20, type(cap).releases)
+    sys.exit()
 print(during, heap_mb())
 """
 
@@ -42,3 +50,12 @@ def test_large_blocks_come_from_the_heap_and_stay_after_free():
     assert during < 256  # glibc served the block with its own mmap, unmapped on free
     during, after = _heap("keep")
     assert during >= 256 and after >= 256  # from the heap, and kept there for the next step
+
+
+@pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
+                    reason="keep_freed_memory only changes glibc's malloc")
+def test_memory_cap_hands_kept_pages_back():
+    out = subprocess.run([sys.executable, "-c", _PROGRAM, "keep", "cap"], capture_output=True,
+                         text=True, check=True)
+    before, after, releases = map(int, out.stdout.split()[-3:])
+    assert releases == 1 and before - after >= 200  # the freed 256 MB left the process

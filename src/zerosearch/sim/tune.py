@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from zerosearch.hardware import bf16_is_fast, keep_freed_memory
+from zerosearch.hardware import bf16_is_fast, keep_freed_memory, memory_cap_callback
 from zerosearch.jsonl import read_finished
 from zerosearch.models import resolve_model
 
@@ -262,7 +262,7 @@ def train_simulator(cfg: SimTrainConfig, log=print,
     elif metrics_file.exists():
         metrics_file.unlink()  # a fresh run starts a fresh log
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    callbacks: list = [MetricsCallback(metrics_file)]
+    callbacks: list = [MetricsCallback(metrics_file), memory_cap_callback()]
     if progress is not None:
         class Report(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):

@@ -19,7 +19,7 @@ import yaml
 from zerosearch.config import ConfigError
 from zerosearch.engines.base import EngineError, SearchRequest
 from zerosearch.engines.factory import build_engine
-from zerosearch.hardware import keep_freed_memory
+from zerosearch.hardware import keep_freed_memory, memory_cap_callback
 from zerosearch.models import resolve_model
 from zerosearch.protocol import STOP_STRINGS
 from zerosearch.qa import load_qa
@@ -112,7 +112,8 @@ def build_trainer(cfg: TrainConfig, log=print,
     callback = MetricsCallback(Path(t.output_dir) / "metrics.jsonl", on_progress)
     trainer = ZeroSearchTrainer(
         model=model, reward_funcs=[make_reward_func(a.reward)], args=args, train_dataset=dataset,
-        processing_class=tokenizer, peft_config=peft_config, callbacks=[callback],
+        processing_class=tokenizer, peft_config=peft_config,
+        callbacks=[callback, memory_cap_callback()],
         zs_config=cfg, engine=engine, value_model=value_model)
     callback.timer = StepTimer(trainer)
     if on_progress is not None:  # the caller shows progress; no raw dict per log line
