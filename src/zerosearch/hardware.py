@@ -38,6 +38,20 @@ KEEP_FREED_BYTES = 2**31 - 1
 """glibc's mmap and trim thresholds under :func:`keep_freed_memory` (the largest it accepts)."""
 
 
+def _glibc():
+    """The C library through ctypes when it is glibc (whose malloc the functions below tune), else
+    None."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (and mallopt's parameters)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def keep_freed_memory() -> bool:
     """Ask glibc's malloc to keep freed memory for reuse instead of returning it to the kernel.
 
@@ -53,12 +67,9 @@ def keep_freed_memory() -> bool:
     glibc.
     """
     import ctypes
-    import ctypes.util
 
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018 - only glibc has it (and mallopt's parameters)
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, ctypes.c_int(KEEP_FREED_BYTES))
@@ -80,12 +91,9 @@ def release_freed_memory() -> bool:
     """Hand the heap's free pages back to the kernel now (glibc ``malloc_trim``); False where the C
     library is not glibc."""
     import ctypes
-    import ctypes.util
 
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        libc.gnu_get_libc_version  # noqa: B018
-    except (OSError, AttributeError):
+    libc = _glibc()
+    if libc is None:
         return False
     libc.malloc_trim(ctypes.c_size_t(0))
     return True

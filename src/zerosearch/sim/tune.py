@@ -97,7 +97,8 @@ def completion_loss(model, inputs, num_items_in_batch=None, autocast=None, unlik
         keep = target != -100
         logits = base.get_output_embeddings()(hidden[:, :-1][keep])
     count = num_items_in_batch if num_items_in_batch is not None else keep.sum()
-    losses = F.cross_entropy(logits.float(), target[keep], reduction="none")
+    logp_all = logits.float().log_softmax(-1)  # one vocabulary-wide pass serves both terms
+    losses = F.nll_loss(logp_all, target[keep], reduction="none")
     if inputs.get("loss_weights") is not None:  # see SimTrainConfig.answer_weight
         losses = losses * inputs["loss_weights"][:, 1:][keep]
     total = losses.sum()
@@ -107,7 +108,7 @@ def completion_loss(model, inputs, num_items_in_batch=None, autocast=None, unlik
         rows = (banned >= 0).any(1)
         if rows.any():
             banned = banned[rows]
-            logp = logits[rows].float().log_softmax(-1).gather(1, banned.clamp(min=0))
+            logp = logp_all[rows].gather(1, banned.clamp(min=0))
             push = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * (banned >= 0)
             total = total + unlikelihood * push.sum()
     return total / count
