@@ -31,7 +31,9 @@ if [ ! -f "$OUT/simulator/final/model.safetensors" ]; then
     --max-steps "$STEPS" --learning-rate 1e-4 --batch-size 8 --answer-weight "$ANSWER_WEIGHT" \
     --noisy-unlikelihood "$UNLIKELIHOOD" $RESUME
 fi
-$ZS sim fidelity --simulator "finetuned@$OUT/simulator/final" \
-  --simulator prompt@embedded:smollm2-135m-instruct --held-out "$OUT/sft/val.jsonl" --limit "$HELD_OUT" \
+# each simulator also with the noisy guard (noisy documents may not spell a gold answer)
+$ZS sim fidelity --simulator "finetuned@$OUT/simulator/final" --simulator "finetuned+guard@$OUT/simulator/final" \
+  --simulator prompt@embedded:smollm2-135m-instruct --simulator prompt+guard@embedded:smollm2-135m-instruct \
+  --held-out "$OUT/sft/val.jsonl" --limit "$HELD_OUT" \
   --reference-engine bm25 --corpus "$CORPUS" --topk 3 --max-new-tokens 200 --temperature 0.8 \
   --seed 0 -o "$OUT/fidelity"

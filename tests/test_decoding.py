@@ -248,3 +248,92 @@ def test_decode_step_refuses_other_families(tiny_model):
         assert build(model) is not None
     model.config.model_type = "gpt2"
     assert build(model) is None
+
+
+def test_guard_bans_canonical_sequences():
+    from zerosearch.decoding import Guard, apply_guards
+
+    guard = Guard(["x"], [(5,), (7, 8, 9), (7, 3)], window=4)
+    assert guard.banned_next([]) == [5]
+    assert guard.banned_next([1, 7, 8]) == [5, 9]
+    assert guard.banned_next([7]) == [5, 3]
+    logits = torch.zeros(2, 10)
+    apply_guards(logits, [[7, 8], [7]], [guard, None])
+    assert logits[0].isinf().nonzero().flatten().tolist() == [5, 9]
+    assert not logits[1].isinf().any()  # a row without a guard is untouched
+
+
+def _first_spelling(tok, ids, text):
+    """How many tokens of ``ids`` come before the one that completes ``text``."""
+    return next(i for i in range(len(ids)) if text in tok.decode(ids[:i + 1]))
+
+
+@pytest.mark.parametrize("canonical", [True, False])
+def test_kvdecoder_never_writes_an_avoided_string(model_tok, monkeypatch, canonical):
+    """Greedy decoding that must avoid a string it would write: output unchanged up to where the
+    string would be completed, then different and free of it; other rows exactly as before. With
+    ``canonical`` False the token-sequence bans are switched off, so redrawing alone must do it."""
+    from zerosearch.decoding import Guard
+
+    model, tok = model_tok
+    contexts = _contexts(tok)
+    reference = _hf_greedy(model, tok, contexts, 12)
+    text = tok.decode(reference[1][3:5])  # two tokens row 1 writes
+    if not canonical:
+        build = Guard.build.__func__
+        monkeypatch.setattr(Guard, "build", classmethod(
+            lambda cls, t, strings: (g := build(cls, t, strings)) and Guard(g.strings, [], g.window)))
+    decoder = KVDecoder(model, tok, eos_token_ids=[], max_rows=3)
+    decoder.eos = set()
+    got = decoder.generate(contexts, 12, 0.0, 1.0, avoid=[[], [text], [], []])
+    assert [got[i] for i in (0, 2, 3)] == [reference[i] for i in (0, 2, 3)]
+    j = _first_spelling(tok, reference[1], text)
+    assert got[1][:j] == reference[1][:j] and got[1][j] != reference[1][j]
+    assert text not in tok.decode(got[1])
+
+
+def test_generate_fallback_bans_canonical_sequences(model_tok):
+    from zerosearch.decoding import Guard, GuardProcessor
+
+    model, tok = model_tok
+    contexts = _contexts(tok)
+    reference = _hf_greedy(model, tok, contexts, 12)
+    pair = tuple(reference[1][3:5])  # the tiny model's tokens need not be the canonical spelling
+    guard = Guard([tok.decode(pair)], [pair], window=8)
+    c = contexts[1]
+    out = model.generate(input_ids=torch.tensor([c]), attention_mask=torch.ones(1, len(c), dtype=torch.long),
+                         max_new_tokens=12, min_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id,
+                         logits_processor=[GuardProcessor([guard], len(c))])[0, len(c):].tolist()
+    j = next(i for i in range(1, 12) if tuple(reference[1][i - 1:i + 1]) == pair)
+    assert out[:j] == reference[1][:j] and out[j] != reference[1][j]
+    assert not any(tuple(out[i:i + 2]) == pair for i in range(len(out) - 1))
+
+
+def test_backend_avoid_strings(tiny_model):
+    """TransformersBackend.chat(avoid=…): the words a conversation must avoid do not occur in its
+    output; the other conversation's output is unchanged."""
+    from zerosearch.decoding import Guard
+    from zerosearch.llm.base import GenerationParams
+    from zerosearch.llm.transformers_backend import TransformersBackend
+
+    backend = TransformersBackend("embedded:tiny-random")
+    try:
+        chats = [[{"role": "user", "content": f"Query {i}: which river?"}] for i in range(2)]
+        params = GenerationParams(max_new_tokens=24, temperature=1.0)  # random tokens: many words
+
+        def run(avoid=None):
+            torch.manual_seed(0)
+            return [c.text for c in backend.chat(chats, params, avoid=avoid)]
+
+        before = run()
+        assert run() == before  # seeded: the same draws
+        # a word the output spells as one canonical token, so the ban is what must stop it
+        word = next(w for w in before[0].split() if w.isalpha() and len(w) > 2
+                    and any(len(s) == 1 for s in Guard.build(backend.tokenizer, [w]).sequences))
+        after = run([[word], []])
+        assert word in before[0].split() and word not in after[0].split()
+        assert after[0] != before[0]
+        with pytest.raises(ValueError, match="avoid lists"):
+            backend.chat(chats, params, avoid=[[word]])
+    finally:
+        backend.close()

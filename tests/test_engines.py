@@ -55,10 +55,11 @@ class _ScriptedBackend:
     """Stands in for an LLM whose outputs we choose, to test parsing and error paths."""
 
     def __init__(self, outputs):
-        self.outputs, self.seen = outputs, []
+        self.outputs, self.seen, self.avoid = outputs, [], []
 
-    def chat(self, conversations, params):
+    def chat(self, conversations, params, avoid=None):
         self.seen.extend(conversations)
+        self.avoid.append(avoid)
         return [self.outputs[i % len(self.outputs)] for i in range(len(conversations))]
 
     def describe(self):
@@ -87,6 +88,60 @@ def test_simulated_engine_modes_rows_and_shortfalls():
     assert "generate three noisy documents" in backend.seen[1][1]["content"]
     assert SimulatedEngine(_ScriptedBackend([Completion("")])).search(
         [SearchRequest("q")])[0].error_kind == "bad_output"
+
+
+def test_answer_surface_forms():
+    from zerosearch.engines.simulated import answer_surface_forms
+
+    assert answer_surface_forms(['"What\'s My Name?"', "The Beatles", "", "iPhone"]) == [
+        "What's My Name", "what's my name", "WHAT'S MY NAME", "Beatles", "beatles", "BEATLES",
+        "iPhone", "iphone", "IPhone", "IPHONE"]
+
+
+def test_noisy_guard_sends_the_answers_of_noisy_rows_only():
+    backend = _ScriptedBackend([Completion("Doc 1: a")])
+    reqs = [SearchRequest("q1", "Q1?", ["Paris"], mode="useful"),
+            SearchRequest("q2", "Q2?", ["the Nile", "Nile River"], mode="noisy")]
+    SimulatedEngine(backend).search(reqs)
+    assert backend.avoid == [None]  # guard off (the default): nothing is banned
+    guarded = SimulatedEngine(backend, noisy_guard=True)
+    guarded.search(reqs)
+    assert backend.avoid[-1] == [[], ["Nile", "nile", "NILE", "Nile River", "nile river", "NILE RIVER"]]
+    assert guarded.describe()["noisy_guard"] is True
+
+
+class _FakeChatServer(BaseHTTPRequestHandler):
+    """An OpenAI-compatible endpoint that keeps the request bodies it gets."""
+
+    bodies: list = []
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
+        type(self).bodies.append(body)
+        data = json.dumps({"choices": [{"message": {"content": "Doc 1: x"}}]}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_openai_backend_sends_avoid_as_bad_words():
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeChatServer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        backend = OpenAIBackend([f"http://127.0.0.1:{server.server_port}/v1"], model="m")
+        chats = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
+        out = backend.chat(chats, GenerationParams(), avoid=[["Nile", "nile"], []])
+        assert [c.text for c in out] == ["Doc 1: x", "Doc 1: x"]
+        by_prompt = {b["messages"][0]["content"]: b for b in _FakeChatServer.bodies}
+        assert by_prompt["a"]["bad_words"] == ["Nile", "nile"] and "bad_words" not in by_prompt["b"]
+        backend.close()
+    finally:
+        server.shutdown()
 
 
 def test_noise_probability_is_honoured_statistically():

@@ -443,7 +443,8 @@ def sim_train(
 def sim_fidelity(
     simulator: list[str] = typer.Option(..., "--simulator",
                                         help="STYLE@MODEL, e.g. finetuned@runs/sim/simulator/final or "
-                                             "prompt@embedded:smollm2-135m-instruct (repeatable)."),
+                                             "prompt@embedded:smollm2-135m-instruct (repeatable); "
+                                             "STYLE+guard@MODEL turns on the noisy guard."),
     held_out: str = typer.Option("runs/sim/sft/val.jsonl", "--held-out", help="Held-out queries."),
     reference_engine: Optional[str] = typer.Option(None, "--reference-engine",
                                                    help="bm25 or dense: fetch the real documents "
@@ -475,10 +476,12 @@ def sim_fidelity(
         with progress:
             for spec in simulator:
                 style, sep, model = spec.partition("@")
-                if not sep or style not in ("finetuned", "prompt"):
-                    raise ValueError(f"--simulator {spec!r}: expected STYLE@MODEL with STYLE "
-                                     "finetuned or prompt")
-                engine = _build(replace(engine_cfg, kind="simulated", model=model, style=style))
+                style, plus, guard = style.partition("+")
+                if not sep or style not in ("finetuned", "prompt") or (plus and guard != "guard"):
+                    raise ValueError(f"--simulator {spec!r}: expected STYLE@MODEL or STYLE+guard@MODEL "
+                                     "with STYLE finetuned or prompt")
+                engine = _build(replace(engine_cfg, kind="simulated", model=model, style=style,
+                                        noisy_guard=bool(plus) or engine_cfg.noisy_guard))
                 try:
                     rows.append(measure(spec, engine, queries, engine_cfg.topk, reference, judge,
                                         progress=update))

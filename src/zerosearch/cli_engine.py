@@ -69,6 +69,8 @@ _FLAGS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
     ("api_key", "api_key", Optional[str], ("--api-key",),
      "Bearer key for the endpoints or the remote server."),
     ("temperature", "temperature", Optional[float], ("--temperature",), "Simulator temperature."),
+    ("noisy_guard", "noisy_guard", Optional[bool], ("--noisy-guard/--no-noisy-guard",),
+     "Simulator: noisy documents may not spell a gold answer (banned while decoding)."),
     ("max_new_tokens", "max_new_tokens", Optional[int], ("--max-new-tokens",),
      "Simulator output budget in tokens."),
     ("timeout", "timeout_s", Optional[float], ("--timeout",), "Per-attempt back-end timeout (s)."),

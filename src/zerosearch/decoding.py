@@ -105,6 +105,76 @@ class _Saved:
     kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
+_MAX_REJECTIONS = 16
+"""Draws a guarded row may have refused in one step before the decoder gives up on its guard."""
+
+
+@dataclass
+class Guard:
+    """What one row must not write: ``strings`` (exact text), ``sequences`` (the token sequences
+    that spell them canonically, with and without a leading space) and ``window`` (generated tokens
+    to decode when looking for a string that the newest token completes)."""
+
+    strings: list[str]
+    sequences: list[tuple[int, ...]]
+    window: int
+
+    @classmethod
+    def build(cls, tokenizer, strings: Sequence[str]) -> "Guard | None":
+        """The guard against ``strings`` (None when there are none)."""
+        strings = [t for t in dict.fromkeys(strings) if t]
+        if not strings:
+            return None
+        seqs: dict[tuple[int, ...], None] = {}
+        for text in strings:
+            for variant in (text, " " + text):
+                ids = tuple(tokenizer(variant, add_special_tokens=False)["input_ids"])
+                if ids:
+                    seqs[ids] = None
+        # any spelling takes at most a token a byte (UTF-8 characters are up to 4 bytes)
+        return cls(strings, list(seqs), max(len(t.encode()) for t in strings) + 2)
+
+    def banned_next(self, generated: Sequence[int]) -> list[int]:
+        """Tokens that would complete a canonical sequence after ``generated``: the last token of
+        every sequence whose other tokens are the tail of ``generated``."""
+        out = []
+        for seq in self.sequences:
+            k = len(seq) - 1
+            if k == 0 or (len(generated) >= k and tuple(generated[-k:]) == seq[:-1]):
+                out.append(seq[-1])
+        return out
+
+    def spelled_by(self, tokenizer, generated: Sequence[int], token: int) -> bool:
+        """Whether appending ``token`` completes a new occurrence of a string, however tokenised."""
+        tail = list(generated[-self.window:])
+        before = tokenizer.decode(tail, skip_special_tokens=False)
+        after = tokenizer.decode(tail + [token], skip_special_tokens=False)
+        return any(after.count(t) > before.count(t) for t in self.strings)
+
+
+def apply_guards(logits: torch.Tensor, generated: Sequence[Sequence[int]],
+                 guards: Sequence["Guard | None"]) -> None:
+    """Set to -inf, row by row, the logits of tokens that would complete a canonical sequence."""
+    for row, (gen, guard) in enumerate(zip(generated, guards)):
+        if guard is not None:
+            ids = guard.banned_next(gen)
+            if ids:
+                logits[row, ids] = float("-inf")
+
+
+class GuardProcessor:
+    """Canonical-sequence bans for transformers' ``generate`` (a logits processor; ``width`` is the
+    padded prompt width, so a row's generated tokens are its ids from there on). Unlike
+    :class:`KVDecoder` it cannot see the drawn token, so other spellings are not refused."""
+
+    def __init__(self, guards: Sequence["Guard | None"], width: int):
+        self.guards, self.width = list(guards), width
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        apply_guards(scores, [row[self.width:].tolist() for row in input_ids], self.guards)
+        return scores
+
+
 def sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tensor:
     """One token per row: argmax at temperature 0, else softmax sampling with nucleus ``top_p``."""
     if temperature <= 0:
@@ -179,7 +249,7 @@ class KVDecoder:
 
     def _chunk(self, contexts: list[list[int]], max_new_tokens: int, temperature: float,
                top_p: float, previous: list[_Saved], table: np.ndarray | None,
-               saved: list[_Saved]) -> list[list[int]]:
+               saved: list[_Saved], guards: Sequence[Guard | None] | None = None) -> list[list[int]]:
         device = next(self.model.parameters()).device
         uniq: dict[tuple[int, ...], int] = {}
         inverse = [uniq.setdefault(tuple(c), len(uniq)) for c in contexts]
@@ -227,7 +297,12 @@ class KVDecoder:
         outputs: list[list[int]] = [[] for _ in contexts]
         active, column = len(contexts), width
         for _ in range(max_new_tokens):
+            if guards is not None:
+                apply_guards(logits, [outputs[r] for r in slot_row[:active]],
+                             [guards[r] for r in slot_row[:active]])
             tokens = sample(logits[:active], temperature, top_p).tolist()
+            if guards is not None:
+                self._refuse_spellings(logits, tokens, outputs, slot_row, guards, temperature, top_p)
             done = []
             for s, tok in enumerate(tokens):
                 gen = outputs[slot_row[s]]
@@ -267,10 +342,32 @@ class KVDecoder:
             column += 1
         return outputs
 
+    def _refuse_spellings(self, logits, tokens, outputs, slot_row, guards, temperature, top_p):
+        """Redraw, row by row, a token that completes a guarded string in a spelling the canonical
+        bans missed (another tokenisation, a string glued to punctuation)."""
+        for s, tok in enumerate(tokens):
+            guard = guards[slot_row[s]]
+            if guard is None:
+                continue
+            gen = outputs[slot_row[s]]
+            for _ in range(_MAX_REJECTIONS):
+                if not guard.spelled_by(self.tokenizer, gen, tok):
+                    break
+                logits[s, tok] = float("-inf")
+                tok = int(sample(logits[s:s + 1], temperature, top_p)[0])
+            tokens[s] = tok
+
     @torch.inference_mode()
     def generate(self, contexts: Sequence[list[int]], max_new_tokens: int, temperature: float,
-                 top_p: float) -> list[list[int]]:
-        """The generated ids of each context, in order (stopping token included)."""
+                 top_p: float, avoid: Sequence[Sequence[str]] | None = None) -> list[list[int]]:
+        """The generated ids of each context, in order (stopping token included). ``avoid``: per
+        context, strings its output must not spell: the canonical token sequences of each are
+        masked out, and a drawn token that completes one in any other spelling is redrawn."""
+        if avoid is not None and len(avoid) != len(contexts):
+            raise ValueError(f"{len(avoid)} avoid lists for {len(contexts)} contexts")
+        guards = None
+        if avoid is not None and any(avoid):
+            guards = [Guard.build(self.tokenizer, strings) for strings in avoid]
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         if any(not c for c in contexts):
@@ -289,8 +386,10 @@ class KVDecoder:
         results: list[list[int]] = [[] for _ in contexts]
         for start in range(0, len(order), self.max_rows):
             chunk = order[start:start + self.max_rows]
+            chunk_guards = None if guards is None else [guards[i] for i in chunk]
             for i, ids in zip(chunk, self._chunk([list(contexts[i]) for i in chunk], max_new_tokens,
-                                                 temperature, top_p, previous, table, saved)):
+                                                 temperature, top_p, previous, table, saved,
+                                                 chunk_guards)):
                 results[i] = ids
         self._saved = saved
         return results

@@ -40,6 +40,10 @@ class EngineConfig:
     """Simulator sampling temperature (paper: about 0.8)."""
     top_p: float = 1.0
     """Simulator nucleus sampling."""
+    noisy_guard: bool = False
+    """Simulator: in noisy mode, ban the token sequences that spell a gold answer while decoding, so
+    noisy documents cannot give the answer away (in process; over HTTP as vLLM's ``bad_words``).
+    Off by default, as in the paper; see ``sim fidelity`` for what it changes."""
     max_new_tokens: int = 256
     """Simulator output budget (paper: up to 600; five 30-word documents need about 250)."""
     timeout_s: float = 60.0
@@ -107,7 +111,8 @@ def build_engine(cfg: EngineConfig, log=print) -> Engine:
         from zerosearch.llm.base import GenerationParams
 
         params = GenerationParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
-        return SimulatedEngine(build_llm_backend(cfg), cfg.style, params, cfg.seed)
+        return SimulatedEngine(build_llm_backend(cfg), cfg.style, params, cfg.seed,
+                               noisy_guard=cfg.noisy_guard)
     if cfg.kind == "web":
         from zerosearch.engines.web import WebEngine
 

@@ -5,11 +5,18 @@ value), is turned into the fine-tuned simulator prompt (byte-exact with the rele
 the prompt-based one (an instruct model with a one-shot demo), and the model's output is parsed into
 at most top-k documents. Fewer than top-k is reported as a shortfall; none at all, or a back-end
 failure, is an error on the result, never a silent empty answer.
+
+The simulation LLM reads the gold answers in both modes, and a small one often writes them into
+noisy documents anyway (a film question whose answer is "American" gets "a 1922 American silent
+film"): noise that gives the answer away. ``noisy_guard`` forbids it while decoding: in noisy mode
+the back end bans the token sequences that spell each gold answer (:func:`answer_surface_forms`).
+Useful mode is untouched.
 """
 
 from __future__ import annotations
 
 import random
+import string
 import threading
 
 from typing import Any, Sequence
@@ -19,6 +26,24 @@ from zerosearch.llm.base import GenerationParams, LLMBackend
 from zerosearch.protocol import finetuned_sim_messages, parse_documents, prompt_sim_messages
 
 STYLES = ("finetuned", "prompt")
+_ARTICLES = ("a ", "an ", "the ")
+_EDGE = string.punctuation + string.whitespace + "“”‘’«»"
+
+
+def answer_surface_forms(answers: Sequence[str]) -> list[str]:
+    """How each gold answer may be spelled in a document: without surrounding quotes and
+    punctuation or a leading article (answer matching ignores both), as written, lower-cased,
+    capitalised and upper-cased. Empty answers are skipped; order is stable, duplicates dropped."""
+    forms: dict[str, None] = {}
+    for answer in answers:
+        core = (answer or "").strip(_EDGE)
+        if core.lower().startswith(_ARTICLES):
+            core = core.split(" ", 1)[1].strip(_EDGE)
+        if not core:
+            continue
+        for form in (core, core.lower(), core[0].upper() + core[1:], core.upper()):
+            forms[form] = None
+    return list(forms)
 
 
 class SimulatedEngine:
@@ -28,12 +53,13 @@ class SimulatedEngine:
 
     def __init__(self, backend: LLMBackend, style: str = "finetuned",
                  params: GenerationParams | None = None, seed: int | None = None,
-                 template: str | None = None):
+                 template: str | None = None, noisy_guard: bool = False):
         if style not in STYLES:
             raise ValueError(f"unknown simulator style {style!r}; choose one of {', '.join(STYLES)}")
         self.backend, self.style = backend, style
         self.params = params or GenerationParams()
         self.template = template
+        self.noisy_guard = noisy_guard
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
 
@@ -50,8 +76,13 @@ class SimulatedEngine:
             return []
         with self._rng_lock:
             modes = [draw_mode(r, self._rng) for r in requests]
-        completions = self.backend.chat([self.messages(r, m) for r, m in zip(requests, modes)],
-                                        self.params)
+        conversations = [self.messages(r, m) for r, m in zip(requests, modes)]
+        if self.noisy_guard:
+            avoid = [answer_surface_forms(r.golden_answers) if m == "noisy" else []
+                     for r, m in zip(requests, modes)]
+            completions = self.backend.chat(conversations, self.params, avoid=avoid)
+        else:
+            completions = self.backend.chat(conversations, self.params)
         results = []
         for request, mode, completion in zip(requests, modes, completions):
             if completion.text is None:
@@ -74,7 +105,8 @@ class SimulatedEngine:
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "style": self.style, **self.backend.describe(),
-                "max_new_tokens": self.params.max_new_tokens, "temperature": self.params.temperature}
+                "max_new_tokens": self.params.max_new_tokens, "temperature": self.params.temperature,
+                "noisy_guard": self.noisy_guard}
 
     def close(self) -> None:
         self.backend.close()

@@ -37,8 +37,11 @@ class Completion:
 class LLMBackend(Protocol):
     """Anything that completes batches of chat conversations."""
 
-    def chat(self, conversations: Sequence[list[Message]],
-             params: GenerationParams) -> list[Completion]: ...
+    def chat(self, conversations: Sequence[list[Message]], params: GenerationParams,
+             avoid: Sequence[Sequence[str]] | None = None) -> list[Completion]:
+        """One completion per conversation. ``avoid`` (optional, one list per conversation):
+        strings that conversation's output must not spell, enforced while decoding."""
+        ...
 
     def describe(self) -> dict: ...
 

@@ -78,7 +78,8 @@ class OpenAIBackend:
                 self._release(url, failed=False)
         return self.model
 
-    def _one(self, messages: list[Message], params: GenerationParams) -> Completion:
+    def _one(self, messages: list[Message], params: GenerationParams,
+             avoid: Sequence[str] = ()) -> Completion:
         started = time.perf_counter()
         last_error, kind = "no attempt made", "unavailable"
         for attempt in range(self.max_retries + 1):
@@ -93,9 +94,11 @@ class OpenAIBackend:
             url = self._pick()
             failed = True
             try:
-                response = self._client.post(f"{url}/v1/chat/completions", json={
-                    "model": model, "messages": messages, "max_tokens": params.max_new_tokens,
-                    "temperature": params.temperature, "top_p": params.top_p})
+                body = {"model": model, "messages": messages, "max_tokens": params.max_new_tokens,
+                        "temperature": params.temperature, "top_p": params.top_p}
+                if avoid:  # vLLM's sampling extension; a server without it answers 400
+                    body["bad_words"] = list(avoid)
+                response = self._client.post(f"{url}/v1/chat/completions", json=body)
                 if response.status_code in _RETRY_STATUS:
                     last_error = f"{url} answered HTTP {response.status_code}: {response.text[:200]}"
                     kind = "timeout" if response.status_code in (408, 504) else "unavailable"
@@ -119,9 +122,14 @@ class OpenAIBackend:
         return Completion(None, f"gave up after {self.max_retries} retries: {last_error}", kind,
                           self.max_retries, time.perf_counter() - started)
 
-    def chat(self, conversations: Sequence[list[Message]],
-             params: GenerationParams) -> list[Completion]:
-        return list(self._pool.map(lambda c: self._one(c, params), conversations))
+    def chat(self, conversations: Sequence[list[Message]], params: GenerationParams,
+             avoid: Sequence[Sequence[str]] | None = None) -> list[Completion]:
+        """``avoid`` goes to the server as vLLM's ``bad_words`` sampling parameter; a server
+        without it refuses the request (an error on the completion, not a silent unguarded one)."""
+        if avoid is not None and len(avoid) != len(conversations):
+            raise ValueError(f"{len(avoid)} avoid lists for {len(conversations)} conversations")
+        words = avoid if avoid is not None else [()] * len(conversations)
+        return list(self._pool.map(lambda c, a: self._one(c, params, a), conversations, words))
 
     def describe(self) -> dict:
         return {"backend": "openai", "urls": self.urls, "model": self.model}

@@ -95,55 +95,70 @@ class TransformersBackend:
             # One generate call per distinct sampling setting in the batch.
             groups: dict[tuple, list] = {}
             # A caller that timed out cancelled its future: skip it instead of generating for nobody.
-            for item in (i for i in batch if i[2].set_running_or_notify_cancel()):
+            for item in (i for i in batch if i[2].set_running_or_notify_cancel()):  # (messages, params, future, avoid)
                 params: GenerationParams = item[1]
                 key = (params.max_new_tokens, params.temperature, params.top_p)
                 groups.setdefault(key, []).append(item)
             for items in groups.values():
                 try:
-                    texts = self.generate([m for m, _, _ in items], items[0][1])
-                    for (_, _, future), text in zip(items, texts):
+                    texts = self.generate([m for m, _, _, _ in items], items[0][1],
+                                          [a for _, _, _, a in items])
+                    for (_, _, future, _), text in zip(items, texts):
                         future.set_result(text)
                 except Exception as err:  # report to every waiting caller, keep the worker alive
-                    for _, _, future in items:
+                    for _, _, future, _ in items:
                         if not future.done():
                             future.set_exception(err)
 
-    def generate(self, conversations: Sequence[list[Message]], params: GenerationParams) -> list[str]:
-        """Generate synchronously for a batch (the worker's job; also usable directly)."""
+    def generate(self, conversations: Sequence[list[Message]], params: GenerationParams,
+                 avoid: Sequence[Sequence[str]] | None = None) -> list[str]:
+        """Generate synchronously for a batch (the worker's job; also usable directly). ``avoid``:
+        per conversation, strings its output must not spell (see :meth:`KVDecoder.generate`; the
+        ``generate`` fallback bans only their canonical token sequences)."""
+        from zerosearch.decoding import Guard, GuardProcessor
+
         prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                    for c in conversations]
+        avoid = avoid if avoid is not None and any(avoid) else None
         if self.decoder is not None:
             ids = [self.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
             try:
                 out = self.decoder.generate(ids, params.max_new_tokens, params.temperature,
-                                            params.top_p)
+                                            params.top_p, avoid)
             finally:
                 self.decoder.reset()  # nothing is kept between batches
             return self.tokenizer.batch_decode(out, skip_special_tokens=True)
         enc = self.tokenizer(prompts, return_tensors="pt", padding=True,
                              add_special_tokens=False).to(self.device)
         sample = params.temperature > 0
+        processors = None
+        if avoid is not None:
+            from transformers import LogitsProcessorList
+
+            guards = [Guard.build(self.tokenizer, strings) for strings in avoid]
+            processors = LogitsProcessorList([GuardProcessor(guards, enc["input_ids"].shape[1])])
         with self._torch.inference_mode():
             out = self.lm.generate(
                 **enc, max_new_tokens=params.max_new_tokens, do_sample=sample,
                 temperature=params.temperature if sample else None,
                 top_p=params.top_p if sample else None, top_k=0 if sample else None,
-                pad_token_id=self.tokenizer.pad_token_id)
+                pad_token_id=self.tokenizer.pad_token_id, logits_processor=processors)
         new = out[:, enc["input_ids"].shape[1]:]
         return self.tokenizer.batch_decode(new, skip_special_tokens=True)
 
     # -- caller side --------------------------------------------------------------------------
-    def chat(self, conversations: Sequence[list[Message]],
-             params: GenerationParams) -> list[Completion]:
+    def chat(self, conversations: Sequence[list[Message]], params: GenerationParams,
+             avoid: Sequence[Sequence[str]] | None = None) -> list[Completion]:
         if self._stop.is_set() or not self._worker.is_alive():
             return [Completion(None, "the in-process model has been shut down", "unavailable")
                     for _ in conversations]
+        if avoid is not None and len(avoid) != len(conversations):
+            raise ValueError(f"{len(avoid)} avoid lists for {len(conversations)} conversations")
         started = time.perf_counter()
         futures = []
-        for conversation in conversations:
+        for i, conversation in enumerate(conversations):
             future: Future = Future()
-            self._queue.put((conversation, params, future))
+            self._queue.put((conversation, params, future, list(avoid[i]) if avoid else []))
             futures.append(future)
         results = []
         deadline = started + self.timeout_s
