@@ -111,19 +111,24 @@ _MAX_REJECTIONS = 16
 
 @dataclass
 class Guard:
-    """What one row must not write: ``strings`` (exact text), ``sequences`` (the token sequences
-    that spell them canonically, with and without a leading space) and ``window`` (generated tokens
-    to decode when looking for a string that the newest token completes)."""
+    """What one row must not write. ``phrases``: the strings as answer matching sees them
+    (:func:`zerosearch.rewards.normalize_answer`: lower case, no punctuation or articles), refused
+    wherever a word starts with one; ``sequences``: the token sequences that spell the given
+    strings canonically (with and without a leading space), masked out before a draw so that a
+    redraw is rarely needed; ``window``: generated tokens to decode when looking at the newest."""
 
-    strings: list[str]
+    phrases: list[str]
     sequences: list[tuple[int, ...]]
     window: int
 
     @classmethod
     def build(cls, tokenizer, strings: Sequence[str]) -> "Guard | None":
-        """The guard against ``strings`` (None when there are none)."""
+        """The guard against ``strings`` (None when none of them has a word to refuse)."""
+        from zerosearch.rewards import normalize_answer
+
         strings = [t for t in dict.fromkeys(strings) if t]
-        if not strings:
+        phrases = [p for p in dict.fromkeys(normalize_answer(t) for t in strings) if p]
+        if not phrases:
             return None
         seqs: dict[tuple[int, ...], None] = {}
         for text in strings:
@@ -131,8 +136,9 @@ class Guard:
                 ids = tuple(tokenizer(variant, add_special_tokens=False)["input_ids"])
                 if ids:
                     seqs[ids] = None
-        # any spelling takes at most a token a byte (UTF-8 characters are up to 4 bytes)
-        return cls(strings, list(seqs), max(len(t.encode()) for t in strings) + 2)
+        # a spelling takes at most a token a byte (UTF-8 characters are up to 4 bytes), and may add
+        # articles and punctuation that matching ignores
+        return cls(phrases, list(seqs), 2 * max(len(t.encode()) for t in strings) + 8)
 
     def banned_next(self, generated: Sequence[int]) -> list[int]:
         """Tokens that would complete a canonical sequence after ``generated``: the last token of
@@ -145,11 +151,14 @@ class Guard:
         return out
 
     def spelled_by(self, tokenizer, generated: Sequence[int], token: int) -> bool:
-        """Whether appending ``token`` completes a new occurrence of a string, however tokenised."""
+        """Whether appending ``token`` completes a phrase at the start of a word, in any case,
+        tokenisation or punctuation (so "Jack TrICE" and "GateHouse Media, Inc." count)."""
+        from zerosearch.rewards import normalize_answer
+
         tail = list(generated[-self.window:])
-        before = tokenizer.decode(tail, skip_special_tokens=False)
-        after = tokenizer.decode(tail + [token], skip_special_tokens=False)
-        return any(after.count(t) > before.count(t) for t in self.strings)
+        before = " " + normalize_answer(tokenizer.decode(tail, skip_special_tokens=False))
+        after = " " + normalize_answer(tokenizer.decode(tail + [token], skip_special_tokens=False))
+        return any(after.count(" " + p) > before.count(" " + p) for p in self.phrases)
 
 
 def apply_guards(logits: torch.Tensor, generated: Sequence[Sequence[int]],
@@ -343,8 +352,8 @@ class KVDecoder:
         return outputs
 
     def _refuse_spellings(self, logits, tokens, outputs, slot_row, guards, temperature, top_p):
-        """Redraw, row by row, a token that completes a guarded string in a spelling the canonical
-        bans missed (another tokenisation, a string glued to punctuation)."""
+        """Redraw, row by row, a token that completes a guarded phrase in a spelling the canonical
+        bans missed (another tokenisation or case, punctuation inside)."""
         for s, tok in enumerate(tokens):
             guard = guards[slot_row[s]]
             if guard is None:
@@ -362,7 +371,8 @@ class KVDecoder:
                  top_p: float, avoid: Sequence[Sequence[str]] | None = None) -> list[list[int]]:
         """The generated ids of each context, in order (stopping token included). ``avoid``: per
         context, strings its output must not spell: the canonical token sequences of each are
-        masked out, and a drawn token that completes one in any other spelling is redrawn."""
+        masked out, and a drawn token that completes one in any other spelling (as answer matching
+        sees it: any case, punctuation and articles ignored, at the start of a word) is redrawn."""
         if avoid is not None and len(avoid) != len(contexts):
             raise ValueError(f"{len(avoid)} avoid lists for {len(contexts)} contexts")
         guards = None

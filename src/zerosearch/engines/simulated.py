@@ -33,10 +33,14 @@ _EDGE = string.punctuation + string.whitespace + "“”‘’«»"
 def answer_surface_forms(answers: Sequence[str]) -> list[str]:
     """How each gold answer may be spelled in a document: without surrounding quotes and
     punctuation or a leading article (answer matching ignores both), as written, lower-cased,
-    capitalised and upper-cased. Empty answers are skipped; order is stable, duplicates dropped."""
+    capitalised and upper-cased. The decoder refuses other spellings too (any case, punctuation);
+    these are the ones it masks before drawing. Empty and yes/no answers are skipped; order is
+    stable, duplicates dropped."""
     forms: dict[str, None] = {}
     for answer in answers:
         core = (answer or "").strip(_EDGE)
+        if core.lower() in ("yes", "no"):  # a noisy document may say "no"; it gives nothing away
+            continue
         if core.lower().startswith(_ARTICLES):
             core = core.split(" ", 1)[1].strip(_EDGE)
         if not core:
