@@ -25,7 +25,8 @@ throughput *in the dtype that did the work*, which says how well the work used t
 against the bf16 matmul (about 6x the fp32 one here); the JSON also keeps each against the fp32
 matmul, which says how much faster than an fp32 machine-limit the work ran, not how well it used
 the hardware. ``--bf16`` runs the optimisation in bf16 mixed precision, its MFU likewise against
-bf16. Run: ``.venv/bin/python benchmarks/train_step.py [--bf16] [--generation-dtype bfloat16]``
+bf16. ``--compile`` sets ``training.compile``; ``--no-baselines`` times the training steps only.
+Run: ``.venv/bin/python benchmarks/train_step.py [--bf16] [--generation-dtype bfloat16] [--compile]``
 (about 6 minutes on 2 CPU cores).
 """
 
@@ -191,13 +192,17 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
          micro_batch_size: int = typer.Option(8, help="Rollouts per forward/backward."),
          bf16: bool = typer.Option(False, "--bf16/--fp32", help="Optimisation precision."),
          generation_dtype: str = typer.Option("auto", help="training.generation_dtype of the run."),
-         out: Optional[Path] = typer.Option(None, help="Default runs/bench/train_step[_bf16].json.")):
+         compile_layers: bool = typer.Option(False, "--compile/--no-compile",
+                                             help="training.compile: torch.compile the decoder layers."),
+         baselines: bool = typer.Option(True, "--baselines/--no-baselines",
+                                        help="Also time generate / KVDecoder / decoding steps after training."),
+         out: Optional[Path] = typer.Option(None, help="Default runs/bench/train_step[_bf16][_compile].json.")):
     from zerosearch.generation import generation_copy
     from zerosearch.train.config import load_train_config
     from zerosearch.train.run import train
     from zerosearch.train.trainer import generation_dtype as resolve_generation_dtype
 
-    out = out or ROOT / "runs" / "bench" / f"train_step{'_bf16' if bf16 else ''}.json"
+    out = out or ROOT / "runs" / "bench" / f"train_step{'_bf16' if bf16 else ''}{'_compile' if compile_layers else ''}.json"
     torch.manual_seed(0)
     peaks = {"float32": [matmul_flops()], "bfloat16": [matmul_flops(torch.bfloat16)]}
     console.print(f"matmul on {torch.get_num_threads()} threads: fp32 {peaks['float32'][0] / 1e9:.0f}, "
@@ -210,7 +215,7 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
         "training": {"output_dir": str(run_dir), "max_steps": steps,
                      "prompts_per_step": prompts_per_step, "micro_batch_size": micro_batch_size,
                      "save_steps": 10_000, "report_to": [], "generation_batch_size": 64,
-                     "bf16": bf16, "generation_dtype": generation_dtype}})
+                     "bf16": bf16, "generation_dtype": generation_dtype, "compile": compile_layers}})
     if (run_dir / "metrics.jsonl").exists():
         (run_dir / "metrics.jsonl").unlink()
     train(cfg, log=lambda m: console.print(f"[dim]{m}[/]"))
@@ -232,28 +237,31 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
     layers = model.config.num_hidden_layers
     head_dim = getattr(model.config, "head_dim", None) or model.config.hidden_size // model.config.num_attention_heads
     width = model.config.num_attention_heads * head_dim  # query width of the attention matmuls
-    # every baseline against the fp32 matmul: the issue's yardstick (plain fp32 generate ~20%)
-    baseline = {how: baseline_mfu(lm, tokenizer, peaks["float32"][0], body, head, kind)
-                for how, lm, kind in (("generate", model, "generate"), ("KVDecoder", model, "KVDecoder"),
-                                      ("KVDecoder bf16", model_bf16, "KVDecoder"))}
-    baseline["KVDecoder bf16 vs bf16 matmul"] = (baseline["KVDecoder bf16"] * peaks["float32"][0]
-                                                 / peaks["bfloat16"][0])
-    rollouts = rollout_comparison(model, model_bf16, tokenizer, cfg, body, head, num_generations,
-                                  prompts_per_step)
+    baseline, rollouts, decode, roofline, bandwidth = {}, {}, {}, {}, 0.0
     batches = (4, 8, 16, 32, 64)
-    decode = {dtype: {b: decode_step_seconds(lm, b) for b in batches} for dtype, lm in models.items()}
-    from zerosearch.decode_step import build
+    if baselines:
+        # every baseline against the fp32 matmul: the issue's yardstick (plain fp32 generate ~20%)
+        baseline = {how: baseline_mfu(lm, tokenizer, peaks["float32"][0], body, head, kind)
+                    for how, lm, kind in (("generate", model, "generate"), ("KVDecoder", model, "KVDecoder"),
+                                          ("KVDecoder bf16", model_bf16, "KVDecoder"))}
+        baseline["KVDecoder bf16 vs bf16 matmul"] = (baseline["KVDecoder bf16"] * peaks["float32"][0]
+                                                     / peaks["bfloat16"][0])
+        rollouts = rollout_comparison(model, model_bf16, tokenizer, cfg, body, head, num_generations,
+                                      prompts_per_step)
+        decode = {dtype: {b: decode_step_seconds(lm, b) for b in batches} for dtype, lm in models.items()}
+        from zerosearch.decode_step import build
 
-    if build(model_bf16) is not None:  # the written-out step KVDecoder runs on bf16 weights here
-        decode["bfloat16 DecodeStep"] = {b: decode_step_seconds(model_bf16, b, written_out=True)
-                                         for b in batches}
+        if build(model_bf16) is not None:  # the written-out step KVDecoder runs on bf16 weights here
+            decode["bfloat16 DecodeStep"] = {b: decode_step_seconds(model_bf16, b, written_out=True)
+                                             for b in batches}
     peaks["float32"].append(matmul_flops())
     peaks["bfloat16"].append(matmul_flops(torch.bfloat16))
     peak = {dtype: sum(v) / len(v) for dtype, v in peaks.items()}
     peak["bfloat16 DecodeStep"] = peak["bfloat16"]
-    bandwidth = read_bandwidth()
-    roofline = {dtype: {b: decode_roofline(lm, peak[dtype], bandwidth, b) for b in batches}
-                for dtype, lm in models.items()}
+    if baselines:
+        bandwidth = read_bandwidth()
+        roofline = {dtype: {b: decode_roofline(lm, peak[dtype], bandwidth, b) for b in batches}
+                    for dtype, lm in models.items()}
     opt_dtype = "bfloat16" if bf16 else "float32"
     ref = 1 if cfg.algorithm.beta else 0
     table = Table(title=f"RL step on the CPU ({prompts_per_step} x {num_generations} rollouts; "
@@ -310,7 +318,8 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
         console.print(f"greedy rollouts of the step's questions with {how}: {r['generation_s']:.1f} s, "
                       f"{r['generated_tokens']} tokens, {r['tokens_per_s']:.0f} tokens/s, "
                       f"{r['mfu']:.1%} of the {r['dtype']} matmul ({r['mfu_vs_fp32_matmul']:.1%} of fp32's)")
-    console.print(f"identical tokens (generate, KVDecoder fp32): {rollouts['same_tokens']}")
+    if rollouts:
+        console.print(f"identical tokens (generate, KVDecoder fp32): {rollouts['same_tokens']}")
     decode_mfu = {dtype: {b: (2 * body + 2 * head) * b / sec / peak[dtype] for b, sec in v.items()}
                   for dtype, v in decode.items()}
     decode_vs_fp32 = {dtype: {b: (2 * body + 2 * head) * b / sec / peak["float32"]
@@ -328,6 +337,7 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
     out.write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "matmul_gflops": peak["float32"] / 1e9,
                                "matmul_bf16_gflops": peak["bfloat16"] / 1e9,
                                "generation_dtype": gen_dtype, "optimisation_precision": opt_dtype,
+                               "compile": compile_layers,
                                "threads": torch.get_num_threads(), "steps": results,
                                "steady_state_median": summary,
                                "baseline_mfu": baseline, "greedy_rollouts": rollouts,

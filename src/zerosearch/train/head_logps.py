@@ -12,9 +12,17 @@ logits' gradient in place, then runs the two matmuls of the LM head's backward.
 
 Only positions that predict a real token go through the head (the caller picks them), so padding
 and prompt positions cost no vocabulary projection at all.
+
+With ``compile_layers`` the decoder layers run through ``torch.compile`` (inductor fuses the
+norms, rotary embeddings, activations and residual adds of each layer, forward and backward) for
+this forward only: compiled twins of the layers are swapped in for the call, so generation, saving
+and every other use of the model see the plain modules.
 """
 
 from __future__ import annotations
+
+import contextlib
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -111,14 +119,46 @@ def head_supported(model) -> bool:
             and base.get_decoder() is not None)
 
 
+_COMPILED: "weakref.WeakKeyDictionary[torch.nn.Module, torch.nn.ModuleList]" = weakref.WeakKeyDictionary()
+
+
+@contextlib.contextmanager
+def compiled_layers(decoder: torch.nn.Module):
+    """Within the block, ``decoder.layers`` are compiled twins of its layers (same parameters;
+    made once per decoder, shapes dynamic so new lengths do not recompile each time)."""
+    import torch._dynamo
+
+    compiled = _COMPILED.get(decoder)
+    if compiled is None:
+        layers = decoder.layers
+        # every layer is its own compiled module over one shared code object: let dynamo keep a
+        # graph for each (with and without grad) instead of falling back to eager after 8
+        config = torch._dynamo.config
+        config.cache_size_limit = max(config.cache_size_limit, 4 * len(layers) + 8)
+        config.accumulated_cache_size_limit = max(config.accumulated_cache_size_limit,
+                                                  8 * len(layers) + 16)
+        compiled = torch.nn.ModuleList(torch.compile(layer, dynamic=True) for layer in layers)
+        _COMPILED[decoder] = compiled
+    original = decoder.layers
+    decoder.layers = compiled
+    try:
+        yield
+    finally:
+        decoder.layers = original
+
+
 def chosen_token_logps(model, input_ids: torch.Tensor, positions: torch.Tensor, targets: torch.Tensor,
                        temperature: float = 1.0, compute_entropy: bool = False,
-                       entropy_grad: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+                       entropy_grad: bool = True, compile_layers: bool = False,
+                       ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Run the decoder on right-padded ``input_ids`` (no attention mask: causal attention alone is
     exact for every real token when all padding sits after it) and score ``targets[i]`` at
-    ``positions[i] = (row, column)``. Returns flat ``(logp, entropy or None)``."""
+    ``positions[i] = (row, column)``. Returns flat ``(logp, entropy or None)``.
+    ``compile_layers``: run the decoder layers through ``torch.compile`` (:func:`compiled_layers`)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    hidden = base.get_decoder()(input_ids=input_ids, use_cache=False).last_hidden_state
+    decoder = base.get_decoder()
+    with compiled_layers(decoder) if compile_layers else contextlib.nullcontext():
+        hidden = decoder(input_ids=input_ids, use_cache=False).last_hidden_state
     picked = hidden[positions[:, 0], positions[:, 1]]
     logp, entropy = ChosenTokenLogProbs.apply(picked, base.get_output_embeddings().weight, targets,
                                               float(temperature), compute_entropy, entropy_grad)

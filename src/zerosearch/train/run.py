@@ -80,6 +80,8 @@ def build_trainer(cfg: TrainConfig, log=print,
 
         peft_config = LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha,
                                  target_modules=cfg.model.lora_target_modules, task_type="CAUSAL_LM")
+    if t.compile:
+        check_compile(model, t, cfg.model.gradient_checkpointing, use_cuda)
     value_model = None
     if a.name == "ppo":
         value_model = AutoModelForTokenClassification.from_pretrained(policy, num_labels=1, dtype=dtype)
@@ -141,3 +143,22 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
         return final
     finally:
         trainer.engine.close()
+
+
+def check_compile(model, t, gradient_checkpointing: bool, use_cuda: bool) -> None:
+    """``training.compile`` applies to the plain LM-head path only; say so before training starts
+    instead of silently running uncompiled."""
+    import shutil
+
+    from zerosearch.train.head_logps import head_supported
+
+    if gradient_checkpointing:
+        raise ConfigError("training.compile does not combine with model.gradient_checkpointing")
+    if t.fused_lm_head:
+        raise ConfigError("training.compile compiles the plain LM-head path; set training.fused_lm_head: false")
+    if not head_supported(model) or not hasattr(model.get_decoder(), "layers"):
+        raise ConfigError("training.compile needs a decoder with a `layers` list and a plain, bias-free "
+                          "LM head in a single process; this model keeps its own forward")
+    if not use_cuda and not any(shutil.which(c) for c in ("cc", "gcc", "clang", "g++")):
+        raise ConfigError("training.compile on a CPU needs a C/C++ compiler (inductor builds its "
+                          "kernels with it); none is on PATH")

@@ -236,7 +236,8 @@ class ZeroSearchTrainer(GRPOTrainer):
                 with self.accelerator.autocast():
                     lp, ent = plain_token_logps(
                         model, ids, attn, logits_to_keep, self.temperature, compute_entropy,
-                        entropy_grad=getattr(self, "_entropy_bonus_enabled", True))
+                        entropy_grad=getattr(self, "_entropy_bonus_enabled", True),
+                        compile_layers=self.zs.training.compile)
             logps.append(lp)
             if compute_entropy:
                 entropies.append(ent)
@@ -326,7 +327,7 @@ def reorder_rows(batch: dict[str, Any], order: torch.Tensor) -> dict[str, Any]:
 
 def plain_token_logps(model, input_ids, attention_mask, logits_to_keep: int, temperature: float = 1.0,
                       compute_entropy: bool = False, entropy_grad: bool = True,
-                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      compile_layers: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-probabilities (and entropies) of the last ``logits_to_keep`` columns.
 
     The rows run packed (:func:`compact_rows`): each row's real tokens side by side from column 0,
@@ -341,6 +342,7 @@ def plain_token_logps(model, input_ids, attention_mask, logits_to_keep: int, tem
     fast (``training.fused_lm_head`` picks one). ``entropy_grad=False`` computes the entropies
     outside autograd, for when they are only logged or used as a mask (no entropy bonus): the
     vocabulary-wide softmax then keeps nothing for a backward pass that never comes.
+    ``compile_layers`` (``training.compile``) runs the decoder layers of that plain path compiled.
     """
     from trl.trainer.utils import entropy_from_logits, selective_log_softmax
 
@@ -353,7 +355,7 @@ def plain_token_logps(model, input_ids, attention_mask, logits_to_keep: int, tem
         positions = torch.stack([rows, first + source[rows, cols]], dim=1)
         targets = input_ids[:, -logits_to_keep:][rows, cols]
         lp, ent = chosen_token_logps(model, packed, positions, targets, temperature,
-                                     compute_entropy, entropy_grad)
+                                     compute_entropy, entropy_grad, compile_layers)
         logps = lp.new_zeros(real.shape).index_put((rows, cols), lp)
         entropy = ent.new_zeros(real.shape).index_put((rows, cols), ent) if compute_entropy else None
         return logps, entropy
