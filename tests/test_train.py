@@ -217,3 +217,26 @@ def test_presets_load():
     for path in glob.glob("configs/*.yaml"):
         cfg = load_train_config(path)
         assert cfg.training.max_steps > 0
+
+
+def test_compile_is_refused_where_it_would_not_apply(tiny_model, monkeypatch):
+    """training.compile names the setting that keeps it from applying, before training starts."""
+    from transformers import AutoModelForCausalLM
+
+    from zerosearch.config import ConfigError
+    from zerosearch.train import head_logps
+    from zerosearch.train.config import TrainingConfig
+    from zerosearch.train.run import check_compile
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    plain = TrainingConfig(compile=True, fused_lm_head=False)
+    with pytest.raises(ConfigError, match="gradient_checkpointing"):
+        check_compile(model, plain, True, False)
+    with pytest.raises(ConfigError, match="fused_lm_head"):
+        check_compile(model, TrainingConfig(compile=True, fused_lm_head=True), False, False)
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match="C/C\\+\\+ compiler"):
+        check_compile(model, plain, False, False)
+    monkeypatch.setattr(head_logps, "head_supported", lambda m: False)
+    with pytest.raises(ConfigError, match="plain, bias-free"):
+        check_compile(model, plain, False, False)
