@@ -94,8 +94,9 @@ class TransformersBackend:
                 return
             # One generate call per distinct sampling setting in the batch.
             groups: dict[tuple, list] = {}
-            # A caller that timed out cancelled its future: skip it instead of generating for nobody.
-            for item in (i for i in batch if i[2].set_running_or_notify_cancel()):  # (messages, params, future, avoid)
+            # Items are (messages, params, future, avoid). A caller that timed out cancelled its
+            # future: skip it instead of generating for nobody.
+            for item in (i for i in batch if i[2].set_running_or_notify_cancel()):
                 params: GenerationParams = item[1]
                 key = (params.max_new_tokens, params.temperature, params.top_p)
                 groups.setdefault(key, []).append(item)
