@@ -1,6 +1,7 @@
 """Every engine behind the one interface: real BM25, dense and simulated engines; web against a
 local fake SerpAPI; the OpenAI back end against dead and silent ports (bounded, never hangs)."""
 
+import contextlib
 import json
 import socket
 import threading
@@ -110,15 +111,11 @@ def test_noisy_guard_sends_the_answers_of_noisy_rows_only():
     assert guarded.describe()["noisy_guard"] is True
 
 
-class _FakeChatServer(BaseHTTPRequestHandler):
-    """An OpenAI-compatible endpoint that keeps the request bodies it gets."""
+class _JSONHandler(BaseHTTPRequestHandler):
+    """A quiet local fake of an HTTP API that answers JSON."""
 
-    bodies: list = []
-
-    def do_POST(self):
-        body = json.loads(self.rfile.read(int(self.headers["content-length"])))
-        type(self).bodies.append(body)
-        data = json.dumps({"choices": [{"message": {"content": "Doc 1: x"}}]}).encode()
+    def send_json(self, body) -> None:
+        data = json.dumps(body).encode()
         self.send_response(200)
         self.send_header("content-type", "application/json")
         self.send_header("content-length", str(len(data)))
@@ -129,19 +126,36 @@ class _FakeChatServer(BaseHTTPRequestHandler):
         pass
 
 
-def test_openai_backend_sends_avoid_as_bad_words():
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeChatServer)
+@contextlib.contextmanager
+def _serving(handler):
+    """The base URL of ``handler`` served on a free local port, for the block's duration."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        backend = OpenAIBackend([f"http://127.0.0.1:{server.server_port}/v1"], model="m")
+        yield f"http://127.0.0.1:{server.server_port}"
+    finally:
+        server.shutdown()
+
+
+class _FakeChatServer(_JSONHandler):
+    """An OpenAI-compatible endpoint that keeps the request bodies it gets."""
+
+    bodies: list = []
+
+    def do_POST(self):
+        type(self).bodies.append(json.loads(self.rfile.read(int(self.headers["content-length"]))))
+        self.send_json({"choices": [{"message": {"content": "Doc 1: x"}}]})
+
+
+def test_openai_backend_sends_avoid_as_bad_words():
+    with _serving(_FakeChatServer) as base:
+        backend = OpenAIBackend([f"{base}/v1"], model="m")
         chats = [[{"role": "user", "content": "a"}], [{"role": "user", "content": "b"}]]
         out = backend.chat(chats, GenerationParams(), avoid=[["Nile", "nile"], []])
         assert [c.text for c in out] == ["Doc 1: x", "Doc 1: x"]
         by_prompt = {b["messages"][0]["content"]: b for b in _FakeChatServer.bodies}
         assert by_prompt["a"]["bad_words"] == ["Nile", "nile"] and "bad_words" not in by_prompt["b"]
         backend.close()
-    finally:
-        server.shutdown()
 
 
 def test_noise_probability_is_honoured_statistically():
@@ -193,7 +207,7 @@ def test_openai_backend_times_out_on_a_silent_endpoint():
         silent.close()
 
 
-class _FakeSerpAPI(BaseHTTPRequestHandler):
+class _FakeSerpAPI(_JSONHandler):
     def do_GET(self):
         from urllib.parse import parse_qs, urlparse
 
@@ -202,32 +216,19 @@ class _FakeSerpAPI(BaseHTTPRequestHandler):
             self.send_response(401)
             self.end_headers()
             return
-        body = {"organic_results": [{"title": f"T{i}", "snippet": f"{q['q'][0]} snippet {i}",
-                                     "link": f"http://x/{i}"} for i in range(10)]}
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("content-type", "application/json")
-        self.send_header("content-length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *args):
-        pass
+        self.send_json({"organic_results": [{"title": f"T{i}", "snippet": f"{q['q'][0]} snippet {i}",
+                                             "link": f"http://x/{i}"} for i in range(10)]})
 
 
 def test_web_engine_against_a_local_fake(monkeypatch):
     monkeypatch.delenv("SERPAPI_API_KEY", raising=False)
     with pytest.raises(EngineError, match="SERPAPI_API_KEY"):
         build_engine(EngineConfig(kind="web"))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _FakeSerpAPI)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_port}/search.json"
-    try:
+    with _serving(_FakeSerpAPI) as base:
+        url = f"{base}/search.json"
         engine = build_engine(EngineConfig(kind="web", web_api_key="good", web_url=url))
         [r] = engine.search([SearchRequest("eiffel", topk=3)])
         assert [d.title for d in r.documents] == ["T0", "T1", "T2"] and r.documents[0].text == "eiffel snippet 0"
         bad = build_engine(EngineConfig(kind="web", web_api_key="bad", web_url=url))
         [r] = bad.search([SearchRequest("eiffel")])
         assert r.error_kind == "bad_request" and "API key" in r.error
-    finally:
-        server.shutdown()

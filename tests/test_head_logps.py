@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from zerosearch.hardware import has_c_compiler
 from zerosearch.train import head_logps
 from zerosearch.train.head_logps import ChosenTokenLogProbs, head_supported
 
@@ -97,7 +98,7 @@ def test_model_forward_fallback_gives_the_same_logps(tiny_model, monkeypatch):
     assert torch.allclose(g_fast, g_slow, atol=1e-5)
 
 
-@pytest.mark.skipif(not any(__import__("shutil").which(c) for c in ("cc", "gcc", "clang")),
+@pytest.mark.skipif(not has_c_compiler(),
                     reason="torch.compile on a CPU needs a C compiler")
 def test_compiled_layers_give_the_same_logps_and_gradients(tiny_model):
     """compile_layers: same log-probs, entropies and gradients (of a layer weight) as eager, for

@@ -150,15 +150,22 @@ class Guard:
                 out.append(seq[-1])
         return out
 
-    def spelled_by(self, tokenizer, generated: Sequence[int], token: int) -> bool:
-        """Whether appending ``token`` completes a phrase at the start of a word, in any case,
-        tokenisation or punctuation (so "Jack TrICE" and "GateHouse Media, Inc." count)."""
+    def occurrences(self, tokenizer, ids: Sequence[int]) -> list[int]:
+        """How often each phrase starts a word in the text of ``ids``, in any case, tokenisation
+        or punctuation (so "Jack TrICE" and "GateHouse Media, Inc." count)."""
         from zerosearch.rewards import normalize_answer
 
+        text = " " + normalize_answer(tokenizer.decode(list(ids), skip_special_tokens=False))
+        return [text.count(" " + p) for p in self.phrases]
+
+    def spelled_by(self, tokenizer, generated: Sequence[int], token: int,
+                   before: list[int] | None = None) -> bool:
+        """Whether appending ``token`` to ``generated`` completes a phrase. ``before``: the
+        :meth:`occurrences` in the window without the token, when the caller already has them."""
         tail = list(generated[-self.window:])
-        before = " " + normalize_answer(tokenizer.decode(tail, skip_special_tokens=False))
-        after = " " + normalize_answer(tokenizer.decode(tail + [token], skip_special_tokens=False))
-        return any(after.count(" " + p) > before.count(" " + p) for p in self.phrases)
+        if before is None:
+            before = self.occurrences(tokenizer, tail)
+        return any(a > b for a, b in zip(self.occurrences(tokenizer, tail + [token]), before))
 
 
 def apply_guards(logits: torch.Tensor, generated: Sequence[Sequence[int]],
@@ -359,8 +366,9 @@ class KVDecoder:
             if guard is None:
                 continue
             gen = outputs[slot_row[s]]
+            before = guard.occurrences(self.tokenizer, gen[-guard.window:])  # once per row and step
             for _ in range(_MAX_REJECTIONS):
-                if not guard.spelled_by(self.tokenizer, gen, tok):
+                if not guard.spelled_by(self.tokenizer, gen, tok, before):
                     break
                 logits[s, tok] = float("-inf")
                 tok = int(sample(logits[s:s + 1], temperature, top_p)[0])

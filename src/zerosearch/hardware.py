@@ -76,6 +76,13 @@ def keep_freed_memory() -> bool:
                 and libc.mallopt(m_trim_threshold, ctypes.c_int(KEEP_FREED_BYTES)))
 
 
+def has_c_compiler() -> bool:
+    """Whether a C/C++ compiler is on PATH (torch.compile's inductor builds CPU kernels with it)."""
+    import shutil
+
+    return any(shutil.which(name) for name in ("cc", "gcc", "clang", "g++"))
+
+
 def resident_bytes() -> int | None:
     """This process's resident memory (Linux ``/proc/self/statm``), None elsewhere."""
     import os

@@ -148,8 +148,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
 def check_compile(model, t, gradient_checkpointing: bool, use_cuda: bool) -> None:
     """``training.compile`` applies to the plain LM-head path only; say so before training starts
     instead of silently running uncompiled."""
-    import shutil
-
+    from zerosearch.hardware import has_c_compiler
     from zerosearch.train.head_logps import head_supported
 
     if gradient_checkpointing:
@@ -159,6 +158,6 @@ def check_compile(model, t, gradient_checkpointing: bool, use_cuda: bool) -> Non
     if not head_supported(model) or not hasattr(model.get_decoder(), "layers"):
         raise ConfigError("training.compile needs a decoder with a `layers` list and a plain, bias-free "
                           "LM head in a single process; this model keeps its own forward")
-    if not use_cuda and not any(shutil.which(c) for c in ("cc", "gcc", "clang", "g++")):
+    if not use_cuda and not has_c_compiler():
         raise ConfigError("training.compile on a CPU needs a C/C++ compiler (inductor builds its "
                           "kernels with it); none is on PATH")
