@@ -343,3 +343,16 @@ def test_backend_avoid_strings(tiny_model):
             backend.chat(chats, params, avoid=[[word]])
     finally:
         backend.close()
+
+
+def test_sample_draws_each_token_with_its_probability():
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05, 0.0])
+    torch.manual_seed(0)
+    n = 40_000
+    drawn = sample(probs.log().expand(n, 5).contiguous() * 2.0, 2.0, 1.0)  # temperature undoes x2
+    freq = torch.bincount(drawn, minlength=5).double() / n
+    # three standard errors of a binomial proportion at n draws; zero mass is never drawn
+    assert torch.all((freq - probs.double()).abs() <= 3 * (probs * (1 - probs) / n).sqrt() + 1e-12)
+    assert freq[4] == 0
+    # a row whose mass sits on its last token must still return that token, never one past it
+    assert sample(torch.tensor([[-float("inf")] * 3 + [0.0]] * 100), 1.0, 1.0).tolist() == [3] * 100

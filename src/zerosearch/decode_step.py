@@ -71,12 +71,14 @@ class _Linear:
         self.packed = kernels[1](weight, rows) if kernels else None
         self.weight = None if kernels else weight
 
-    def __call__(self, x: torch.Tensor, kernels):
+    def __call__(self, x: torch.Tensor, kernels, split: bool = True):
+        """The projection of ``x``; a fused one split into its modules' outputs unless ``split``
+        is False."""
         if self.packed is None:
             y = F.linear(x, self.weight, self.bias)
         else:
             y = kernels[2](x, self.packed, self.bias)
-        return y.split(self.sizes, dim=-1) if len(self.sizes) > 1 else y
+        return y.split(self.sizes, dim=-1) if split and len(self.sizes) > 1 else y
 
 
 class DecodeStep:
@@ -134,19 +136,20 @@ class DecodeStep:
         n, dim = tokens.shape[0], self.head_dim
         x = self.base.embed_tokens(tokens)
         cos, sin = self.base.rotary_emb(x[:, None], positions[:, None])  # (n, 1, dim)
-        cos, sin = cos[:, None], sin[:, None]  # broadcast over heads
-        attend = mask.bool()[:, None, None, :]
         half = dim // 2
-
-        def rotate(t):
-            return t * cos + torch.cat((-t[..., half:], t[..., :half]), -1) * sin
+        # rotate_half(t) * sin == t.roll(half) * (sin with its first half negated): one op fewer
+        sin = torch.cat((-sin[..., :half], sin[..., half:]), -1)
+        attend = mask.bool()[:, None, None, :]
+        heads = self.heads + self.kv_heads
 
         for (layer, qkv, out, gate_up, down), cache in zip(self.layers, layers):
             h = layer.input_layernorm(x)
-            q, k, v = qkv(h, kernels)
-            q = rotate(q.view(n, self.heads, 1, dim))
-            k = rotate(k.view(n, self.kv_heads, 1, dim))
-            keys, values = cache.update(k, v.view(n, self.kv_heads, 1, dim))
+            y = qkv(h, kernels, split=False)
+            # queries and keys sit side by side in the fused projection: rotated at once
+            qk = y[:, :heads * dim].view(n, heads, dim)
+            qk = qk * cos + qk.roll(half, -1) * sin
+            q, k = qk[:, :self.heads, None], qk[:, self.heads:, None]
+            keys, values = cache.update(k, y[:, heads * dim:].view(n, self.kv_heads, 1, dim))
             a = F.scaled_dot_product_attention(q, keys, values, attn_mask=attend, scale=self.scaling,
                                                enable_gqa=self.kv_heads != self.heads)
             x = x + out(a.reshape(n, self.heads * dim), kernels)
