@@ -35,7 +35,7 @@ def inference_dtype(device: str = "cpu"):
 
 
 KEEP_FREED_BYTES = 2**31 - 1
-"""glibc's mmap and trim thresholds under :func:`keep_freed_memory` (the largest it accepts)."""
+"""glibc's mmap threshold under :func:`keep_freed_memory` (the largest ``mallopt`` accepts)."""
 
 
 def _glibc():
@@ -62,9 +62,12 @@ def keep_freed_memory() -> bool:
     them in the heap: ``benchmarks/train_step.py`` measured 79-90 s of optimisation a step against
     106-113 s without (2026-11-22, this project's 2-core CPU; README, "Training speed"). Reuse is
     partial: small allocations land in freed blocks and split them, so the heap still grows at times
-    and some pages fault in again. The cost: the process keeps its high-water mark of memory.
-    Process-wide and permanent; returns False (and changes nothing) where the C library is not
-    glibc.
+    and some pages fault in again. The heap's top is never trimmed either (trim threshold -1, which
+    ``mallopt`` documents as "disable trimming"): with the largest finite threshold, 2 GiB, glibc
+    still cut the heap by 3-8 GB after each GRPO step's optimisation (seen with ``strace``), and the
+    next step faulted it all in again. The cost: the process keeps its high-water mark of memory,
+    which :func:`memory_cap_callback` hands back when the machine runs short. Process-wide and
+    permanent; returns False (and changes nothing) where the C library is not glibc.
     """
     import ctypes
 
@@ -73,7 +76,7 @@ def keep_freed_memory() -> bool:
         return False
     m_trim_threshold, m_mmap_threshold = -1, -3
     return bool(libc.mallopt(m_mmap_threshold, ctypes.c_int(KEEP_FREED_BYTES))
-                and libc.mallopt(m_trim_threshold, ctypes.c_int(KEEP_FREED_BYTES)))
+                and libc.mallopt(m_trim_threshold, ctypes.c_int(-1)))
 
 
 def has_c_compiler() -> bool:
@@ -106,36 +109,64 @@ def release_freed_memory() -> bool:
     return True
 
 
-def default_memory_cap() -> int:
-    """Half of the machine's physical memory."""
+def available_bytes() -> int | None:
+    """Memory the machine could still hand out (Linux ``MemAvailable``), None where unknown."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def default_memory_reserve() -> int:
+    """A quarter of the machine's physical memory."""
     import os
 
-    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+    return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
 
 
-def memory_cap_callback(limit_bytes: int | None = None):
+def memory_cap_callback(limit_bytes: int | None = None, reserve_bytes: int | None = None):
     """A transformers ``TrainerCallback`` that bounds what :func:`keep_freed_memory` keeps: after a
-    step, when the process holds more than ``limit_bytes`` (default half the physical memory), the
-    heap's free pages go back to the kernel (the next step faults them in again). When a release
-    frees under a tenth of what the process holds, the memory is mostly live and the cap moves to
-    1.25x what is left, so steps do not pay for trimming that gains nothing (a 300-step SFT run
-    held 14 GB after trimming and ran at half speed trimming every step). Without it the
-    kept heap only grows: blocks of varying sizes fragment it, and a 300-step SmolLM2 SFT run held
-    18 GB resident (2026-11-22, ``benchmarks/sim_smollm2.sh``) on a 24 GB machine."""
+    step, the heap's free pages go back to the kernel when the machine runs short (under
+    ``reserve_bytes`` available, default a quarter of the physical memory) or, if ``limit_bytes``
+    is given, when the process holds more than that.
+
+    Releasing is not free: a page handed back is faulted in again, zeroed, the next time the heap
+    reaches it, and on a virtual machine whose host reclaims freed guest memory (as this project's
+    does, within seconds) that costs 1.2-1.6 s per GB. An earlier version released whenever the
+    process held more than half the physical memory: a GRPO step of ``benchmarks/train_step.py``
+    peaks at about 12 GB on the 24 GB machine, so every step gave 8 GB back and faulted it in
+    again. Holding the peak costs nothing while the machine has memory to spare.
+
+    When a release frees under a tenth of what the process holds, the memory is mostly live and the
+    thresholds move (the limit to 1.25x what is left, the reserve to 0.8x what the machine then has
+    available), so steps do not pay for trimming that gains nothing (a 300-step SFT run held 14 GB
+    after trimming and ran at half speed trimming every step). Without any release the kept heap
+    only grows: blocks of varying sizes fragment it, and a 300-step SmolLM2 SFT run held 18 GB
+    resident (2026-11-22, ``benchmarks/sim_smollm2.sh``) on a 24 GB machine."""
     from transformers import TrainerCallback
 
-    limit = default_memory_cap() if limit_bytes is None else limit_bytes
+    reserve = default_memory_reserve() if reserve_bytes is None else reserve_bytes
 
     class MemoryCap(TrainerCallback):
         releases = 0
-        cap = limit
+        cap = limit_bytes
+        floor = reserve
 
         def on_step_end(self, args, state, control, **kwargs):
-            held = resident_bytes()
-            if held is not None and held > MemoryCap.cap and release_freed_memory():
+            held, free = resident_bytes(), available_bytes()
+            over = held is not None and MemoryCap.cap is not None and held > MemoryCap.cap
+            short = free is not None and free < MemoryCap.floor
+            if (over or short) and release_freed_memory():
                 MemoryCap.releases += 1
                 after = resident_bytes() or 0
-                if after > 0.9 * held:  # mostly live memory: trimming every step would only
-                    MemoryCap.cap = max(MemoryCap.cap, int(after * 1.25))  # re-fault pages
+                if held is not None and after > 0.9 * held:  # mostly live memory: trimming every
+                    if MemoryCap.cap is not None:            # step would only re-fault pages
+                        MemoryCap.cap = max(MemoryCap.cap, int(after * 1.25))
+                    if short:
+                        MemoryCap.floor = min(MemoryCap.floor, int(0.8 * (available_bytes() or 0)))
 
     return MemoryCap()
