@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from zerosearch.hardware import has_c_compiler
+from zerosearch.hardware import has_c_compiler, has_python_headers
 from zerosearch.train import head_logps
 from zerosearch.train.head_logps import ChosenTokenLogProbs, head_supported
 
@@ -98,8 +98,8 @@ def test_model_forward_fallback_gives_the_same_logps(tiny_model, monkeypatch):
     assert torch.allclose(g_fast, g_slow, atol=1e-5)
 
 
-@pytest.mark.skipif(not has_c_compiler(),
-                    reason="torch.compile on a CPU needs a C compiler")
+@pytest.mark.skipif(not (has_c_compiler() and has_python_headers()),
+                    reason="torch.compile on a CPU needs a C compiler and the Python headers")
 def test_compiled_layers_give_the_same_logps_and_gradients(tiny_model):
     """compile_layers: same log-probs, entropies and gradients (of a layer weight) as eager, for
     two lengths (dynamic shapes); the model's own layers are left in place afterwards."""

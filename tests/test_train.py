@@ -219,24 +219,51 @@ def test_presets_load():
         assert cfg.training.max_steps > 0
 
 
-def test_compile_is_refused_where_it_would_not_apply(tiny_model, monkeypatch):
-    """training.compile names the setting that keeps it from applying, before training starts."""
+def test_compile_is_refused_where_it_would_not_apply(tiny_model, tmp_path, qa_file, tiny_corpus,
+                                                     monkeypatch):
+    """training.compile names the setting that keeps it from applying: true refuses to start,
+    auto logs it and trains uncompiled; where it applies, auto compiles. config.yaml keeps what
+    the user asked for."""
     from transformers import AutoModelForCausalLM
 
-    from zerosearch.config import ConfigError
+    from zerosearch import hardware
     from zerosearch.train import head_logps
     from zerosearch.train.config import TrainingConfig
-    from zerosearch.train.run import check_compile
+    from zerosearch.train.run import compile_refusal
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     plain = TrainingConfig(compile=True, fused_lm_head=False)
-    with pytest.raises(ConfigError, match="gradient_checkpointing"):
-        check_compile(model, plain, True, False)
-    with pytest.raises(ConfigError, match="fused_lm_head"):
-        check_compile(model, TrainingConfig(compile=True, fused_lm_head=True), False, False)
+    if _has_compiler():
+        assert compile_refusal(model, plain, False, False) is None
+    assert "gradient_checkpointing" in compile_refusal(model, plain, True, False)
+    assert "fused_lm_head" in compile_refusal(model, TrainingConfig(compile=True, fused_lm_head=True),
+                                              False, False)
+    with monkeypatch.context() as patch:
+        patch.setattr(head_logps, "head_supported", lambda m: False)
+        assert "plain, bias-free" in compile_refusal(model, plain, False, False)
+    with monkeypatch.context() as patch:
+        patch.setattr(hardware, "has_python_headers", lambda: False)
+        if hardware.has_c_compiler():
+            assert "Python development headers" in compile_refusal(model, plain, False, False)
+
+    lines = []
+    if _has_compiler():  # auto compiles where it applies
+        trainer = build_trainer(_config(tmp_path, qa_file, _bm25(tiny_corpus), compile="auto"),
+                                log=lines.append)
+        assert trainer.zs.training.compile is True and any("compiled" in m for m in lines)
+        assert "compile: auto" in (tmp_path / "run" / "config.yaml").read_text()
     monkeypatch.setattr("shutil.which", lambda name: None)
+    assert "C/C++ compiler" in compile_refusal(model, plain, False, False)
     with pytest.raises(ConfigError, match="C/C\\+\\+ compiler"):
-        check_compile(model, plain, False, False)
-    monkeypatch.setattr(head_logps, "head_supported", lambda m: False)
-    with pytest.raises(ConfigError, match="plain, bias-free"):
-        check_compile(model, plain, False, False)
+        build_trainer(_config(tmp_path, qa_file, _bm25(tiny_corpus), compile=True))
+    lines.clear()
+    trainer = build_trainer(_config(tmp_path, qa_file, _bm25(tiny_corpus), compile="auto"),
+                            log=lines.append)
+    assert trainer.zs.training.compile is False
+    assert any("auto: off" in m and "C/C++ compiler" in m for m in lines)
+
+
+def _has_compiler() -> bool:
+    from zerosearch.hardware import has_c_compiler, has_python_headers
+
+    return has_c_compiler() and has_python_headers()

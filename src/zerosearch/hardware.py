@@ -86,6 +86,15 @@ def has_c_compiler() -> bool:
     return any(shutil.which(name) for name in ("cc", "gcc", "clang", "g++"))
 
 
+def has_python_headers() -> bool:
+    """Whether this Python's development headers are installed (inductor's CPU kernels include
+    ``Python.h``; Debian and Ubuntu ship it in ``python3-dev``)."""
+    import sysconfig
+    from pathlib import Path
+
+    return Path(sysconfig.get_path("include"), "Python.h").exists()
+
+
 def resident_bytes() -> int | None:
     """This process's resident memory (Linux ``/proc/self/statm``), None elsewhere."""
     import os

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from zerosearch.config import ConfigError, from_dict, load_yaml
 from zerosearch.curriculum import CurriculumConfig
@@ -111,13 +111,17 @@ class TrainingConfig:
     bf16: bool = False
     """bf16 mixed precision for the optimisation (GPUs, and CPUs with native bf16: AMX or
     AVX512-BF16; refused on other CPUs, where it is emulated and slower)."""
-    compile: bool = False
+    compile: bool | Literal["auto"] = False
     """``torch.compile`` the decoder layers of the training and reference forward passes (inductor
     fuses each layer's norms, rotary embeddings, activations and residual adds; needs a C/C++
     compiler on CPUs). The first micro-batches compile (about 20 s for SmolLM2 here); after that a
-    forward+backward of 8 rows of ~530 tokens took 10-13% less time on this project's CPU
-    (2026-11-22). Generation and saving use the plain layers. Only on the plain LM-head path
-    (``fused_lm_head`` off, a bias-free head, one process); refused with gradient checkpointing."""
+    forward+backward of 8 rows of ~530 tokens took 10-13% less time on this project's CPU, and a
+    GRPO step's optimisation 7% less (median 64.6% against 60.5% of the fp32 matmul,
+    ``benchmarks/train_step.py``, 2026-11-22). Generation and saving use the plain layers. Only on
+    the plain LM-head path (``fused_lm_head`` off, a bias-free head, one process), without
+    gradient checkpointing: true refuses to start otherwise, naming the reason; auto logs the reason
+    and trains uncompiled (the CPU preset's setting). Off by default: tests and short runs would
+    pay the compile time."""
     generation_dtype: str = "auto"
     """dtype of the HF rollouts: auto, float32 or bfloat16. A dtype other than the policy's
     generates from a copy of the weights in that dtype, refreshed in place before every rollout (one

@@ -10,7 +10,7 @@ with the same step, curriculum position, optimizer and RNG state.
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -80,8 +80,16 @@ def build_trainer(cfg: TrainConfig, log=print,
 
         peft_config = LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha,
                                  target_modules=cfg.model.lora_target_modules, task_type="CAUSAL_LM")
+    compile_layers = False
     if t.compile:
-        check_compile(model, t, cfg.model.gradient_checkpointing, use_cuda)
+        refusal = compile_refusal(model, t, cfg.model.gradient_checkpointing, use_cuda)
+        if refusal and t.compile != "auto":
+            raise ConfigError(refusal)
+        log(f"training.compile auto: off, {refusal}" if refusal else
+            "training.compile: decoder layers compiled for the training and reference forward")
+        compile_layers = refusal is None
+    # the trainer reads a plain bool; config.yaml keeps what the user asked for
+    run_cfg = replace(cfg, training=replace(t, compile=compile_layers))
     value_model = None
     if a.name == "ppo":
         value_model = AutoModelForTokenClassification.from_pretrained(policy, num_labels=1, dtype=dtype)
@@ -116,7 +124,7 @@ def build_trainer(cfg: TrainConfig, log=print,
         model=model, reward_funcs=[make_reward_func(a.reward)], args=args, train_dataset=dataset,
         processing_class=tokenizer, peft_config=peft_config,
         callbacks=[callback, memory_cap_callback()],
-        zs_config=cfg, engine=engine, value_model=value_model)
+        zs_config=run_cfg, engine=engine, value_model=value_model)
     callback.timer = StepTimer(trainer)
     if on_progress is not None:  # the caller shows progress; no raw dict per log line
         from transformers.trainer_callback import PrinterCallback
@@ -145,19 +153,24 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
         trainer.engine.close()
 
 
-def check_compile(model, t, gradient_checkpointing: bool, use_cuda: bool) -> None:
-    """``training.compile`` applies to the plain LM-head path only; say so before training starts
-    instead of silently running uncompiled."""
-    from zerosearch.hardware import has_c_compiler
+def compile_refusal(model, t, gradient_checkpointing: bool, use_cuda: bool) -> str | None:
+    """Why ``training.compile`` cannot apply to this run (None when it can): it compiles the plain
+    LM-head path only. Set to true, the reason is raised before training starts instead of training
+    silently uncompiled; set to auto, it is logged and the run trains uncompiled."""
+    from zerosearch import hardware
     from zerosearch.train.head_logps import head_supported
 
     if gradient_checkpointing:
-        raise ConfigError("training.compile does not combine with model.gradient_checkpointing")
+        return "training.compile does not combine with model.gradient_checkpointing"
     if t.fused_lm_head:
-        raise ConfigError("training.compile compiles the plain LM-head path; set training.fused_lm_head: false")
+        return "training.compile compiles the plain LM-head path; set training.fused_lm_head: false"
     if not head_supported(model) or not hasattr(model.get_decoder(), "layers"):
-        raise ConfigError("training.compile needs a decoder with a `layers` list and a plain, bias-free "
-                          "LM head in a single process; this model keeps its own forward")
-    if not use_cuda and not has_c_compiler():
-        raise ConfigError("training.compile on a CPU needs a C/C++ compiler (inductor builds its "
-                          "kernels with it); none is on PATH")
+        return ("training.compile needs a decoder with a `layers` list and a plain, bias-free "
+                "LM head in a single process; this model keeps its own forward")
+    if not use_cuda and not hardware.has_c_compiler():
+        return ("training.compile on a CPU needs a C/C++ compiler (inductor builds its "
+                "kernels with it); none is on PATH")
+    if not use_cuda and not hardware.has_python_headers():
+        return ("training.compile on a CPU needs the Python development headers (Python.h, "
+                "e.g. the python3-dev package): inductor's kernels include them")
+    return None
