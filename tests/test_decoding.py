@@ -356,3 +356,9 @@ def test_sample_draws_each_token_with_its_probability():
     assert freq[4] == 0
     # a row whose mass sits on its last token must still return that token, never one past it
     assert sample(torch.tensor([[-float("inf")] * 3 + [0.0]] * 100), 1.0, 1.0).tolist() == [3] * 100
+    # a broken row is an error naming it, never a silent token
+    for broken in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="row 1"):
+            sample(torch.tensor([[0.0, 1.0], [broken, 0.0]]), 1.0, 1.0)
+    with pytest.raises(ValueError, match="row 0"):
+        sample(torch.full((1, 3), -float("inf")), 1.0, 1.0)
