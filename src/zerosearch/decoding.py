@@ -209,13 +209,14 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tens
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     weights = (logits - logits.amax(-1, keepdim=True)).exp_()
     cdf = weights.cumsum(-1, dtype=torch.float64)  # float32 sums drift over a 49k vocabulary
-    total = cdf[:, -1]
-    if not bool(torch.isfinite(total).all() and (total > 0).all()):
-        bad = int((~torch.isfinite(total) | (total <= 0)).nonzero()[0])
+    total = cdf[:, -1:]
+    usable = torch.isfinite(total) & (total > 0)
+    if not bool(usable.all()):
+        bad = int((~usable).nonzero()[0, 0])
         raise ValueError(f"cannot sample row {bad}: its logits are NaN, +inf or all -inf")
     # the first token whose cumulative mass exceeds u: a token of zero mass never does, and
     # u < total keeps the index inside the vocabulary
-    u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * cdf[:, -1:]
+    u = torch.rand(cdf.shape[0], 1, dtype=cdf.dtype, device=cdf.device) * total
     return torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_(max=cdf.shape[-1] - 1)
 
 
