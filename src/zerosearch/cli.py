@@ -178,6 +178,11 @@ def eval_run(
     eval_seed: int = typer.Option(0, "--eval-seed", help="Seed for policy sampling (with --policy-temperature > 0)."),
     label: Optional[str] = typer.Option(None, "--label", help="Row name in the table."),
     policy_device: str = typer.Option("auto", "--policy-device", help="cpu, cuda or auto."),
+    policy_url: Optional[list[str]] = typer.Option(
+        None, "--policy-url", help="OpenAI-compatible completions endpoint serving the policy "
+        "(vLLM, SGLang; repeatable); --model then names its tokenizer."),
+    policy_served_model: Optional[str] = typer.Option(
+        None, "--policy-served-model", help="Model name at --policy-url (default: its /v1/models)."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
@@ -186,7 +191,7 @@ def eval_run(
         return
 
     from zerosearch.evaluate import EvalConfig, evaluate, resolve_dataset
-    from zerosearch.generation import load_policy
+    from zerosearch.generation_endpoint import load_policy_anywhere
     from zerosearch.rollout import RolloutConfig
 
     if not model or not output_dir:
@@ -200,7 +205,8 @@ def eval_run(
         for name in cfg.datasets:
             resolve_dataset(name, cfg.data_dir, cfg.split)
         engine = _build(engine_cfg) if method in ("search", "rag") else None
-        generator, tokenizer = load_policy(model, policy_device)
+        generator, tokenizer = load_policy_anywhere(model, policy_device, policy_url or [],
+                                                    policy_served_model)
     except USER_ERRORS as err:
         fail(err)
     progress, on_progress = named_progress(10)
@@ -240,18 +246,24 @@ def ask(
     max_turn_tokens: int = typer.Option(256, "--max-turn-tokens", help="Tokens per turn."),
     policy_temperature: float = typer.Option(0.0, "--policy-temperature", help="0 = greedy."),
     policy_device: str = typer.Option("auto", "--policy-device", help="cpu, cuda or auto."),
+    policy_url: Optional[list[str]] = typer.Option(
+        None, "--policy-url", help="OpenAI-compatible completions endpoint serving the policy "
+        "(vLLM, SGLang; repeatable); --model then names its tokenizer."),
+    policy_served_model: Optional[str] = typer.Option(
+        None, "--policy-served-model", help="Model name at --policy-url (default: its /v1/models)."),
     as_json: bool = typer.Option(False, "--json", help="Print the whole trajectory as JSON."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
     """Ask the search agent one question and watch it think, search and answer."""
-    from zerosearch.generation import load_policy
+    from zerosearch.generation_endpoint import load_policy_anywhere
     from zerosearch.rollout import RolloutConfig, Row, run_rollouts
 
     try:
         engine = _build(engine_cfg)
         with console.status("loading the policy…"):
-            generator, tokenizer = load_policy(model, policy_device)
+            generator, tokenizer = load_policy_anywhere(model, policy_device, policy_url or [],
+                                                        policy_served_model)
     except USER_ERRORS as err:
         fail(err)
     styles = {"generation": "white", "search": "cyan", "information": "dim", "answer": "bold green",

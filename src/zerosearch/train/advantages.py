@@ -8,15 +8,24 @@ were not there, and environment tokens get advantage 0.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
-def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
-    """(values - mean) / std over the masked entries of the whole batch; 0 elsewhere."""
+def masked_whiten(values: torch.Tensor, mask: torch.Tensor, eps: float = 1e-8,
+                  all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """(values - mean) / std over the masked entries of the whole batch; 0 elsewhere.
+
+    ``all_sum`` sums a tensor over every training process (``accelerator.reduce(t, "sum")``), so
+    several processes whiten with the statistics of the global batch, not each of its own slice.
+    """
+    total = all_sum or (lambda t: t)
     m = mask.to(values.dtype)
-    n = m.sum().clamp(min=1.0)
-    mean = (values * m).sum() / n
-    var = (((values - mean) * m) ** 2).sum() / n
+    sums = total(torch.stack([m.sum(), (values * m).sum()]))
+    n = sums[0].clamp(min=1.0)
+    mean = sums[1] / n
+    var = total((((values - mean) * m) ** 2).sum()) / n
     return (values - mean) * torch.rsqrt(var + eps) * m
 
 
@@ -43,8 +52,10 @@ def _expand(rows: list[torch.Tensor], mask: torch.Tensor, like: torch.Tensor) ->
 
 
 def reinforce_pp_advantages(scores: torch.Tensor, kl: torch.Tensor, mask: torch.Tensor, beta: float,
-                            gamma: float = 1.0) -> torch.Tensor:
-    """REINFORCE++: returns-to-go of the KL-penalised token rewards, whitened over the batch."""
+                            gamma: float = 1.0,
+                            all_sum: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """REINFORCE++: returns-to-go of the KL-penalised token rewards, whitened over the batch (the
+    global batch of every process with ``all_sum``, see :func:`masked_whiten`)."""
     rewards = token_rewards(scores, kl, mask, beta)
     returns = []
     for r in _compress(rewards, mask):
@@ -53,7 +64,7 @@ def reinforce_pp_advantages(scores: torch.Tensor, kl: torch.Tensor, mask: torch.
             g = r[t] + gamma * g
             out[t] = g
         returns.append(out)
-    return masked_whiten(_expand(returns, mask, rewards), mask)
+    return masked_whiten(_expand(returns, mask, rewards), mask, all_sum=all_sum)
 
 
 def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,

@@ -55,7 +55,9 @@ def build_trainer(cfg: TrainConfig, log=print,
     engine = build_engine(cfg.engine, log=log)
     check_engine(engine, cfg.engine.kind)
 
-    world = PartialState().num_processes
+    # cpu=True on a CPU: without it accelerate does not see a torchrun / accelerate launch world on
+    # gloo and reports one process, which would double the global batch per extra process.
+    world = PartialState(cpu=not torch.cuda.is_available()).num_processes
     rollouts = t.prompts_per_step * a.num_generations
     if rollouts % (t.micro_batch_size * world):
         raise ConfigError(f"prompts_per_step x num_generations ({rollouts}) must be a multiple of "

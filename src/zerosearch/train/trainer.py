@@ -20,6 +20,7 @@ What the subclass adds to TRL, and why:
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import time
@@ -105,6 +106,8 @@ class ZeroSearchTrainer(GRPOTrainer):
         metric = get_metric(self.zs.algorithm.reward)
         self._scores = torch.tensor([metric(t.answer, t.row.golden_answers) for t in trajs])
         self._log_rollouts(trajs, noise, timings)
+        if self.accelerator.num_processes > 1:
+            self._log_process_batch(trajs, noise, seed)
         for t in trajs:  # TRL cannot take an empty completion
             if not t.completion_ids:
                 t.append([tok.eos_token_id], 0)
@@ -113,6 +116,19 @@ class ZeroSearchTrainer(GRPOTrainer):
                 "logprobs": None,
                 "env_mask": [t.env_mask for t in trajs],
                 "zs_answer": [t.answer for t in trajs]}
+
+    def _log_process_batch(self, trajs, noise: float | None, seed: int) -> None:
+        """Multi-process runs: each process appends what it rolled out to
+        ``<output_dir>/processes/rank-<i>.jsonl`` (step, curriculum value, rows), so one can check
+        that every process ran the same step with the same noise and that their slices make up
+        the global batch."""
+        folder = os.path.join(self.args.output_dir, "processes")
+        os.makedirs(folder, exist_ok=True)
+        record = {"step": self.state.global_step, "process": self.accelerator.process_index,
+                  "processes": self.accelerator.num_processes, "noise_prob": noise, "seed": seed,
+                  "rows": [str(t.row.id) for t in trajs]}
+        with open(os.path.join(folder, f"rank-{self.accelerator.process_index}.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def _log_rollouts(self, trajs, noise: float | None, timings: RolloutTimings) -> None:
         n = max(len(trajs), 1)
@@ -156,6 +172,10 @@ class ZeroSearchTrainer(GRPOTrainer):
             self.beta = 0.0
         return self._token_level_advantages(out)
 
+    def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """``t`` summed over every process (whitening over the global batch)."""
+        return self.accelerator.reduce(t, "sum") if self.accelerator.num_processes > 1 else t
+
     @torch.no_grad()
     def _old_and_ref_logps(self, out) -> tuple[torch.Tensor, torch.Tensor]:
         ids = torch.cat([out["prompt_ids"], out["completion_ids"]], dim=1)
@@ -177,12 +197,13 @@ class ZeroSearchTrainer(GRPOTrainer):
         kl = (old - ref) * mask  # k1, as REINFORCE++/PPO put it in the reward
         a = self.zs.algorithm
         if self._algo == "reinforce++":
-            out["advantages"] = reinforce_pp_advantages(scores, kl, mask, self._kl_beta, a.gamma)
+            out["advantages"] = reinforce_pp_advantages(scores, kl, mask, self._kl_beta, a.gamma,
+                                                        all_sum=self._all_sum)
         else:
             rewards = token_rewards(scores, kl, mask, self._kl_beta)
             values = self._values(out)
             adv, returns = gae(rewards, values, mask, a.gamma, a.lam)
-            out["advantages"] = masked_whiten(adv, mask)
+            out["advantages"] = masked_whiten(adv, mask, all_sum=self._all_sum)
             self._update_critic(out, values, returns, mask)
         self._metrics["train"]["zerosearch/kl"].append(
             ((kl * mask).sum() / mask.sum().clamp(min=1)).item())
