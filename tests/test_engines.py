@@ -97,6 +97,9 @@ def test_answer_surface_forms():
     assert answer_surface_forms(['"What\'s My Name?"', "The Beatles", "", "iPhone"]) == [
         "What's My Name", "what's my name", "WHAT'S MY NAME", "Beatles", "beatles", "BEATLES",
         "iPhone", "iphone", "IPhone", "IPHONE"]
+    # an answer written in lower case or with odd spacing still bans the title-cased spelling
+    assert answer_surface_forms(["charles  darwin\n"]) == [
+        "charles darwin", "Charles darwin", "Charles Darwin", "CHARLES DARWIN"]
 
 
 def test_noisy_guard_sends_the_answers_of_noisy_rows_only():

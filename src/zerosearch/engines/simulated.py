@@ -32,20 +32,23 @@ _EDGE = string.punctuation + string.whitespace + "“”‘’«»"
 
 def answer_surface_forms(answers: Sequence[str]) -> list[str]:
     """How each gold answer may be spelled in a document: without surrounding quotes and
-    punctuation or a leading article (answer matching ignores both), as written, lower-cased,
-    capitalised and upper-cased. The decoder refuses other spellings too (any case, punctuation);
-    these are the ones it masks before drawing. Empty and yes/no answers are skipped; order is
-    stable, duplicates dropped."""
+    punctuation or a leading article (answer matching ignores both), runs of whitespace as one
+    space, as written, lower-cased, capitalised, every word capitalised and upper-cased. The
+    in-process decoder refuses other spellings too (any case, punctuation); these are the ones it
+    masks before drawing, and all an HTTP back end gets (vLLM's ``bad_words``, which adds the
+    leading-space variant of each itself). Empty and yes/no answers are skipped; order is stable,
+    duplicates dropped."""
     forms: dict[str, None] = {}
     for answer in answers:
-        core = (answer or "").strip(_EDGE)
+        core = " ".join((answer or "").split()).strip(_EDGE)
         if core.lower() in ("yes", "no"):  # a noisy document may say "no"; it gives nothing away
             continue
         if core.lower().startswith(_ARTICLES):
             core = core.split(" ", 1)[1].strip(_EDGE)
         if not core:
             continue
-        for form in (core, core.lower(), core[0].upper() + core[1:], core.upper()):
+        words = " ".join(w[0].upper() + w[1:] for w in core.split(" "))
+        for form in (core, core.lower(), core[0].upper() + core[1:], words, core.upper()):
             forms[form] = None
     return list(forms)
 
