@@ -53,7 +53,7 @@ demo: $(STAMP)
 demo-search: $(STAMP)
 	bash scripts/demo_search.sh
 
-bench: $(STAMP)
+bench: $(STAMP) venv-vllm
 	$(BIN)/python benchmarks/serve_throughput.py
 
 # The learning benchmark (about an hour on 2 cores): simulated+curriculum vs fixed noise vs BM25.

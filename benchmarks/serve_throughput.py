@@ -1,26 +1,31 @@
 """Documents per second through `zerosearch serve` vs. the same simulation back end reached directly,
 and vs. the public ZeroSearch client pattern (a new OpenAI client per call, 10 worker threads).
 
-All three paths hit one OpenAI-compatible back end (by default `transformers serve
---continuous-batching` with the embedded SmolLM2 on this machine), send the same fine-tuned-simulator
-prompts (greedy decoding, so outputs and lengths are the same on every path) and count documents with
-the same parser. Only the client side differs:
+All three paths hit one OpenAI-compatible back end (by default vLLM's CPU build from `.venv-vllm`,
+prefix caching off, serving the embedded SmolLM2; `--backend transformers` starts `transformers
+serve --continuous-batching` instead), send the same fine-tuned-simulator prompts (greedy decoding,
+so outputs and lengths are the same on every path) and count documents with the same parser. Only
+the client side differs:
 
 - direct:  N threads, one pooled httpx client, POST /v1/chat/completions per query;
 - ours:    N threads, one pooled httpx client, POST /search (one query per call) to zerosearch serve,
            which reaches the back end through its load-balancing OpenAI client;
 - public:  min(N, 10) threads (the public code's pool size), a new `openai.OpenAI` client per call.
 
-Run: `.venv/bin/python benchmarks/serve_throughput.py` (about 10 minutes on 2 CPU cores), or point it
-at a GPU server with `--backend-url http://host:port/v1 --backend-model NAME`. Writes
-runs/bench/serve_throughput.json and prints the table with the ratios.
+Each round runs every concurrency level once, the three paths in a fresh random order (a fixed
+order would let a warm cache favour the later paths); the table reports each path's median over
+the rounds. Run: `.venv/bin/python benchmarks/serve_throughput.py` (`make bench`), or point it at a
+GPU server with `--backend-url http://host:port/v1 --backend-model NAME`. Writes
+runs/bench/serve_throughput.json (`--out` to change) and prints the table with the ratios.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import random
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -37,6 +42,7 @@ from zerosearch.models import resolve_model
 from zerosearch.protocol import finetuned_sim_messages, parse_documents
 
 ROOT = Path(__file__).resolve().parents[1]
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"
 QA = ROOT.parent / "shared" / "data" / "qa" / "train" / "hotpot_2wiki.jsonl"
 console = Console()
 
@@ -47,9 +53,13 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(args: list[str], health: str, env: dict | None = None) -> subprocess.Popen:
+def _start(args: list[str], health: str, env: dict | None = None,
+           clean_env: bool = False) -> subprocess.Popen:
+    """Start a server (in its own process group) and wait for ``health``; ``clean_env``: ``env``
+    is the whole environment (the vLLM venv must not see this project's PYTHONPATH)."""
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            env={**os.environ, **(env or {})})
+                            env=env if clean_env else {**os.environ, **(env or {})},
+                            start_new_session=True)
     for _ in range(600):
         if proc.poll() is not None:
             raise RuntimeError(f"{args[:4]} exited with {proc.returncode}")
@@ -59,8 +69,28 @@ def _start(args: list[str], health: str, env: dict | None = None) -> subprocess.
         except httpx.HTTPError:
             pass
         time.sleep(0.5)
-    proc.kill()
+    _stop(proc)
     raise RuntimeError(f"{health} never became healthy")
+
+
+def _stop(proc: subprocess.Popen, grace_s: float = 15.0) -> None:
+    import signal
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:  # the engine child may outlive the server
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
 
 
 def _requests(n: int, topk: int) -> list[SearchRequest]:
@@ -88,15 +118,19 @@ def _run(fn, requests: list[SearchRequest], workers: int) -> tuple[int, float]:
 
 
 def main(
+    backend: str = typer.Option("vllm", help="Local back end to start: vllm (from .venv-vllm) or "
+                                "transformers (transformers serve --continuous-batching)."),
     backend_url: str = typer.Option(None, help="Use this OpenAI-compatible back end instead of "
-                                    "starting transformers serve."),
+                                    "starting one."),
     backend_model: str = typer.Option(None, help="Model name at --backend-url."),
     model: str = typer.Option("embedded:smollm2-135m-instruct", help="Model for the local back end."),
-    concurrency: str = typer.Option("1,8,32", help="Client concurrency levels."),
-    calls_per_worker: int = typer.Option(2, help="Queries per client thread at each level."),
+    concurrency: str = typer.Option("1,8,32,64", help="Client concurrency levels."),
+    calls_per_worker: int = typer.Option(1, help="Queries per client thread at each level."),
     min_calls: int = typer.Option(8, help="At least this many queries per measurement."),
-    max_new_tokens: int = typer.Option(96, help="Simulator output budget."),
+    rounds: int = typer.Option(3, help="Rounds (every level and path once each); medians reported."),
+    max_new_tokens: int = typer.Option(64, help="Simulator output budget."),
     topk: int = typer.Option(5, help="Documents asked per query."),
+    seed: int = typer.Option(0, help="Seed of the path order in each round."),
     out: Path = typer.Option(ROOT / "runs" / "bench" / "serve_throughput.json"),
 ):
     procs = []
@@ -104,11 +138,28 @@ def main(
         if backend_url is None:
             path = resolve_model(model)
             port = _free_port()
-            console.print(f"starting transformers serve --continuous-batching ({model}) on :{port}")
-            procs.append(_start([sys.executable, "-m", "transformers.cli.transformers", "serve", path,
-                                 "--port", str(port), "--device", "cpu", "--continuous-batching"],
-                                f"http://127.0.0.1:{port}/health", {"HF_HUB_OFFLINE": "1"}))
-            backend_url, backend_model = f"http://127.0.0.1:{port}/v1", path
+            if backend == "vllm":
+                if not VLLM_PYTHON.exists():
+                    raise typer.BadParameter(f"{VLLM_PYTHON} not found: run `make venv-vllm`")
+                console.print(f"starting vLLM (CPU, eager, prefix caching off; {model}) on :{port}")
+                env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+                procs.append(_start([str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
+                                     "--model", path, "--served-model-name", "sim", "--dtype",
+                                     "bfloat16", "--max-model-len", "2048", "--enforce-eager",
+                                     "--no-enable-prefix-caching", "--host", "127.0.0.1",
+                                     "--port", str(port)], f"http://127.0.0.1:{port}/health",
+                                    {**env, "VLLM_CPU_KVCACHE_SPACE": "2", "HF_HUB_OFFLINE": "1"},
+                                    clean_env=True))
+                backend_url, backend_model = f"http://127.0.0.1:{port}/v1", "sim"
+            elif backend == "transformers":
+                console.print(f"starting transformers serve --continuous-batching ({model}) on :{port}")
+                procs.append(_start([sys.executable, "-m", "transformers.cli.transformers", "serve",
+                                     path, "--port", str(port), "--device", "cpu",
+                                     "--continuous-batching"],
+                                    f"http://127.0.0.1:{port}/health", {"HF_HUB_OFFLINE": "1"}))
+                backend_url, backend_model = f"http://127.0.0.1:{port}/v1", path
+            else:
+                raise typer.BadParameter(f"--backend must be vllm or transformers, not {backend!r}")
         if not backend_model:
             raise typer.BadParameter("--backend-model is required with --backend-url")
         zport = _free_port()
@@ -148,21 +199,35 @@ def main(
         warm = _requests(2, topk)
         for fn in (direct, ours, public):
             _run(fn, warm, 2)
+        paths = {"direct": (direct, lambda n: n), "ours": (ours, lambda n: n),
+                 "public": (public, lambda n: min(n, 10))}
+        order_rng = random.Random(seed)
+        samples: dict[int, dict[str, list[dict]]] = {lv: {p: [] for p in paths} for lv in levels}
+        for round_ in range(rounds):
+            for level in levels:
+                requests = _requests(max(min_calls, level * calls_per_worker), topk)
+                order = list(paths)
+                order_rng.shuffle(order)
+                for name in order:
+                    fn, workers = paths[name]
+                    docs, seconds = _run(fn, requests, workers(level))
+                    samples[level][name].append({"docs": docs, "seconds": round(seconds, 2),
+                                                 "docs_per_s": round(docs / seconds, 3),
+                                                 "queries_per_s": round(len(requests) / seconds, 3)})
+                    console.print(f"round {round_ + 1} c={level:>2} {name:<6} {docs} docs in "
+                                  f"{seconds:.1f}s = {docs / seconds:.2f} docs/s")
         rows = []
         for level in levels:
-            requests = _requests(max(min_calls, level * calls_per_worker), topk)
-            row = {"concurrency": level, "queries": len(requests)}
-            for name, fn, workers in (("direct", direct, level), ("ours", ours, level),
-                                      ("public", public, min(level, 10))):
-                docs, seconds = _run(fn, requests, workers)
-                row[name] = {"docs": docs, "seconds": round(seconds, 2),
-                             "docs_per_s": round(docs / seconds, 2)}
-                console.print(f"c={level:>2} {name:<6} {docs} docs in {seconds:.1f}s "
-                              f"= {docs / seconds:.2f} docs/s")
+            row = {"concurrency": level, "queries": max(min_calls, level * calls_per_worker)}
+            for name in paths:
+                runs = samples[level][name]
+                row[name] = {"docs_per_s": round(statistics.median(r["docs_per_s"] for r in runs), 3),
+                             "queries_per_s": round(statistics.median(r["queries_per_s"] for r in runs), 3),
+                             "rounds": runs}
             row["ours_vs_direct"] = round(row["ours"]["docs_per_s"] / row["direct"]["docs_per_s"], 3)
             row["ours_vs_public"] = round(row["ours"]["docs_per_s"] / row["public"]["docs_per_s"], 3)
             rows.append(row)
-        table = Table(title="documents/second through /search (higher is better)")
+        table = Table(title=f"documents/second, median of {rounds} rounds (higher is better)")
         for col in ("concurrency", "direct", "ours", "public", "ours/direct", "ours/public"):
             table.add_column(col, justify="right")
         for row in rows:
@@ -171,13 +236,14 @@ def main(
                           f"{row['ours_vs_direct']:.2f}", f"{row['ours_vs_public']:.2f}")
         console.print(table)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"backend": backend_url, "model": backend_model,
+        out.write_text(json.dumps({"backend": backend_url, "backend_kind": backend,
+                                   "model": backend_model, "rounds": rounds, "seed": seed,
                                    "max_new_tokens": max_new_tokens, "cpu_count": os.cpu_count(),
                                    "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
         console.print(f"wrote {out}")
     finally:
-        for proc in procs:
-            proc.kill()
+        for proc in reversed(procs):  # a grace period, then the whole group (vLLM's engine child)
+            _stop(proc)
 
 
 if __name__ == "__main__":
