@@ -58,6 +58,9 @@ def build_trainer(cfg: TrainConfig, log=print,
     # cpu=True on a CPU: without it accelerate does not see a torchrun / accelerate launch world on
     # gloo and reports one process, which would double the global batch per extra process.
     world = PartialState(cpu=not torch.cuda.is_available()).num_processes
+    refusal = sharding_refusal(torch.cuda.is_available())
+    if refusal:
+        raise ConfigError(refusal)
     rollouts = t.prompts_per_step * a.num_generations
     if rollouts % (t.micro_batch_size * world):
         raise ConfigError(f"prompts_per_step x num_generations ({rollouts}) must be a multiple of "
@@ -153,6 +156,20 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
         return final
     finally:
         trainer.engine.close()
+
+
+def sharding_refusal(use_cuda: bool, env=None) -> str | None:
+    """Why an FSDP or DeepSpeed launch cannot run here (None when it can). accelerate applies
+    both to GPU process groups only: under ``accelerate launch`` with an FSDP config on a CPU
+    (checked with accelerate 1.15) the processes come up as plain ``MULTI_CPU`` data parallel and
+    would train unsharded without a word; DeepSpeed needs its package and a GPU."""
+    env = os.environ if env is None else env
+    for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
+        if env.get(variable, "false").lower() == "true" and not use_cuda:
+            return (f"{name} needs GPUs: accelerate shards only GPU process groups, and on a CPU this "
+                    f"launch would train unsharded as plain data parallel. Launch with "
+                    f"configs/accelerate/ddp.yaml settings (or torchrun) on a CPU")
+    return None
 
 
 def compile_refusal(model, t, gradient_checkpointing: bool, use_cuda: bool) -> str | None:
