@@ -167,8 +167,8 @@ def sharding_refusal(use_cuda: bool, env=None) -> str | None:
     for variable, name in (("ACCELERATE_USE_FSDP", "FSDP"), ("ACCELERATE_USE_DEEPSPEED", "DeepSpeed")):
         if env.get(variable, "false").lower() == "true" and not use_cuda:
             return (f"{name} needs GPUs: accelerate shards only GPU process groups, and on a CPU this "
-                    f"launch would train unsharded as plain data parallel. Launch with "
-                    f"configs/accelerate/ddp.yaml settings (or torchrun) on a CPU")
+                    f"launch would train unsharded as plain data parallel. On a CPU, launch data "
+                    f"parallel on purpose: torchrun --nproc_per_node N -m zerosearch.cli train …")
     return None
 
 
