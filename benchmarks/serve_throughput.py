@@ -117,7 +117,41 @@ def _run(fn, requests: list[SearchRequest], workers: int) -> tuple[int, float]:
     return docs, time.perf_counter() - started
 
 
+TARGET_OVERHEAD, TARGET_VS_PUBLIC = 0.95, 2.0  # ours >= 95% of direct; >= 2x public at c=32
+
+
+def markdown(report: dict) -> str:
+    """The results as a Markdown table, with the targets marked met or missed."""
+    lines = [f"# Serving throughput: {report['backend_kind']} back end ({report['date']})", "",
+             f"`benchmarks/serve_throughput.py`, {report['model']} at {report['backend']}, "
+             f"{report['max_new_tokens']} new tokens a query, greedy; the three paths in a random "
+             f"order each round (seed {report['seed']}); median documents/s of {report['rounds']} "
+             f"rounds; {report['cpu_count']} CPUs.", "",
+             "| concurrency | queries | direct | ours | public | ours/direct | ours/public |",
+             "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for row in report["rows"]:
+        lines.append(f"| {row['concurrency']} | {row['queries']} | "
+                     + " | ".join(f"{row[k]['docs_per_s']:.2f}" for k in ("direct", "ours", "public"))
+                     + f" | {row['ours_vs_direct']:.2f} | {row['ours_vs_public']:.2f} |")
+    lines += ["", "Targets:"]
+    worst = min(report["rows"], key=lambda r: r["ours_vs_direct"])
+    lines.append(f"- overhead <= 5% over direct at every level: "
+                 f"{'met' if worst['ours_vs_direct'] >= TARGET_OVERHEAD else 'missed'} (lowest "
+                 f"ours/direct {worst['ours_vs_direct']:.2f}, at concurrency {worst['concurrency']})")
+    at32 = next((r for r in report["rows"] if r["concurrency"] == 32), None)
+    if at32 is not None:
+        lines.append(f"- >= 2x the public client pattern at concurrency 32: "
+                     f"{'met' if at32['ours_vs_public'] >= TARGET_VS_PUBLIC else 'missed'} "
+                     f"(ours/public {at32['ours_vs_public']:.2f})")
+    spread = [f"c={r['concurrency']} {name}: " + ", ".join(f"{x['docs_per_s']:.2f}" for x in r[name]["rounds"])
+              for r in report["rows"] for name in ("direct", "ours", "public")]
+    lines += ["", "Every round (documents/s):", ""] + [f"- {s}" for s in spread]
+    return "\n".join(lines) + "\n"
+
+
 def main(
+    render: Path = typer.Option(None, help="Only write the Markdown table of an earlier run's JSON "
+                                "(beside it, .md)."),
     backend: str = typer.Option("vllm", help="Local back end to start: vllm (from .venv-vllm) or "
                                 "transformers (transformers serve --continuous-batching)."),
     backend_url: str = typer.Option(None, help="Use this OpenAI-compatible back end instead of "
@@ -133,6 +167,10 @@ def main(
     seed: int = typer.Option(0, help="Seed of the path order in each round."),
     out: Path = typer.Option(ROOT / "runs" / "bench" / "serve_throughput.json"),
 ):
+    if render is not None:
+        render.with_suffix(".md").write_text(markdown(json.loads(render.read_text())))
+        console.print(f"wrote {render.with_suffix('.md')}")
+        return
     procs = []
     try:
         if backend_url is None:
@@ -236,11 +274,12 @@ def main(
                           f"{row['ours_vs_direct']:.2f}", f"{row['ours_vs_public']:.2f}")
         console.print(table)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"backend": backend_url, "backend_kind": backend,
-                                   "model": backend_model, "rounds": rounds, "seed": seed,
-                                   "max_new_tokens": max_new_tokens, "cpu_count": os.cpu_count(),
-                                   "date": time.strftime("%Y-%m-%d"), "rows": rows}, indent=2))
-        console.print(f"wrote {out}")
+        report = {"backend": backend_url, "backend_kind": backend, "model": backend_model,
+                  "rounds": rounds, "seed": seed, "max_new_tokens": max_new_tokens,
+                  "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
+        out.write_text(json.dumps(report, indent=2))
+        out.with_suffix(".md").write_text(markdown(report))
+        console.print(f"wrote {out} and {out.with_suffix('.md')}")
     finally:
         for proc in reversed(procs):  # a grace period, then the whole group (vLLM's engine child)
             _stop(proc)
