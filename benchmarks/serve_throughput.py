@@ -126,7 +126,9 @@ def markdown(report: dict) -> str:
              f"`benchmarks/serve_throughput.py`, {report['model']} at {report['backend']}, "
              f"{report['max_new_tokens']} new tokens a query, greedy; the three paths in a random "
              f"order each round (seed {report['seed']}); median documents/s of {report['rounds']} "
-             f"rounds; {report['cpu_count']} CPUs.", "",
+             f"rounds; {report['cpu_count']} CPUs"
+             + (f", VLLM_CPU_NUM_OF_RESERVED_CPU={report['vllm_reserved_cpus']}"
+                if report.get("vllm_reserved_cpus") is not None else "") + ".", "",
              "| concurrency | queries | direct | ours | public | ours/direct | ours/public |",
              "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for row in report["rows"]:
@@ -165,6 +167,9 @@ def main(
     max_new_tokens: int = typer.Option(64, help="Simulator output budget."),
     topk: int = typer.Option(5, help="Documents asked per query."),
     seed: int = typer.Option(0, help="Seed of the path order in each round."),
+    vllm_reserved_cpus: int = typer.Option(None, help="VLLM_CPU_NUM_OF_RESERVED_CPU for the local "
+                                           "vLLM (unset: vLLM's default, one CPU kept for its "
+                                           "front end; 0 gives the engine every CPU)."),
     out: Path = typer.Option(ROOT / "runs" / "bench" / "serve_throughput.json"),
 ):
     if render is not None:
@@ -181,6 +186,8 @@ def main(
                     raise typer.BadParameter(f"{VLLM_PYTHON} not found: run `make venv-vllm`")
                 console.print(f"starting vLLM (CPU, eager, prefix caching off; {model}) on :{port}")
                 env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+                if vllm_reserved_cpus is not None:
+                    env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(vllm_reserved_cpus)
                 procs.append(_start([str(VLLM_PYTHON), "-m", "vllm.entrypoints.openai.api_server",
                                      "--model", path, "--served-model-name", "sim", "--dtype",
                                      "bfloat16", "--max-model-len", "2048", "--enforce-eager",
@@ -275,6 +282,7 @@ def main(
         console.print(table)
         out.parent.mkdir(parents=True, exist_ok=True)
         report = {"backend": backend_url, "backend_kind": backend, "model": backend_model,
+                  "vllm_reserved_cpus": vllm_reserved_cpus,
                   "rounds": rounds, "seed": seed, "max_new_tokens": max_new_tokens,
                   "cpu_count": os.cpu_count(), "date": time.strftime("%Y-%m-%d"), "rows": rows}
         out.write_text(json.dumps(report, indent=2))
