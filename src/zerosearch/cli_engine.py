@@ -85,6 +85,20 @@ _FLAGS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
     ("web_url", "web_url", Optional[str], ("--web-url",), "SerpAPI-compatible endpoint."),
     ("remote_url", "remote_url", Optional[str], ("--remote-url",),
      "URL of another zerosearch server (remote engine)."),
+    ("real", "real", Optional[str], ("--real",),
+     "Hybrid: the real engine behind the cache (bm25, dense, web, remote)."),
+    ("cache_path", "cache_path", Optional[str], ("--cache-path",),
+     "Hybrid: SQLite file of cached results and spend (default: the cache folder)."),
+    ("cache_ttl", "cache_ttl_s", Optional[float], ("--cache-ttl",),
+     "Hybrid: search again when a cached result is older than this (s)."),
+    ("budget_calls", "budget_calls", Optional[int], ("--budget-calls",),
+     "Hybrid: most real queries ever sent (kept across restarts)."),
+    ("budget_dollars", "budget_dollars", Optional[float], ("--budget-dollars",),
+     "Hybrid: most dollars ever spent on real queries (needs --price-per-1k)."),
+    ("price_per_1k", "price_per_1k", Optional[float], ("--price-per-1k",),
+     "Hybrid: the real engine's price per 1,000 queries ($)."),
+    ("fallback", "fallback", Optional[str], ("--fallback",),
+     "Hybrid: past the budget, simulated (default) or none (an error)."),
 ]
 
 

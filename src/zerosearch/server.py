@@ -124,6 +124,9 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     metrics = _Metrics()
     app = FastAPI(title="zerosearch search service", version="0.1.0")
     app.state.engine, app.state.config, app.state.metrics = engine, cfg, metrics
+    register = getattr(engine, "register_metrics", None)  # engines with their own counters (hybrid)
+    if register is not None:
+        register(metrics.registry)
 
     @app.middleware("http")
     async def guard(request: Request, call_next):

@@ -74,6 +74,9 @@ class SearchResult:
     error_kind: ErrorKind | None = None
     retries: int = 0
     row_id: str | int | None = None
+    source: str | None = None
+    """Where the documents came from, when an engine mixes sources (hybrid: ``cache``, ``real`` or
+    ``simulator``); None for single-source engines."""
 
     @property
     def ok(self) -> bool:

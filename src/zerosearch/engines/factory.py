@@ -9,7 +9,10 @@ from dataclasses import dataclass, field
 
 from zerosearch.engines.base import Engine, EngineError
 
-ENGINE_KINDS = ("simulated", "bm25", "dense", "web", "remote")
+ENGINE_KINDS = ("simulated", "bm25", "dense", "web", "remote", "hybrid")
+REAL_KINDS = ("bm25", "dense", "web", "remote")
+"""Engines that return real documents (what ``hybrid`` caches and pays for)."""
+FALLBACKS = ("simulated", "none")
 
 
 @dataclass
@@ -17,7 +20,8 @@ class EngineConfig:
     """Which search engine to use and how to reach it."""
 
     kind: str = "simulated"
-    """One of simulated, bm25, dense, web, remote."""
+    """One of simulated, bm25, dense, web, remote, hybrid (a real engine behind a cache and a
+    budget, the simulator for the rest; see :mod:`zerosearch.engines.hybrid`)."""
     topk: int = 5
     """Documents per search (the paper uses 5)."""
     # -- corpus engines (bm25, dense)
@@ -68,17 +72,55 @@ class EngineConfig:
     # -- remote engine
     remote_url: str | None = None
     """Base URL of another ``zerosearch serve``."""
+    # -- hybrid engine
+    real: str = "web"
+    """Hybrid: the real engine behind the cache (bm25, dense, web or remote; its own fields apply)."""
+    cache_path: str | None = None
+    """Hybrid: the SQLite file holding cached real results and the budget spent so far (default
+    ``~/.cache/zerosearch/hybrid/search-cache.sqlite``)."""
+    cache_ttl_s: float | None = None
+    """Hybrid: a cached result older than this many seconds is searched again; None = kept forever."""
+    budget_calls: int | None = None
+    """Hybrid: most queries ever sent to the real engine, counted in the cache file across restarts;
+    None = no cap on calls."""
+    budget_dollars: float | None = None
+    """Hybrid: most dollars ever spent on real queries at ``price_per_1k``; None = no cap on spend."""
+    price_per_1k: float = 0.0
+    """Hybrid: the real engine's price per 1,000 queries in dollars (spend and ``budget_dollars``)."""
+    fallback: str = "simulated"
+    """Hybrid: what answers a miss once the budget is spent: ``simulated`` (the simulator these
+    fields describe) or ``none`` (an error result saying the budget is spent)."""
 
     def __post_init__(self) -> None:
         if self.kind not in ENGINE_KINDS:
             raise EngineError(f"unknown engine {self.kind!r}; choose one of {', '.join(ENGINE_KINDS)}")
         if not 1 <= self.topk <= 50:
             raise EngineError(f"topk must be between 1 and 50, got {self.topk}")
-        if self.kind in ("bm25", "dense") and not self.corpus:
-            raise EngineError(f"the {self.kind} engine needs a corpus: pass --corpus PATH "
+        kind = self.kind
+        if kind == "hybrid":
+            self._check_hybrid()
+            kind = self.real
+        if kind in ("bm25", "dense") and not self.corpus:
+            raise EngineError(f"the {kind} engine needs a corpus: pass --corpus PATH "
                               "(FlashRAG JSONL, e.g. ../shared/data/corpus/wiki_passages.jsonl)")
-        if self.kind == "remote" and not self.remote_url:
+        if kind == "remote" and not self.remote_url:
             raise EngineError("the remote engine needs --remote-url http://HOST:PORT")
+
+    def _check_hybrid(self) -> None:
+        if self.real not in REAL_KINDS:
+            raise EngineError(f"the hybrid engine's real engine must be one of "
+                              f"{', '.join(REAL_KINDS)}, got {self.real!r} (--real)")
+        if self.fallback not in FALLBACKS:
+            raise EngineError(f"fallback must be one of {', '.join(FALLBACKS)}, got {self.fallback!r}")
+        if self.budget_calls is not None and self.budget_calls < 0:
+            raise EngineError(f"budget_calls must be >= 0, got {self.budget_calls}")
+        if self.price_per_1k < 0:
+            raise EngineError(f"price_per_1k must be >= 0, got {self.price_per_1k}")
+        if self.budget_dollars is not None and (self.budget_dollars < 0 or self.price_per_1k <= 0):
+            raise EngineError("budget_dollars needs a price: set price_per_1k (--price-per-1k) > 0 "
+                              f"and budget_dollars >= 0 (got {self.budget_dollars})")
+        if self.cache_ttl_s is not None and self.cache_ttl_s <= 0:
+            raise EngineError(f"cache_ttl_s must be > 0 or unset, got {self.cache_ttl_s}")
 
 
 def build_llm_backend(cfg: EngineConfig):
@@ -97,6 +139,10 @@ def build_llm_backend(cfg: EngineConfig):
 
 def build_engine(cfg: EngineConfig, log=print) -> Engine:
     """Make the engine ``cfg`` describes (loads models and indexes; may take a while)."""
+    if cfg.kind == "hybrid":
+        from zerosearch.engines.hybrid import build_hybrid
+
+        return build_hybrid(cfg, log=log)
     if cfg.kind == "bm25":
         from zerosearch.engines.bm25 import BM25Engine
 
