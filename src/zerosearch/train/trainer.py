@@ -21,7 +21,6 @@ What the subclass adds to TRL, and why:
 from __future__ import annotations
 
 import os
-import random
 import time
 from typing import Any
 
@@ -30,7 +29,7 @@ from trl import GRPOTrainer
 
 from zerosearch.engines.base import Engine
 from zerosearch.rewards import exact_match, f1_score, get_metric
-from zerosearch.rollout import RolloutTimings, Row, run_rollouts
+from zerosearch.rollout import RolloutTimings, Row
 from zerosearch.train.advantages import gae, masked_whiten, reinforce_pp_advantages, token_rewards
 from zerosearch.train.config import GENERATION_DTYPES, TrainConfig
 
@@ -86,7 +85,7 @@ class ZeroSearchTrainer(GRPOTrainer):
         return HFGenerator(model, self.processing_class, self.zs.training.generation_batch_size)
 
     def _rollout(self, prompts: list, trainer) -> dict[str, Any]:
-        from trl.models.utils import unwrap_model_for_generation
+        from zerosearch.integrations.trl_rollout import trainer_rollouts, trl_output
 
         rows = self._rows
         if len(rows) != len(prompts):
@@ -94,25 +93,14 @@ class ZeroSearchTrainer(GRPOTrainer):
         noise = self.noise_probability()
         seed = (self.zs.training.seed * 1_000_003 + self.state.global_step) * 1009 + self.accelerator.process_index
         timings = RolloutTimings()
-        tok = self.processing_class
-        eos = {tok.eos_token_id} | set(self.eos_token_ids if hasattr(self, "eos_token_ids") else [])
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
-            trajs = run_rollouts(rows, self._generator(unwrapped), tok, self.engine, self.zs.rollout,
-                                 noise_prob=noise, rng=random.Random(seed), timings=timings,
-                                 eos_token_ids=sorted(i for i in eos if i is not None))
+        trajs = trainer_rollouts(self, rows, self.engine, self.zs.rollout, noise_prob=noise,
+                                 seed=seed, make_generator=self._generator, timings=timings)
         self.timings.generation_s += timings.generation_s
         self.timings.search_s += timings.search_s
         metric = get_metric(self.zs.algorithm.reward)
         self._scores = torch.tensor([metric(t.answer, t.row.golden_answers) for t in trajs])
         self._log_rollouts(trajs, noise, timings)
-        for t in trajs:  # TRL cannot take an empty completion
-            if not t.completion_ids:
-                t.append([tok.eos_token_id], 0)
-        return {"prompt_ids": [t.prompt_ids for t in trajs],
-                "completion_ids": [t.completion_ids for t in trajs],
-                "logprobs": None,
-                "env_mask": [t.env_mask for t in trajs],
-                "zs_answer": [t.answer for t in trajs]}
+        return trl_output(trajs, self.processing_class)
 
     def _log_rollouts(self, trajs, noise: float | None, timings: RolloutTimings) -> None:
         n = max(len(trajs), 1)
