@@ -52,23 +52,22 @@ def _tiny():
     return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
 
 
-def _memorise(model, sequences: list[list[int]], steps: int = 400) -> float:
-    """Plain next-token training on ``sequences`` until the model reproduces them."""
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+def _memorise(model, ids: list[int], start: int, steps: int = 300) -> float:
+    """Plain next-token training on ``ids[start:]`` (after the prompt) until the model reproduces it
+    (only the positions that predict those tokens go through the LM head)."""
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
-    loss = torch.tensor(0.0)
-    for step in range(steps):
-        total = 0.0
-        for ids in sequences:
-            x = torch.tensor([ids])
-            loss = model(input_ids=x, labels=x).loss
-            loss.backward()
-            total += loss.item()
+    x = torch.tensor([ids])
+    n = len(ids) - start
+    for _ in range(steps):
+        logits = model(input_ids=x, logits_to_keep=n + 1).logits[0, :-1]
+        loss = torch.nn.functional.cross_entropy(logits.float(), x[0, start:])
+        loss.backward()
         opt.step()
         opt.zero_grad()
-        if total / len(sequences) < 0.01:
+        if loss.item() < 0.01:
             break
-    return total / len(sequences)
+    return loss.item()
 
 
 def _args(tmp_path, **kw):
@@ -156,7 +155,11 @@ def test_environment_factory_two_steps_tool_results_out_of_the_loss(tmp_path, en
         {"role": "tool", "name": "search", "content": documents},
         {"role": "assistant", "content": "<answer> Paris </answer>"}]
     text = tok.apply_chat_template(conversation, tools=[env.search], tokenize=False)
-    assert _memorise(model, [tok(text, add_special_tokens=False)["input_ids"]]) < 0.05
+    prefix = tok.apply_chat_template(conversation[:1], tools=[env.search], tokenize=False,
+                                     add_generation_prompt=True)
+    assert text.startswith(prefix)
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert _memorise(model, ids, len(tok(prefix, add_special_tokens=False)["input_ids"])) < 0.05
 
     rows = [Row(QUESTION, ["Paris"], 0), Row(QUESTION, ["Paris"], 1)]
     trainer = GRPOTrainer(model=model, reward_funcs=[tool_answer_reward("f1"), _index_reward],
@@ -189,7 +192,7 @@ def test_rollout_func_two_steps_information_out_of_the_loss(tmp_path, engine):
     info, _ = information_ids(tok, result, cfg.max_obs_tokens)
     sequence = (prompt + say(f"<search> {QUERY} </search>") + info + say("<answer> Paris </answer>")
                 + [tok.eos_token_id])
-    assert _memorise(model, [sequence]) < 0.05
+    assert _memorise(model, sequence, len(prompt)) < 0.05
 
     data = Dataset.from_list([{"prompt": QUESTION, "golden_answers": ["Paris"]}] * 2)
     rollout = search_rollout_func(engine, cfg, answers={QUESTION: ["Paris"]})
