@@ -85,7 +85,7 @@ def test_cache_hits_normalised_queries_and_budget_survives_a_restart(tmp_path):
         assert restarted.stats()["spent_calls"] == 3
         assert restarted.search([SearchRequest("nile")])[0].source == "cache"
         over = restarted.search([SearchRequest("danube")])[0]
-        assert over.source == "simulator" and over.error_kind == "unavailable"
+        assert over.source == "refused" and over.error_kind == "unavailable"
         assert "budget is spent (3 queries" in over.error
         assert len(api.queries) == 3
         stats = restarted.stats()

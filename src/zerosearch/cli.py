@@ -221,11 +221,26 @@ def eval_compare(
     runs: list[str] = typer.Argument(..., help="Eval output folders."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o",
                                              help="Write the merged table.md and chart.png here."),
+    gap: bool = typer.Option(False, "--gap", help="Two runs of one policy, simulated engine first, "
+                             "real engine second: the EM gap and answer agreement (gap.json, gap.md)."),
 ):
-    """Merge several eval runs into one paper-style table."""
+    """Merge several eval runs into one paper-style table (or, with --gap, the sim-to-real gap)."""
     from zerosearch.evaluate import compare
 
     try:
+        if gap:
+            from zerosearch.eval_gap import gap_table, sim_real_gap
+
+            if len(runs) != 2:
+                raise ValueError(f"--gap takes two runs (simulated, real), got {len(runs)}")
+            result = sim_real_gap(*runs)
+            table = gap_table(result)
+            if output_dir:
+                Path(output_dir).mkdir(parents=True, exist_ok=True)
+                (Path(output_dir) / "gap.json").write_text(json.dumps(result, indent=2))
+                (Path(output_dir) / "gap.md").write_text(table)
+            out.print(table)
+            return
         out.print(compare(runs, output_dir))
     except USER_ERRORS as err:
         fail(err)

@@ -75,8 +75,8 @@ class SearchResult:
     retries: int = 0
     row_id: str | int | None = None
     source: str | None = None
-    """Where the documents came from, when an engine mixes sources (hybrid: ``cache``, ``real`` or
-    ``simulator``); None for single-source engines."""
+    """Where the documents came from, when an engine mixes sources (hybrid: ``cache``, ``real``,
+    ``simulator`` or ``refused``); None for single-source engines."""
 
     @property
     def ok(self) -> bool:

@@ -16,7 +16,8 @@ For each request of a batch:
 3. **simulator**: past the budget, the simulated engine the other fields describe (loaded on the
    first fallback), or, with ``fallback: none``, an error result saying the budget is spent.
 
-Every result carries ``source`` (``cache``, ``real`` or ``simulator``). Identical queries in flight
+Every result carries ``source``: ``cache``, ``real``, ``simulator`` or ``refused`` (past the
+budget with no fallback). Identical queries in flight
 at the same time in one process wait for the first instead of paying again. The file uses WAL
 (readers never block the writer) with ``synchronous=FULL``: a process killed mid-write leaves the
 last committed rows intact and no partial row. Failed real searches are returned, not cached.
@@ -37,7 +38,7 @@ from typing import Any, Callable, Sequence
 
 from zerosearch.engines.base import Document, Engine, SearchRequest, SearchResult, failed
 
-SOURCES = ("cache", "real", "simulator")
+SOURCES = ("cache", "real", "simulator", "refused")
 _DENSE_ENCODER = "embedded:minilm"
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
@@ -254,7 +255,7 @@ class HybridEngine:
                 results[i] = failed(requests[i], self.name, (
                     f"the real-search budget is spent ({calls} queries, ${dollars:.4f}) and the "
                     "fallback is none"), "unavailable", latency_s=time.perf_counter() - started)
-                results[i].source = "simulator"
+                results[i].source = "refused"
             return
         simulated = self._simulator_engine().search([requests[i] for i in rest])
         self._count("simulator", len(rest))
