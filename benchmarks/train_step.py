@@ -135,7 +135,7 @@ def decode_step_seconds(model, batch: int, context: int = 300, steps: int = 8,
     tokens, times = torch.randint(100, 20000, (batch, 1)), []
     written = None
     if written_out:
-        from zerosearch.decode_step import build
+        from zerosearch.cpu.decode_step import build
 
         written = build(model, batch)
         written.refresh()
@@ -249,7 +249,7 @@ def main(steps: int = typer.Option(2, help="Training steps to time (the first is
         rollouts = rollout_comparison(model, model_bf16, tokenizer, cfg, body, head, num_generations,
                                       prompts_per_step)
         decode = {dtype: {b: decode_step_seconds(lm, b) for b in batches} for dtype, lm in models.items()}
-        from zerosearch.decode_step import build
+        from zerosearch.cpu.decode_step import build
 
         if build(model_bf16) is not None:  # the written-out step KVDecoder runs on bf16 weights here
             decode["bfloat16 DecodeStep"] = {b: decode_step_seconds(model_bf16, b, written_out=True)

@@ -159,7 +159,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused(tmp_path, qa_file, tiny_co
 
     if torch.cuda.is_available():
         pytest.skip("the refusal is about CPUs")
-    monkeypatch.setattr("zerosearch.hardware.bf16_is_fast", lambda: False)
+    monkeypatch.setattr("zerosearch.hardware.bf16_is_fast", lambda device=None: False)
     with pytest.raises(ConfigError, match="native bf16"):
         build_trainer(_config(tmp_path, qa_file, _bm25(tiny_corpus), bf16=True))
 

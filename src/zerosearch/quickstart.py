@@ -167,7 +167,7 @@ def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str
     return train_simulator(SimTrainConfig(
         model=cfg.simulator_base, data=str(sim / "sft" / "train.jsonl"), output_dir=str(sim / "simulator"),
         max_steps=cfg.sim.steps, learning_rate=cfg.sim.learning_rate, batch_size=cfg.sim.batch_size,
-        max_length=512, seed=cfg.seed), log=log,
+        max_length=512, seed=cfg.seed, cpu_tuning=True), log=log,
         progress=lambda d, t, info: progress("sim: fine-tune", d, t, info))
 
 
@@ -230,7 +230,7 @@ def rl_train_config(cfg: QuickstartConfig, start_model: str, engine: EngineConfi
                                 prompts_per_step=rl.prompts_per_step, micro_batch_size=rollouts,
                                 learning_rate=rl.learning_rate, seed=cfg.seed,
                                 save_steps=max(1, rl.steps // 4), save_total_limit=1, report_to=[],
-                                generation_batch_size=rollouts))
+                                generation_batch_size=rollouts, cpu_tuning=True))
     train_cfg.validate()
     return train_cfg
 

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from zerosearch.hardware import bf16_is_fast, keep_freed_memory, memory_cap_callback
+from zerosearch.cpu import tune_process
+from zerosearch.hardware import runtime_choices
 from zerosearch.jsonl import read_finished
 from zerosearch.models import resolve_model
 
@@ -41,7 +42,7 @@ class SimTrainConfig:
     """Prompt + completion tokens; longer examples are cut."""
     bf16: bool | None = None
     """bf16 mixed precision; None = when the hardware runs it natively (a GPU, or a CPU with AMX /
-    AVX512-BF16; here it halved a SmolLM2 training step in a microbenchmark, 12 vs 23 s)."""
+    AVX512-BF16; :func:`zerosearch.hardware.runtime_choices`)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory (large simulators on GPUs) for about
     a third more compute. TRL turns it on by default; a 135M model on a CPU does not need it."""
@@ -73,6 +74,9 @@ class SimTrainConfig:
     one-letter piece is never banned). Real noisy documents never hold the answer, but plain SFT
     never says so either, and a small simulator given the answer in its prompt copies it into
     noisy documents too. 0 = off."""
+    cpu_tuning: bool = False
+    """Process-wide CPU memory tuning for long runs (:mod:`zerosearch.cpu`: malloc keeps freed
+    memory, a callback hands it back when the machine runs short); never applied on a GPU."""
 
 
 def completion_loss(model, inputs, num_items_in_batch=None, autocast=None, unlikelihood: float = 0.0):
@@ -214,12 +218,14 @@ def train_simulator(cfg: SimTrainConfig, log=print,
     if weighted and not any(r["mode"] in ("useful", "noisy") and r["golden_answers"] for r in train_rows):
         raise ValueError(f"answer_weight / noisy_unlikelihood need examples with a mode and "
                          f"golden_answers ({train_file} has none: build it with `zerosearch sim build`)")
-    if keep_freed_memory():
-        log("malloc keeps freed memory for reuse (hardware.keep_freed_memory)")
+    choices = runtime_choices(bf16="auto" if cfg.bf16 is None else cfg.bf16,
+                              fused_lm_head="auto" if cfg.fused_loss is None else cfg.fused_loss,
+                              cpu_tuning=cfg.cpu_tuning)
+    tuning_callbacks = tune_process(choices, log)
     val_file = data / "val.jsonl" if data.is_dir() and (data / "val.jsonl").exists() else None
     val_rows = [{k: r.get(k) for k in keep} for r in read_finished(val_file)] if val_file else []
 
-    bf16 = bf16_is_fast() if cfg.bf16 is None else cfg.bf16
+    bf16 = choices.autocast
     path = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     extra: dict = {}
@@ -263,7 +269,7 @@ def train_simulator(cfg: SimTrainConfig, log=print,
     elif metrics_file.exists():
         metrics_file.unlink()  # a fresh run starts a fresh log
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    callbacks: list = [MetricsCallback(metrics_file), memory_cap_callback()]
+    callbacks: list = [MetricsCallback(metrics_file), *tuning_callbacks]
     if progress is not None:
         class Report(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
@@ -274,7 +280,7 @@ def train_simulator(cfg: SimTrainConfig, log=print,
                 progress(state.global_step, state.max_steps, "")
 
         callbacks.append(Report())
-    fused = torch.cuda.is_available() if cfg.fused_loss is None else cfg.fused_loss
+    fused = choices.fused_lm_head
 
     class CompletionLossTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

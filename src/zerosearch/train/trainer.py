@@ -56,6 +56,9 @@ class ZeroSearchTrainer(GRPOTrainer):
         self._rows: list[Row] = []
         self._gen_copy = None  # the policy in training.generation_dtype, when that differs
         self._algo = zs_config.algorithm.name
+        self.autocast_bf16 = bool(zs_config.training.bf16)
+        """bf16 autocast in the log-prob forward passes (``training.bf16`` as resolved by
+        :func:`zerosearch.train.run.run_choices`); read at every forward, so it can be switched."""
         super().__init__(*args, rollout_func=self._rollout, **kwargs)
         self._kl_beta = self.beta
         if self._algo != "grpo":
@@ -227,13 +230,14 @@ class ZeroSearchTrainer(GRPOTrainer):
             ids, attn = input_ids[rows], attention_mask[rows]
             if self.zs.training.fused_lm_head:
                 first, last, keep = trim_columns(attn, logits_to_keep)
-                lp, ent, _ = parent(model, ids[:, first:last], attn[:, first:last], keep,
-                                    compute_entropy=compute_entropy)
+                with self.optimisation_autocast():
+                    lp, ent, _ = parent(model, ids[:, first:last], attn[:, first:last], keep,
+                                        compute_entropy=compute_entropy)
                 pad = logits_to_keep - keep
                 lp = torch.nn.functional.pad(lp, (0, pad))
                 ent = torch.nn.functional.pad(ent, (0, pad)) if compute_entropy else None
             else:
-                with self.accelerator.autocast():
+                with self.optimisation_autocast():
                     lp, ent = plain_token_logps(
                         model, ids, attn, logits_to_keep, self.temperature, compute_entropy,
                         entropy_grad=getattr(self, "_entropy_bonus_enabled", True),
@@ -244,6 +248,13 @@ class ZeroSearchTrainer(GRPOTrainer):
         back = torch.argsort(order)
         return (torch.cat(logps)[back], torch.cat(entropies)[back] if compute_entropy else None,
                 None)
+
+    def optimisation_autocast(self):
+        """bf16 autocast on the model's device while :attr:`autocast_bf16`, else a no-op (the
+        plain LM-head path calls the decoder directly, past any autocast wrapped around the
+        model's forward, so it needs its own)."""
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast_bf16)
 
     # -- PPO critic ---------------------------------------------------------------------------
     def _value_forward(self, out, grad: bool) -> torch.Tensor:
@@ -295,7 +306,7 @@ class ZeroSearchTrainer(GRPOTrainer):
 def generation_dtype(setting: str, model) -> torch.dtype | None:
     """The dtype rollouts run in when it differs from ``model``'s (see
     ``TrainingConfig.generation_dtype``); None = generate with the model itself. ``auto``: bf16 for
-    an fp32 policy on hardware with native bf16 (:func:`zerosearch.hardware.inference_dtype`), the
+    an fp32 policy on hardware with native bf16 (:func:`zerosearch.hardware.runtime_choices`), the
     policy's own dtype otherwise."""
     from zerosearch.hardware import inference_dtype
 
