@@ -422,6 +422,9 @@ def sim_train(
     noisy_unlikelihood: float = typer.Option(0.0, "--noisy-unlikelihood",
                                              help="Weight of the unlikelihood of gold answers' first "
                                                   "tokens in noisy targets (0: off)."),
+    cpu_tuning: bool = typer.Option(False, "--cpu-tuning/--no-cpu-tuning",
+                                    help="CPU memory tuning for long runs (malloc keeps freed "
+                                         "memory; never on a GPU)."),
 ):
     """Fine-tune the simulation LLM (completion-only loss); saves a servable checkpoint."""
     from zerosearch.sim.tune import SimTrainConfig, train_simulator
@@ -432,7 +435,8 @@ def sim_train(
                                                learning_rate=learning_rate, batch_size=batch_size,
                                                lora=lora, bf16=bf16, save_steps=save_steps,
                                                resume=resume, answer_weight=answer_weight,
-                                               noisy_unlikelihood=noisy_unlikelihood), log=lambda m: console.print(m))
+                                               noisy_unlikelihood=noisy_unlikelihood,
+                                               cpu_tuning=cpu_tuning), log=lambda m: console.print(m))
     except USER_ERRORS as err:
         fail(err)
     console.print(f"[green]serve it:[/] zerosearch serve --engine simulated --model {final}")

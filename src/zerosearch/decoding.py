@@ -46,6 +46,11 @@ def supports(model) -> bool:
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
 
 
+def _device_type(model) -> str:
+    """The device type (``cpu``, ``cuda``...) of ``model``'s weights."""
+    return next(model.parameters()).device.type
+
+
 class BufferLayer(DynamicLayer):
     """One layer's cache in a zeroed buffer ``(rows, heads, capacity, head_dim)``.
 
@@ -239,7 +244,7 @@ class KVDecoder:
 
         self.model, self.tokenizer, self.max_rows = model, tokenizer, max_rows
         if fast_step is None:
-            fast_step = runtime_choices(next(model.parameters()).device.type).decode_step
+            fast_step = runtime_choices(_device_type(model)).decode_step
         self.step = decode_step.build(model, max_rows) if fast_step else None
         self.stop_strings = tuple(stop_strings)
         self.num_layers = len(DynamicCache(config=model.config).layers)

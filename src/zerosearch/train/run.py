@@ -37,14 +37,17 @@ def check_engine(engine, kind: str) -> None:
         raise EngineError(f"the {kind} engine is not usable: {result.error}")
 
 
-def run_choices(cfg: TrainConfig, device: str | None = None) -> RuntimeChoices:
+def run_choices(cfg: TrainConfig, device: str | None = None,
+                bf16_native: bool | None = None) -> RuntimeChoices:
     """The device-dependent settings of a run of ``cfg`` on ``device`` (None: CUDA when available,
-    else the CPU): :func:`zerosearch.hardware.runtime_choices` on the config's values; a value the
-    hardware cannot honour is a ConfigError."""
+    else the CPU): :func:`zerosearch.hardware.runtime_choices` on the config's values
+    (``bf16_native`` overrides the hardware probe); a value the hardware cannot honour is a
+    ConfigError. A check that a GPU run gets no CPU tuning asks this with ``device="cuda"``."""
     t = cfg.training
     try:
         return runtime_choices(device, dtype=cfg.model.dtype, bf16=t.bf16,
-                               fused_lm_head=t.fused_lm_head, cpu_tuning=t.cpu_tuning)
+                               fused_lm_head=t.fused_lm_head, cpu_tuning=t.cpu_tuning,
+                               bf16_native=bf16_native)
     except ValueError as err:
         raise ConfigError(f"training: {err}") from None
 
