@@ -98,7 +98,7 @@ def decode_step_seconds(model, batch: int, context: int = 300, steps: int = 8,
     """Seconds of one decoding step alone (median of ``steps``) at ``batch`` rows over a
     ``context``-token cache, with KVDecoder's in-place cache: the ceiling of rollout decoding at that
     batch size (its MFU: (2 * body + 2 * head) * batch / seconds / peak). ``written_out``: through
-    :class:`zerosearch.decode_step.DecodeStep` (what KVDecoder runs where it applies) instead of
+    :class:`zerosearch.cpu.decode_step.DecodeStep` (what KVDecoder runs where it applies) instead of
     the model's forward."""
     from transformers.cache_utils import Cache
 

@@ -1,4 +1,4 @@
-"""hardware.keep_freed_memory: large tensors come from glibc's heap, which keeps them after they are
+"""cpu.memory.keep_freed_memory: large tensors come from glibc's heap, which keeps them after they are
 freed, instead of a fresh mmap per allocation that is unmapped on free (checked in fresh processes,
 since the setting is process-wide)."""
 
