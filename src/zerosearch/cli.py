@@ -391,13 +391,16 @@ def sim_build(
     answer_lead: Optional[int] = typer.Option(None, "--answer-lead", min=0,
                                               help="Words a clipped document keeps before the "
                                                    "answer (default: a third of --max-doc-words)."),
+    paired: bool = typer.Option(False, "--paired/--one-per-query",
+                                help="Each query gives a useful and a noisy example where its documents "
+                                     "allow (collect deeper than --max-docs); needs --label-by contains."),
 ):
     """Build a balanced useful/noisy SFT set in chat format with the released simulators' prompt."""
     from zerosearch.sim.build import build
 
     try:
         stats = build(labelled, output_dir, label_by, max_docs, max_doc_words, val_fraction, seed,
-                      answer_first=answer_first, answer_lead=answer_lead)
+                      answer_first=answer_first, answer_lead=answer_lead, paired=paired)
     except USER_ERRORS as err:
         fail(err)
     out.print_json(json.dumps(stats))

@@ -60,6 +60,17 @@ class SimStageConfig:
     """Simulator sampling temperature during RL."""
     max_new_tokens: int = 100
     """Most tokens the simulator writes per search."""
+    retrieve_depth: int = 0
+    """Documents retrieved per collected query (0 = ``topk``); deeper retrieval lets ``paired``
+    build a noisy target from the documents that do not hold the answer."""
+    paired: bool = False
+    """Each collected query gives a useful and a noisy example where its documents allow
+    (``sim.build.paired_examples``), instead of one example in the mode of its label."""
+    answer_weight: float = 1.0
+    """Loss weight of the gold-answer tokens in useful targets (``SimTrainConfig.answer_weight``)."""
+    noisy_unlikelihood: float = 0.0
+    """Unlikelihood weight on the gold answer's first tokens in noisy targets
+    (``SimTrainConfig.noisy_unlikelihood``)."""
 
 
 @dataclass
@@ -155,19 +166,21 @@ def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str
     engine = build_engine(bm25_config(cfg), log=log)
     try:
         collect(rows, engine, sim / "collected.jsonl",
-                CollectConfig(query_source="question", batch_size=64, rollout=RolloutConfig(topk=cfg.topk)),
+                CollectConfig(query_source="question", batch_size=64,
+                              rollout=RolloutConfig(topk=cfg.sim.retrieve_depth or cfg.topk)),
                 progress=lambda d, t: progress("sim: collect", d, t, ""))
     finally:
         engine.close()
     label(sim / "collected.jsonl", sim / "labelled.jsonl",
           progress=lambda d, t: progress("sim: label", d, t, ""))
     stats = build(sim / "labelled.jsonl", sim / "sft", "contains", cfg.topk, cfg.sim.max_doc_words,
-                  0.1, cfg.seed)
+                  0.1, cfg.seed, paired=cfg.sim.paired)
     log(f"simulator SFT set: {json.dumps(stats)}")
     return train_simulator(SimTrainConfig(
         model=cfg.simulator_base, data=str(sim / "sft" / "train.jsonl"), output_dir=str(sim / "simulator"),
         max_steps=cfg.sim.steps, learning_rate=cfg.sim.learning_rate, batch_size=cfg.sim.batch_size,
-        max_length=512, seed=cfg.seed), log=log,
+        max_length=512, seed=cfg.seed, answer_weight=cfg.sim.answer_weight,
+        noisy_unlikelihood=cfg.sim.noisy_unlikelihood), log=log,
         progress=lambda d, t, info: progress("sim: fine-tune", d, t, info))
 
 
