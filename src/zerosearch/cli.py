@@ -15,6 +15,11 @@ from zerosearch.cli_engine import USER_ERRORS, console, fail, named_progress, wi
 from zerosearch.engines.base import SearchRequest
 from zerosearch.engines.factory import EngineConfig, build_engine
 from zerosearch.protocol import document_line
+from zerosearch.rollout import RolloutConfig
+from zerosearch.server import ServerConfig
+
+_DOC_FORMAT_HELP = ("Document lines for the policy: zerosearch (Doc 1: text), search-r1 "
+                    "(Doc 1(Title: \"T\") text) or auto (by the policy's name).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ZeroSearch: train LLMs to search with RL while an LLM plays the search engine.")
@@ -78,23 +83,31 @@ def serve(
     port: int = typer.Option(6001, "--port", help="TCP port."),
     token: Optional[str] = typer.Option(None, "--token", envvar="ZEROSEARCH_TOKEN",
                                         help="Require this bearer token."),
-    max_batch: int = typer.Option(256, "--max-batch", help="Most queries in one call."),
+    max_batch: int = typer.Option(ServerConfig.max_batch, "--max-batch",
+                                  help="Most queries in one call."),
+    noise_prob: Optional[float] = typer.Option(ServerConfig.noise_prob, "--noise-prob",
+                                               help="/retrieve, simulated engine: probability of "
+                                               "noisy documents when the client sends none "
+                                               "(changeable with POST /noise)."),
     request_timeout: float = typer.Option(300.0, "--request-timeout",
                                           help="Upper bound on one call (s); then 504."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
-    """Serve an engine over HTTP: /search, /retrieve (Search-R1 API), /health, /metrics."""
-    from zerosearch.server import ServerConfig, serve as run_server
+    """Serve an engine over HTTP: /search, /retrieve (Search-R1 API), /noise, /health, /metrics."""
+    from zerosearch.server import serve as run_server
 
     try:
+        if noise_prob is not None and not 0.0 <= noise_prob <= 1.0:
+            raise ValueError(f"--noise-prob must be in [0, 1], got {noise_prob}")
         server_cfg = ServerConfig(host=host, port=port, token=token, max_batch=max_batch,
-                                  request_timeout_s=request_timeout)
+                                  request_timeout_s=request_timeout, default_topk=engine_cfg.topk,
+                                  noise_prob=noise_prob)
         engine = _build(engine_cfg)
     except USER_ERRORS as err:
         fail(err)
     console.print(f"[green]serving the {engine_cfg.kind} engine on http://{host}:{port}[/] "
-                  "(POST /search, POST /retrieve, GET /health, GET /metrics)")
+                  "(POST /search, POST /retrieve, GET|POST /noise, GET /health, GET /metrics)")
     run_server(engine, server_cfg, log=lambda m: console.print(f"[yellow]{m}[/]"))
 
 
@@ -178,6 +191,7 @@ def eval_run(
     eval_seed: int = typer.Option(0, "--eval-seed", help="Seed for policy sampling (with --policy-temperature > 0)."),
     label: Optional[str] = typer.Option(None, "--label", help="Row name in the table."),
     policy_device: str = typer.Option("auto", "--policy-device", help="cpu, cuda or auto."),
+    doc_format: str = typer.Option(RolloutConfig.doc_format, "--doc-format", help=_DOC_FORMAT_HELP),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
@@ -187,7 +201,6 @@ def eval_run(
 
     from zerosearch.evaluate import EvalConfig, evaluate, resolve_dataset
     from zerosearch.generation import load_policy
-    from zerosearch.rollout import RolloutConfig
 
     if not model or not output_dir:
         fail(ValueError("zerosearch eval needs --model and --output-dir"))
@@ -196,7 +209,8 @@ def eval_run(
                          data_dir=data_dir, split=split, limit=limit, batch_size=batch_size,
                          seed=eval_seed, label=label, device=policy_device, rollout=RolloutConfig(
                              max_turns=max_turns, max_turn_tokens=max_turn_tokens,
-                             temperature=policy_temperature, topk=engine_cfg.topk))
+                             temperature=policy_temperature, topk=engine_cfg.topk,
+                             doc_format=doc_format))
         for name in cfg.datasets:
             resolve_dataset(name, cfg.data_dir, cfg.split)
         engine = _build(engine_cfg) if method in ("search", "rag") else None
@@ -240,13 +254,14 @@ def ask(
     max_turn_tokens: int = typer.Option(256, "--max-turn-tokens", help="Tokens per turn."),
     policy_temperature: float = typer.Option(0.0, "--policy-temperature", help="0 = greedy."),
     policy_device: str = typer.Option("auto", "--policy-device", help="cpu, cuda or auto."),
+    doc_format: str = typer.Option(RolloutConfig.doc_format, "--doc-format", help=_DOC_FORMAT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the whole trajectory as JSON."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
     """Ask the search agent one question and watch it think, search and answer."""
     from zerosearch.generation import load_policy
-    from zerosearch.rollout import RolloutConfig, Row, run_rollouts
+    from zerosearch.rollout import Row, run_rollouts
 
     try:
         engine = _build(engine_cfg)
@@ -275,7 +290,8 @@ def ask(
     try:
         [traj] = run_rollouts([Row(question, [])], generator, tokenizer, engine,
                               RolloutConfig(max_turns=max_turns, max_turn_tokens=max_turn_tokens,
-                                            temperature=policy_temperature, topk=engine_cfg.topk),
+                                            temperature=policy_temperature, topk=engine_cfg.topk,
+                                            doc_format=doc_format),
                               on_event=show, eos_token_ids=[tokenizer.eos_token_id])
     finally:
         engine.close()
@@ -330,7 +346,6 @@ def sim_collect(
 ):
     """Run a policy against a real engine and record every (query, documents) pair. Resumable."""
     from zerosearch.qa import load_qa
-    from zerosearch.rollout import RolloutConfig
     from zerosearch.sim.collect import CollectConfig, collect
 
     try:

@@ -62,6 +62,8 @@ _FLAGS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
      "Simulation LLM (simulated) or encoder (dense): embedded:…, hub id or path."),
     ("sim_style", "style", Optional[str], ("--sim-style",),
      "Simulator prompt: finetuned (released simulators) or prompt (one-shot demo)."),
+    ("sim_gold", "sim_gold", Optional[str], ("--sim-gold",),
+     "Fine-tuned simulator: first gold answer (released simulators) or joined (up to three)."),
     ("backend_url", "backend_urls", Optional[list[str]], ("--backend-url",),
      "OpenAI-compatible endpoint of the simulation LLM; repeat to load-balance. Unset: in process."),
     ("backend_model", "backend_model", Optional[str], ("--backend-model",),

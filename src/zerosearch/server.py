@@ -4,7 +4,10 @@
   mode used, timing and per-request errors).
 - ``POST /retrieve``: the Search-R1 retriever API, so Search-R1/veRL-style trainers can use any of
   our engines (a simulated one included) unchanged. Optional ``questions`` / ``golden_answers`` /
-  ``mode`` / ``noise_prob`` fields give a simulator its context.
+  ``mode`` / ``noise_prob`` fields give a simulator its context. Also accepts ZeroSearch's
+  local-retrieval form ``{"query": …, "top_k": k}``; an empty query gets an empty result.
+- ``GET|POST /noise``: the noise probability a simulated engine uses for /retrieve clients that send
+  none (a Search-R1 trainer), so a curriculum can be advanced from outside.
 - ``GET /health``, ``GET /metrics`` (Prometheus text).
 
 Bad input is a 4xx with a message; when every request of a batch failed in the back end the answer
@@ -43,8 +46,8 @@ class ServerConfig:
     """TCP port."""
     token: str | None = None
     """If set, every call but /health needs ``Authorization: Bearer <token>``."""
-    max_batch: int = 256
-    """Most requests (queries) in one call."""
+    max_batch: int = 2560
+    """Most requests (queries) in one call (Search-R1's GRPO default sends 512 prompts x 5)."""
     max_query_chars: int = 2000
     """Longest query accepted."""
     max_topk: int = 50
@@ -53,6 +56,12 @@ class ServerConfig:
     """Largest request body accepted."""
     request_timeout_s: float = 300.0
     """Upper bound on one call; past it the client gets a 504."""
+    default_topk: int = 5
+    """/retrieve: documents per query when the client sends no ``topk`` (or null)."""
+    noise_prob: float | None = None
+    """/retrieve on a simulated engine: probability of noisy documents when the client sends none
+    (a Search-R1 client never does); None = useful documents. ``POST /noise`` changes it at run
+    time (a trainer advancing its curriculum)."""
 
 
 class SearchRequestModel(BaseModel):
@@ -70,13 +79,23 @@ class SearchBody(BaseModel):
 
 
 class RetrieveBody(BaseModel):
-    queries: list[StrictStr]
-    topk: StrictInt = 5
-    return_scores: StrictBool = False
+    """What Search-R1's client sends (``queries``, ``topk``, ``return_scores``) or ZeroSearch's
+    local-retrieval client (``query``, ``top_k``); lenient where upstream is (``topk`` null = the
+    server default, ``return_scores`` a boolean or 0/1), strict where a value is really wrong."""
+
+    queries: list[StrictStr] | None = None
+    query: StrictStr | list[StrictStr] | None = None
+    topk: StrictInt | None = None
+    top_k: StrictInt | None = None
+    return_scores: StrictBool | Literal[0, 1] = False
     questions: list[StrictStr] | None = None
     golden_answers: list[list[StrictStr]] | None = None
     mode: Literal["useful", "noisy"] | None = None
     noise_prob: StrictFloat | StrictInt | None = None
+
+
+class NoiseBody(BaseModel):
+    noise_prob: StrictFloat | StrictInt | None
 
 
 class _Metrics:
@@ -94,6 +113,12 @@ class _Metrics:
         self.shortfall = Counter("zerosearch_documents_shortfall",
                                  "Documents fewer than requested (summed over queries)", registry=r)
         self.retries = Counter("zerosearch_backend_retries", "Back-end retries spent", registry=r)
+        self.empty_queries = Counter("zerosearch_empty_queries",
+                                     "/retrieve queries that were empty (answered with no documents)",
+                                     registry=r)
+        self.no_context = Counter("zerosearch_retrieve_without_context",
+                                  "/retrieve queries for a simulated engine that came with no "
+                                  "question, gold answers or noise probability", registry=r)
 
     def observe(self, results: list[SearchResult]) -> None:
         for result in results:
@@ -118,10 +143,11 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
+def create_app(engine: Engine, config: ServerConfig | None = None, log=print) -> FastAPI:
     """The FastAPI application serving ``engine``."""
     cfg = config or ServerConfig()
     metrics = _Metrics()
+    noise = {"noise_prob": cfg.noise_prob, "warned": False}
     app = FastAPI(title="zerosearch search service", version="0.1.0")
     app.state.engine, app.state.config, app.state.metrics = engine, cfg, metrics
 
@@ -193,32 +219,77 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
 
     @app.post("/retrieve")
     async def retrieve(body: RetrieveBody):
-        n = len(body.queries)
+        zerosearch_form = body.queries is None and body.query is not None
+        if body.queries is not None and body.query is not None:
+            return _error(422, "invalid request: send queries (Search-R1) or query (ZeroSearch), "
+                          "not both")
+        if body.queries is None and body.query is None:
+            return _error(422, "invalid request: queries: field required")
+        single = zerosearch_form and isinstance(body.query, str)
+        queries = ([body.query] if single else body.query) if zerosearch_form else body.queries
+        n = len(queries)
+        if n > cfg.max_batch:
+            return _error(413, f"{n} queries in one call; the limit is {cfg.max_batch}")
         for name in ("questions", "golden_answers"):
             values = getattr(body, name)
             if values is not None and len(values) != n:
                 return _error(422, f"{name} has {len(values)} entries for {n} queries")
+        topk = body.topk if body.topk is not None else body.top_k
+        topk = cfg.default_topk if topk is None else topk
+        noise_prob = body.noise_prob if body.noise_prob is not None else noise["noise_prob"]
+        slots = [i for i, q in enumerate(queries) if q.strip()]  # an empty query: no documents
+        metrics.empty_queries.inc(n - len(slots))
+        if slots and engine.name == "simulated" and body.questions is None and body.noise_prob is None:
+            metrics.no_context.inc(len(slots))
+            if not noise["warned"]:
+                noise["warned"] = True
+                log("/retrieve: a simulated engine gets no question, gold answers or noise_prob from "
+                    "this client (a Search-R1 client sends none); documents come from the query "
+                    f"alone, noise_prob {noise['noise_prob']} (set it with --noise-prob or "
+                    "POST /noise); counted in zerosearch_retrieve_without_context")
         requests = [SearchRequest(
-            query=q, topk=body.topk, mode=body.mode, noise_prob=body.noise_prob, row_id=i,
+            query=queries[i], topk=topk, mode=body.mode, noise_prob=noise_prob, row_id=i,
             question=body.questions[i] if body.questions else "",
             golden_answers=body.golden_answers[i] if body.golden_answers else [])
-            for i, q in enumerate(body.queries)]
-        results, failure = await run(requests)
-        if failure:
-            return failure
-        if any(r.error for r in results):  # the Search-R1 format has no per-query error field
-            bad = next(r for r in results if r.error)
-            return _error(503, f"the {engine.name} engine failed for query {bad.query!r}: {bad.error}")
+            for i in slots]
+        if not 1 <= topk <= cfg.max_topk:
+            return _error(422, f"topk must be between 1 and {cfg.max_topk}, got {topk}")
+        found: dict[int, SearchResult] = {}
+        if requests:
+            results, failure = await run(requests)
+            if failure:
+                return failure
+            if any(r.error for r in results):  # the Search-R1 format has no per-query error field
+                bad = next(r for r in results if r.error)
+                return _error(503, f"the {engine.name} engine failed for query {bad.query!r}: "
+                              f"{bad.error}")
+            found = dict(zip(slots, results))
         out: list[list[Any]] = []
-        for result in results:
+        for i in range(n):
             docs = []
-            for j, doc in enumerate(result.documents):
-                contents = f'"{doc.title}"\n{doc.text}' if doc.title else doc.text
-                item = {"id": doc.id or f"{result.engine}-{j}", "contents": contents}
-                docs.append({"document": item, "score": doc.score or 0.0} if body.return_scores
-                            else item)
+            result = found.get(i)
+            for j, doc in enumerate(result.documents if result else []):
+                item = {"id": doc.id or f"{result.engine}-{j}", "contents": doc.corpus_contents()}
+                if zerosearch_form:
+                    docs.append({**item, "title": doc.title, "text": doc.text, "score": doc.score})
+                else:
+                    docs.append({"document": item, "score": doc.score or 0.0} if body.return_scores
+                                else item)
             out.append(docs)
+        if zerosearch_form:  # ZeroSearch's client reads a bare list of {"text": …} per query
+            return out[0] if single else out
         return {"result": out}
+
+    @app.get("/noise")
+    async def get_noise():
+        return {"noise_prob": noise["noise_prob"]}
+
+    @app.post("/noise")
+    async def set_noise(body: NoiseBody):
+        if body.noise_prob is not None and not 0.0 <= body.noise_prob <= 1.0:
+            return _error(422, f"noise_prob must be in [0, 1] or null, got {body.noise_prob}")
+        noise["noise_prob"] = None if body.noise_prob is None else float(body.noise_prob)
+        return {"noise_prob": noise["noise_prob"]}
 
     @app.get("/health")
     async def health():
@@ -240,7 +311,7 @@ def serve(engine: Engine, config: ServerConfig, log=print) -> None:
         log(f"warning: listening on {config.host} with no bearer token; anyone who can reach this "
             "port can use the engine")
     try:
-        uvicorn.run(create_app(engine, config), host=config.host, port=config.port,
+        uvicorn.run(create_app(engine, config, log=log), host=config.host, port=config.port,
                     log_level="warning", access_log=False)
     finally:
         engine.close()

@@ -57,6 +57,14 @@ class Document:
     title: str | None = None
     id: str | None = None
     score: float | None = None
+    contents: str | None = None
+    """The corpus row's ``contents`` unchanged (real corpus engines); None for generated documents."""
+
+    def corpus_contents(self) -> str:
+        """``contents`` as stored when known, else ``"Title"\\ntext`` (or the text alone)."""
+        if self.contents is not None:
+            return self.contents
+        return f'"{self.title}"\n{self.text}' if self.title else self.text
 
 
 @dataclass

@@ -30,6 +30,9 @@ class EngineConfig:
     """Simulation LLM (simulated) or encoder (dense: default embedded:minilm when this is unset)."""
     style: str = "finetuned"
     """Simulator prompt: ``finetuned`` (released simulators' prompt) or ``prompt`` (one-shot demo)."""
+    sim_gold: str = "first"
+    """Fine-tuned style: which gold answers the prompt names, ``first`` (what the released
+    simulators were tuned and driven with) or ``joined`` (up to three, joined by " or ")."""
     backend_urls: list[str] = field(default_factory=list)
     """OpenAI-compatible endpoints serving the simulation LLM; empty = run it in process."""
     backend_model: str | None = None
@@ -112,7 +115,7 @@ def build_engine(cfg: EngineConfig, log=print) -> Engine:
 
         params = GenerationParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
         return SimulatedEngine(build_llm_backend(cfg), cfg.style, params, cfg.seed,
-                               noisy_guard=cfg.noisy_guard)
+                               noisy_guard=cfg.noisy_guard, gold=cfg.sim_gold)
     if cfg.kind == "web":
         from zerosearch.engines.web import WebEngine
 
