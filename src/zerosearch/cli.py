@@ -79,8 +79,18 @@ def serve(
     token: Optional[str] = typer.Option(None, "--token", envvar="ZEROSEARCH_TOKEN",
                                         help="Require this bearer token."),
     max_batch: int = typer.Option(256, "--max-batch", help="Most queries in one call."),
-    request_timeout: float = typer.Option(300.0, "--request-timeout",
-                                          help="Upper bound on one call (s); then 504."),
+    request_timeout: Optional[float] = typer.Option(
+        None, "--request-timeout", help="Upper bound on one call (s), retries included; then 504 "
+        "and its back-end work is cancelled. [default: ServerConfig.request_timeout_s, 60]"),
+    header_timeout: Optional[float] = typer.Option(
+        None, "--header-timeout", help="Close a connection whose request headers take longer (s). "
+        "[default: ServerConfig.header_timeout_s, 10]"),
+    body_timeout: Optional[float] = typer.Option(
+        None, "--body-timeout", help="408 when a request body takes longer (s). "
+        "[default: ServerConfig.body_timeout_s, 30]"),
+    max_connections: Optional[int] = typer.Option(
+        None, "--max-connections", help="Most open connections; more are closed at once. "
+        "[default: ServerConfig.max_connections, 512]"),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
@@ -88,8 +98,11 @@ def serve(
     from zerosearch.server import ServerConfig, serve as run_server
 
     try:
+        given = {"request_timeout_s": request_timeout, "header_timeout_s": header_timeout,
+                 "body_timeout_s": body_timeout, "max_connections": max_connections}
         server_cfg = ServerConfig(host=host, port=port, token=token, max_batch=max_batch,
-                                  request_timeout_s=request_timeout)
+                                  **{k: v for k, v in given.items() if v is not None})
+        server_cfg.validate()
         engine = _build(engine_cfg)
     except USER_ERRORS as err:
         fail(err)

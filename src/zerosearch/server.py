@@ -5,19 +5,21 @@
 - ``POST /retrieve``: the Search-R1 retriever API, so Search-R1/veRL-style trainers can use any of
   our engines (a simulated one included) unchanged. Optional ``questions`` / ``golden_answers`` /
   ``mode`` / ``noise_prob`` fields give a simulator its context.
-- ``GET /health``, ``GET /metrics`` (Prometheus text).
+- ``GET /health`` (the back end's state; 503 when it is not usable), ``GET /metrics`` (Prometheus).
 
 Bad input is a 4xx with a message; when every request of a batch failed in the back end the answer
 is a 503 (unavailable) or 504 (timeout), and the whole call is bounded by ``request_timeout_s``, so a
-dead or slow back end never hangs a client. Partial failures are a 200 whose failed results carry
-``error``.
+dead or slow back end never hangs a client; a call answered 504 cancels its back-end work
+(:mod:`zerosearch.retry`), so no retries pile up behind it. Partial failures are a 200 whose failed
+results carry ``error``. Body size, read times, connections and body shape are guarded before any
+handler runs (:mod:`zerosearch.edge`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
-import secrets
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -27,9 +29,12 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import BaseModel, Field, StrictBool, StrictFloat, StrictInt, StrictStr
 
+from zerosearch import retry
+from zerosearch.edge import BodyLimits, Edge, EdgeConfig, OnceLog, SafeJSONResponse, guarded_h11
 from zerosearch.engines.base import Engine, SearchRequest, SearchResult
 
 
@@ -51,8 +56,44 @@ class ServerConfig:
     """Largest top-k accepted."""
     max_body_bytes: int = 4 * 1024 * 1024
     """Largest request body accepted."""
-    request_timeout_s: float = 300.0
-    """Upper bound on one call; past it the client gets a 504."""
+    request_timeout_s: float = 60.0
+    """Upper bound on one call, all back-end attempts included; past it the client gets a 504 and
+    the call's back-end work is cancelled."""
+    header_timeout_s: float = 10.0
+    """A connection must send complete request headers within this time (after it opens or after
+    its previous response); else it is closed."""
+    body_timeout_s: float = 30.0
+    """A request body must arrive whole within this time; else 408."""
+    keep_alive_s: float = 5.0
+    """An idle keep-alive connection is closed after this time."""
+    max_connections: int = 512
+    """Open connections at most; more are closed at once (uvicorn also answers 503 to requests
+    beyond this many in progress)."""
+    max_json_items: int = 10_000
+    """Most elements in any one JSON array or object of a body (checked before the schema)."""
+    max_json_depth: int = 16
+    """Deepest JSON nesting accepted."""
+    health_failures: int = 3
+    """/health answers 503 after this many calls in a row failed in the back end (unavailable or
+    timed out), until a call or a probe succeeds."""
+    health_probe_s: float = 5.0
+    """While unhealthy, /health probes the back end with one search at most this often (bounded by
+    this many seconds too)."""
+
+    def validate(self) -> None:
+        """Raise ValueError naming the first bad setting."""
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be between 0 and 65535, got {self.port}")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("the bearer token is empty; pass a real --token or leave it out")
+        for name in ("request_timeout_s", "header_timeout_s", "body_timeout_s", "keep_alive_s",
+                     "health_probe_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)}")
+        for name in ("max_batch", "max_body_bytes", "max_connections", "max_json_items",
+                     "max_json_depth", "health_failures"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
 
 class SearchRequestModel(BaseModel):
@@ -93,7 +134,9 @@ class _Metrics:
                               registry=r)
         self.shortfall = Counter("zerosearch_documents_shortfall",
                                  "Documents fewer than requested (summed over queries)", registry=r)
-        self.retries = Counter("zerosearch_backend_retries", "Back-end retries spent", registry=r)
+        self.edge_events = Counter("zerosearch_edge_events", "Refused connections and requests, "
+                                   "and unexpected errors, by kind", ["kind"], registry=r)
+        r.register(_RetryCollector())
 
     def observe(self, results: list[SearchResult]) -> None:
         for result in results:
@@ -102,11 +145,71 @@ class _Metrics:
                 self.errors.labels(result.error_kind or "internal").inc()
             else:
                 self.shortfall.inc(result.shortfall)
-            self.retries.inc(result.retries)
+
+    def observe_http(self, route: str, status: int, seconds: float) -> None:
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+
+class _RetryCollector:
+    """``zerosearch_backend_retries_total``: every retry the back-end clients of this process spent
+    (counted by :mod:`zerosearch.retry` as it happens, so calls that ended in a 504 count too)."""
+
+    def collect(self):
+        yield CounterMetricFamily("zerosearch_backend_retries", "Back-end retries spent",
+                                  value=retry.retries_spent())
+
+
+class BackendHealth:
+    """What /health knows about the back end: the last call that got an answer from it, and how
+    many calls in a row it failed (unavailable or timed out)."""
+
+    def __init__(self) -> None:
+        self.last_success: float | None = None
+        self.last_failure: float | None = None
+        self.last_error: str | None = None
+        self.consecutive_failures = 0
+        self.last_probe = 0.0
+        self._lock = threading.Lock()
+
+    def record(self, results: list[SearchResult] | None, error: str | None = None) -> None:
+        down = results is None or all(r.error_kind in ("unavailable", "timeout") for r in results)
+        with self._lock:
+            if down:
+                self.consecutive_failures += 1
+                self.last_failure = time.time()
+                self.last_error = error or (results[0].error if results else None)
+            else:
+                self.consecutive_failures = 0
+                self.last_success = time.time()
+
+    def usable(self, threshold: int) -> bool:
+        return self.consecutive_failures < threshold
+
+    def report(self, public: bool) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "last_success_unix": self.last_success, "last_failure_unix": self.last_failure,
+            "consecutive_failures": self.consecutive_failures}
+        if not public:
+            out["last_error"] = self.last_error
+        return out
+
+
+def _public(description: dict[str, Any]) -> dict[str, Any]:
+    """``describe()`` without what looks like a file path or URL (for unauthenticated /health)."""
+    def private(value: Any) -> bool:
+        if isinstance(value, str):
+            return "/" in value or "\\" in value
+        if isinstance(value, (list, tuple)):
+            return any(private(v) for v in value)
+        return False
+
+    hidden = {"corpus", "index", "url", "urls", "base_url", "index_path", "path"}
+    return {k: v for k, v in description.items() if k not in hidden and not private(v)}
 
 
 def _error(status: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
+    return SafeJSONResponse({"error": message}, status_code=status)
 
 
 def _is_loopback(host: str) -> bool:
@@ -121,29 +224,20 @@ def _is_loopback(host: str) -> bool:
 def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     """The FastAPI application serving ``engine``."""
     cfg = config or ServerConfig()
+    cfg.validate()
     metrics = _Metrics()
-    app = FastAPI(title="zerosearch search service", version="0.1.0")
+    health_state = BackendHealth()
+    events = OnceLog(lambda kind: metrics.edge_events.labels(kind.split(":")[0]).inc())
+    app = FastAPI(title="zerosearch search service", version="0.1.0",
+                  default_response_class=SafeJSONResponse)
     app.state.engine, app.state.config, app.state.metrics = engine, cfg, metrics
-
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        started = time.perf_counter()
-        endpoint = request.url.path
-        if cfg.token and endpoint != "/health":
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {cfg.token}".encode()):
-                response = _error(401, "missing or wrong bearer token")
-                metrics.requests.labels(endpoint, "401").inc()
-                return response
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > cfg.max_body_bytes:
-            metrics.requests.labels(endpoint, "413").inc()
-            return _error(413, f"request body of {length} bytes exceeds {cfg.max_body_bytes}")
-        response = await call_next(request)
-        if endpoint in ("/search", "/retrieve"):
-            metrics.requests.labels(endpoint, str(response.status_code)).inc()
-            metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
-        return response
+    app.state.events, app.state.backend_health = events, health_state
+    app.add_middleware(Edge, config=EdgeConfig(
+        routes=frozenset({"/search", "/retrieve", "/health", "/metrics"}),
+        max_body_bytes=cfg.max_body_bytes, body_timeout_s=cfg.body_timeout_s, token=cfg.token,
+        limits=BodyLimits(max_depth=cfg.max_json_depth, max_items=cfg.max_json_items,
+                          max_values=max(20 * cfg.max_json_items, 200_000))),
+        observe=metrics.observe_http, events=events)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, exc: RequestValidationError):
@@ -170,13 +264,20 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
                 req.validate(cfg.max_topk, cfg.max_query_chars)
             except ValueError as err:
                 return None, _error(422, f"request {i}: {err}")
+        deadline = retry.Deadline(cfg.request_timeout_s)
         try:
-            results = await asyncio.wait_for(run_in_threadpool(engine.search, requests),
-                                             cfg.request_timeout_s)
+            with retry.deadline_scope(deadline):  # the worker thread gets a copy of this context
+                work = run_in_threadpool(engine.search, requests)
+            results = await asyncio.wait_for(work, cfg.request_timeout_s)
         except asyncio.TimeoutError:
+            deadline.cancel()  # no further attempts or back-off sleeps for this call
             metrics.errors.labels("timeout").inc(len(requests))
+            health_state.record(None, f"no answer within {cfg.request_timeout_s}s")
             return None, _error(504, f"the engine did not answer within {cfg.request_timeout_s}s")
+        finally:
+            deadline.cancel()
         metrics.observe(results)
+        health_state.record(results)
         if all(r.error for r in results):
             kinds = {r.error_kind for r in results}
             status = 504 if kinds == {"timeout"} else 503
@@ -220,9 +321,33 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
             out.append(docs)
         return {"result": out}
 
+    async def probe() -> None:
+        """One small search, bounded by ``health_probe_s``, to see whether the back end is back."""
+        health_state.last_probe = time.monotonic()
+        deadline = retry.Deadline(cfg.health_probe_s)
+        request = SearchRequest("health check", question="Is the engine up?", golden_answers=["yes"],
+                                topk=1, mode="useful")
+        try:
+            with retry.deadline_scope(deadline):
+                work = run_in_threadpool(engine.search, [request])
+            health_state.record(await asyncio.wait_for(work, cfg.health_probe_s))
+        except asyncio.TimeoutError:
+            health_state.record(None, f"health probe: no answer within {cfg.health_probe_s}s")
+        finally:
+            deadline.cancel()
+
     @app.get("/health")
-    async def health():
-        return {"status": "ok", **engine.describe()}
+    async def health(request: Request):
+        if (not health_state.usable(cfg.health_failures)
+                and time.monotonic() - health_state.last_probe >= cfg.health_probe_s):
+            await probe()
+        public = not request.scope.get("state", {}).get("authenticated", True)
+        description = engine.describe()
+        usable = health_state.usable(cfg.health_failures)
+        body = {"status": "ok" if usable else "unavailable",
+                **(_public(description) if public else description),
+                "backend_state": health_state.report(public)}
+        return SafeJSONResponse(body, status_code=200 if usable else 503)
 
     @app.get("/metrics")
     async def prometheus():
@@ -232,15 +357,40 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
     return app
 
 
+def uvicorn_config(engine: Engine, config: ServerConfig):
+    """The uvicorn settings that serve ``engine``: the guarded h11 protocol (header read timeout,
+    connection cap), the keep-alive timeout and the concurrency limit."""
+    import uvicorn
+
+    app = create_app(engine, config)
+    return uvicorn.Config(app, host=config.host, port=config.port, log_level="warning",
+                          access_log=False, timeout_keep_alive=config.keep_alive_s,
+                          http=guarded_h11(config.header_timeout_s, config.max_connections,
+                                           app.state.events),
+                          limit_concurrency=config.max_connections,
+                          h11_max_incomplete_event_size=64 * 1024)
+
+
 def serve(engine: Engine, config: ServerConfig, log=print) -> None:
     """Run the service until interrupted (uvicorn)."""
+    import logging
+    import resource
+
     import uvicorn
 
     if not _is_loopback(config.host) and not config.token:
         log(f"warning: listening on {config.host} with no bearer token; anyone who can reach this "
             "port can use the engine")
+    if not logging.getLogger("zerosearch").handlers:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, max(soft, 4 * config.max_connections + 256))
+    if want > soft:  # room for max_connections sockets plus the model's and the index's files
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
     try:
-        uvicorn.run(create_app(engine, config), host=config.host, port=config.port,
-                    log_level="warning", access_log=False)
+        server = uvicorn.Server(uvicorn_config(engine, config))
+        server.run()
+        if not server.started:  # the port is taken or cannot be bound; uvicorn logged why
+            raise SystemExit(1)
     finally:
         engine.close()
