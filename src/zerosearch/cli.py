@@ -123,6 +123,8 @@ def train(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use the first N questions."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Run folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps",
+                                             help="Checkpoint every N steps (training.save_steps)."),
     engine_cfg: EngineConfig = None,
 ):
     """Train a search policy with RL (GRPO / REINFORCE++ / PPO) against any engine."""
@@ -136,11 +138,12 @@ def train(
         cfg = load_train_config(config, {
             "model": {"name": model}, "algorithm": {"name": algorithm},
             "data": {"train": train_data, "limit": limit},
-            "training": {"max_steps": max_steps, "output_dir": output_dir}})
+            "training": {"max_steps": max_steps, "output_dir": output_dir,
+                         "save_steps": save_steps}})
         cfg.engine = engine_cfg  # the YAML's engine section with the engine flags applied
         cfg.validate()
         if resume:
-            last_checkpoint(cfg.training.output_dir)
+            last_checkpoint(cfg.training.output_dir, log=lambda m: None)  # warnings come later
     except USER_ERRORS as err:
         fail(err)
     progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
