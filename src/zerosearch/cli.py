@@ -213,6 +213,8 @@ def eval_run(
                          seed=eval_seed, label=label, device=policy_device, rollout=RolloutConfig(
                              max_turns=max_turns, max_turn_tokens=max_turn_tokens,
                              temperature=policy_temperature, topk=engine_cfg.topk))
+        if limit is not None and limit < 1:
+            raise ValueError(f"--limit must be at least 1 (or left out for every question), got {limit}")
         for name in cfg.datasets:
             resolve_dataset(name, cfg.data_dir, cfg.split)
         engine = _build(engine_cfg) if method in ("search", "rag") else None

@@ -266,9 +266,9 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
                 return None, _error(422, f"request {i}: {err}")
         deadline = retry.Deadline(cfg.request_timeout_s)
         try:
-            with retry.deadline_scope(deadline):  # the worker thread gets a copy of this context
-                work = run_in_threadpool(engine.search, requests)
-            results = await asyncio.wait_for(work, cfg.request_timeout_s)
+            with retry.deadline_scope(deadline):  # the task and its worker thread copy this context
+                results = await asyncio.wait_for(run_in_threadpool(engine.search, requests),
+                                                 cfg.request_timeout_s)
         except asyncio.TimeoutError:
             deadline.cancel()  # no further attempts or back-off sleeps for this call
             metrics.errors.labels("timeout").inc(len(requests))
@@ -329,8 +329,9 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
                                 topk=1, mode="useful")
         try:
             with retry.deadline_scope(deadline):
-                work = run_in_threadpool(engine.search, [request])
-            health_state.record(await asyncio.wait_for(work, cfg.health_probe_s))
+                results = await asyncio.wait_for(run_in_threadpool(engine.search, [request]),
+                                                 cfg.health_probe_s)
+            health_state.record(results)
         except asyncio.TimeoutError:
             health_state.record(None, f"health probe: no answer within {cfg.health_probe_s}s")
         finally:
