@@ -547,6 +547,7 @@ def run_slowloris(work: Path, corpus: Path, connections: int = 1500, header_time
                               "max_s": round(max(latencies), 3)},
             "still_open_after_timeout_plus_3s": still_open, "health_after": health,
             "server_log_lines": len(log.splitlines()),
+            "server_log": [line[:200] for line in log.splitlines()[:12]],
             "tracebacks_in_log": log.count("Traceback")}
 
 

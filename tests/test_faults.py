@@ -373,12 +373,14 @@ def test_7_slow_clients_are_cut_off_and_logged_once(bm25, caplog):
         assert slow_body.recv(4096).startswith(b"HTTP/1.1 408")
         idle = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(25)]
         time.sleep(0.3)
-        refused = sum(_closed_within(s, 0.2) for s in idle)
-        assert refused >= 5, refused  # past the cap of 20: closed at once
+        # a whole request still gets through: it evicts the oldest connection waiting for headers
+        assert httpx.get(url + "/health", timeout=5).status_code == 200
+        evicted = sum(_closed_within(s, 0.2) for s in idle)
+        assert evicted >= 5, evicted  # never more than 20 open at once
         for s in half_open + [slow_body] + idle:
             s.close()
         assert httpx.get(url + "/health", timeout=10).status_code == 200  # still serving
-    header_logs = [r for r in caplog.records if "request headers" in r.getMessage()]
+    header_logs = [r for r in caplog.records if "no complete request headers" in r.getMessage()]
     assert len(header_logs) == 1, [r.getMessage() for r in caplog.records]
 
 

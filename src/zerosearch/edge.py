@@ -257,9 +257,15 @@ class Edge:
 
 def guarded_h11(header_timeout_s: float, max_connections: int, events: OnceLog):
     """uvicorn's h11 protocol with two additions: a connection whose request headers are not
-    complete ``header_timeout_s`` after it opened (or after its last response) is closed, and
-    connections beyond ``max_connections`` are closed at once."""
+    complete ``header_timeout_s`` after it opened (or after its last response) is closed; and at
+    ``max_connections`` open connections a new one evicts the oldest connection that is waiting
+    for headers (a slow client, or an idle keep-alive one), or is closed itself when none is, so a
+    flood of half-open connections cannot lock out clients that send whole requests."""
+    from collections import OrderedDict
+
     from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    waiting: "OrderedDict[GuardedH11, None]" = OrderedDict()  # oldest first
 
     class GuardedH11(H11Protocol):
         quiet = False
@@ -271,20 +277,33 @@ def guarded_h11(header_timeout_s: float, max_connections: int, events: OnceLog):
             super().connection_made(transport)
             self._header_timer = None
             if len(self.connections) > max_connections:
-                events("connection_cap", f"more than {max_connections} open connections; new ones "
-                       "are closed at once")
-                transport.abort()
-                return
+                if not waiting:
+                    events("connection_cap", f"{max_connections} connections are busy; a new one "
+                           "was closed at once")
+                    transport.abort()
+                    return
+                oldest, _ = waiting.popitem(last=False)
+                events("connection_evicted", f"at {max_connections} open connections, the oldest one "
+                       "still waiting for request headers was closed to make room")
+                oldest.transport.abort()
             self._arm()
 
         def _arm(self) -> None:
             if self._header_timer is not None:
                 self._header_timer.cancel()
             self._header_timer = self.loop.call_later(header_timeout_s, self._headers_overdue)
+            waiting[self] = None
+
+        def _busy(self) -> bool:
+            return self.cycle is not None and not self.cycle.response_complete
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self._busy():
+                waiting.pop(self, None)
 
         def _headers_overdue(self) -> None:
-            waiting = self.cycle is None or self.cycle.response_complete
-            if waiting and not self.transport.is_closing():
+            if not self._busy() and not self.transport.is_closing():
                 events("header_timeout", f"a client sent no complete request headers within "
                        f"{header_timeout_s}s; its connection was closed")
                 self.transport.close()
@@ -295,6 +314,7 @@ def guarded_h11(header_timeout_s: float, max_connections: int, events: OnceLog):
                 self._arm()
 
         def connection_lost(self, exc) -> None:
+            waiting.pop(self, None)
             if getattr(self, "_header_timer", None) is not None:
                 self._header_timer.cancel()
             super().connection_lost(exc)

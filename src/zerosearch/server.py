@@ -67,8 +67,8 @@ class ServerConfig:
     keep_alive_s: float = 5.0
     """An idle keep-alive connection is closed after this time."""
     max_connections: int = 512
-    """Open connections at most; more are closed at once (uvicorn also answers 503 to requests
-    beyond this many in progress)."""
+    """Open connections at most; past it a new connection evicts the oldest one still waiting for
+    its request headers, or is closed at once when every connection is busy."""
     max_json_items: int = 10_000
     """Most elements in any one JSON array or object of a body (checked before the schema)."""
     max_json_depth: int = 16
@@ -360,7 +360,9 @@ def create_app(engine: Engine, config: ServerConfig | None = None) -> FastAPI:
 
 def uvicorn_config(engine: Engine, config: ServerConfig):
     """The uvicorn settings that serve ``engine``: the guarded h11 protocol (header read timeout,
-    connection cap), the keep-alive timeout and the concurrency limit."""
+    connection cap with eviction of the oldest connection waiting for headers) and the keep-alive
+    timeout. uvicorn's own ``limit_concurrency`` is left off: it counts half-open connections too
+    and would answer 503 to whole requests while a slow-client flood waits to be evicted."""
     import uvicorn
 
     app = create_app(engine, config)
@@ -368,7 +370,6 @@ def uvicorn_config(engine: Engine, config: ServerConfig):
                           access_log=False, timeout_keep_alive=config.keep_alive_s,
                           http=guarded_h11(config.header_timeout_s, config.max_connections,
                                            app.state.events),
-                          limit_concurrency=config.max_connections,
                           h11_max_incomplete_event_size=64 * 1024)
 
 
