@@ -8,18 +8,22 @@ Sections (each writes its part of ``docs/results/faults.json``):
   heaviest ones are parsed;
 - ``load``: BM25 searches at concurrency 1, 16 and 64 for a fixed time each: calls/s, p50/p99, 5xx;
 - ``stall`` and ``kill``: the simulated engine behind a local OpenAI-compatible back end (a small
-  fake: what a stalled or dead vLLM looks like from the client) that first answers, then stalls
-  (or dies), then comes back, under 8 clients calling all the time: statuses, calls that took longer
-  than the configured timeout ("hangs"), back-end requests per client call after the return (a
-  retry storm shows as many), and the recovery time (back end back -> calls succeed again);
+  fake with a vLLM-like capacity of 4 requests at once, 0.25 s each, that drops a request whose
+  client hung up) that first answers, then stalls 20 s (or dies: its port refuses connections),
+  then comes back, under 8 clients calling all the time: statuses, calls that took longer than the
+  configured timeout ("hangs"), back-end requests sent during the fault and waiting when it ends
+  (stale retries show here), back-end requests per client call after the return, /health, and
+  the recovery time (back end back -> every later call succeeds);
 - ``slowloris``: 1,500 connections that never finish their headers, with /search and /health
   measured meanwhile, how many the server closed after the header timeout, and its log lines;
 - ``resume``: ``eval``, ``train`` and ``sim collect`` are SIGKILLed mid-run and rerun; the output is
   compared with an uninterrupted run (nothing lost, nothing duplicated).
 
-Run from the repository root (about 10 minutes on 2 busy cores):
+Run from the repository root (about 12 minutes on 2 busy cores):
 ``PYTHONPATH=src .venv/bin/python benchmarks/faults.py`` (``--only hostile,load`` for some
-sections). Uses the shared corpus and NQ set when ``../shared/data`` exists, else the mini-world.
+sections). ``--src OLD/src --label before`` runs the same sections against another source tree
+(e.g. ``git archive <commit> src | tar -x -C OLD``) for a before/after. Uses the shared corpus and
+NQ set when ``../shared/data`` exists, else the mini-world.
 """
 
 from __future__ import annotations
@@ -50,6 +54,7 @@ OUT = ROOT / "docs" / "results" / "faults.json"
 TOKEN = "bench-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 PY = [sys.executable, "-m", "zerosearch.cli"]
+BASELINE = False  # set by --src: the other tree's serve has no --header-timeout / --max-connections
 ENV = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "HF_HUB_OFFLINE": "1",
        "TRL_EXPERIMENTAL_SILENCE": "1"}
 
@@ -344,13 +349,27 @@ def run_load(work: Path, corpus: Path, questions: Path, seconds: float = 12.0) -
 
 # -- stalled and killed back ends ------------------------------------------------------------------
 
+def _hung_up(sock: socket.socket) -> bool:
+    import select
+
+    if not select.select([sock], [], [], 0)[0]:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 class FakeBackend:
     """An OpenAI-compatible chat endpoint: ``ok``, ``stall`` (holds requests until ``restore``),
     or stopped (``kill``: the port refuses connections) and started again on the same port."""
 
-    def __init__(self, port: int | None = None):
+    def __init__(self, port: int | None = None, capacity: int = 4, service_s: float = 0.25):
         self.mode, self.requests, self.port = "ok", [], port or free_port()
         self.release = threading.Event()
+        self.waiting, self._lock = 0, threading.Lock()
+        self.slots = threading.Semaphore(capacity)  # a back end serves so many requests at once
+        self.service_s = service_s
         self._start()
 
     def _start(self):
@@ -364,7 +383,17 @@ class FakeBackend:
                 self.rfile.read(int(self.headers.get("content-length", 0)))
                 fake.requests.append(time.monotonic())
                 if fake.mode == "stall":
-                    fake.release.wait(120)
+                    with fake._lock:
+                        fake.waiting += 1
+                    try:  # like vLLM: a request whose client hung up is dropped, not answered
+                        while not fake.release.wait(0.1):
+                            if _hung_up(self.connection):
+                                return
+                    finally:
+                        with fake._lock:
+                            fake.waiting -= 1
+                with fake.slots:
+                    time.sleep(fake.service_s)
                 body = json.dumps({"choices": [{"message": {"content":
                                                             "Doc 1: one.\nDoc 2: two."}}]}).encode()
                 with _quiet_os():
@@ -390,9 +419,13 @@ class FakeBackend:
         self.release.clear()
         self.mode = "stall"
 
-    def restore(self):
+    def restore(self) -> int:
+        """Answer again; returns how many stalled requests were waiting (they all land at once)."""
+        with self._lock:
+            piled = self.waiting
         self.mode = "ok"
         self.release.set()
+        return piled
 
     def kill(self):
         self.httpd.shutdown()
@@ -408,7 +441,7 @@ class FakeBackend:
             self.kill()
 
 
-def run_backend_fault(work: Path, fault: str, request_timeout: float = 5.0, attempt_timeout: float = 2.0,
+def run_backend_fault(work: Path, fault: str, request_timeout: float = 5.0, attempt_timeout: float = 4.0,
                       before: float = 5.0, during: float = 20.0, after: float = 15.0,
                       clients: int = 8) -> dict:
     backend = FakeBackend()
@@ -451,7 +484,7 @@ def run_backend_fault(work: Path, fault: str, request_timeout: float = 5.0, atte
         backend.stall() if fault == "stall" else backend.kill()
         time.sleep(during)
         back_at = time.monotonic() - t0
-        backend.restore() if fault == "stall" else backend.revive()
+        piled = backend.restore() if fault == "stall" else backend.revive()
         for f in futures:
             f.result()
         pool.shutdown()
@@ -475,6 +508,9 @@ def run_backend_fault(work: Path, fault: str, request_timeout: float = 5.0, atte
     health_after = [(t, s) for t, _, s in health if t >= back_at]
     return {
         "fault": fault, "request_timeout_s": request_timeout, "attempt_timeout_s": attempt_timeout,
+        "backend_capacity": "4 requests at once, 0.25 s each (16/s)",
+        "stalled_requests_waiting_at_return": piled,
+        "backend_requests_during_fault": sum(1 for t in backend.requests if fault_at <= t - t0 < back_at),
         "fault_seconds": during, "clients": clients,
         "statuses_before": count([c for c in calls if c[0] < fault_at]),
         "statuses_during": count(during_calls), "statuses_after": count(after_calls),
@@ -500,8 +536,8 @@ def run_backend_fault(work: Path, fault: str, request_timeout: float = 5.0, atte
 def run_slowloris(work: Path, corpus: Path, connections: int = 1500, header_timeout: float = 5.0) -> dict:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(soft, connections + 512)), hard))
-    server = Serve(work, "--engine", "bm25", "--corpus", str(corpus), "--header-timeout",
-                   str(header_timeout), "--max-connections", "512")
+    guards = [] if BASELINE else ["--header-timeout", str(header_timeout), "--max-connections", "512"]
+    server = Serve(work, "--engine", "bm25", "--corpus", str(corpus), *guards)
     socks = []
     try:
         opened_at = time.monotonic()
@@ -672,34 +708,45 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", default=",".join(SECTIONS), help="comma-separated sections")
     parser.add_argument("--out", default=str(OUT), help="results JSON (merged into if it exists)")
+    parser.add_argument("--src", default=None,
+                        help="run the processes from another source tree (e.g. the code before a "
+                             "change, from `git archive`); results go under '<section>@<label>'")
+    parser.add_argument("--label", default="baseline", help="name of that tree in the results")
     args = parser.parse_args()
+    suffix = ""
+    if args.src:
+        global BASELINE
+        BASELINE = True
+        ENV["PYTHONPATH"] = str(Path(args.src).resolve())
+        suffix = f"@{args.label}"
     wanted = [s for s in args.only.split(",") if s]
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {}
     with tempfile.TemporaryDirectory(prefix="zs-faults-") as tmp:
         work = Path(tmp)
         corpus, questions = corpus_and_questions(work)
-        results["setup"] = {"corpus": corpus.name, "questions": questions.parent.name,
+        results["setup" + suffix] = {"src": ENV["PYTHONPATH"], "corpus": corpus.name, "questions": questions.parent.name,
                             "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
         for section in wanted:
             started = time.monotonic()
             print(f"== {section}", flush=True)
             if section == "hostile":
-                results[section] = run_hostile(work, corpus)
+                result = run_hostile(work, corpus)
             elif section == "load":
-                results[section] = run_load(work, corpus, questions)
+                result = run_load(work, corpus, questions)
             elif section in ("stall", "kill"):
-                results[section] = run_backend_fault(work, section)
+                result = run_backend_fault(work, section)
             elif section == "slowloris":
-                results[section] = run_slowloris(work, corpus)
+                result = run_slowloris(work, corpus)
             elif section == "resume":
-                results[section] = {"eval": resume_eval(work, corpus, questions),
-                                    "sim_collect": resume_collect(work, corpus, questions),
-                                    "train": resume_train(work, corpus, questions)}
+                result = {"eval": resume_eval(work, corpus, questions),
+                          "sim_collect": resume_collect(work, corpus, questions),
+                          "train": resume_train(work, corpus, questions)}
             else:
                 raise SystemExit(f"unknown section {section!r}; choose from {', '.join(SECTIONS)}")
-            results[section]["section_seconds"] = round(time.monotonic() - started, 1)
-            print(json.dumps(results[section], indent=1)[:3000], flush=True)
+            result["section_seconds"] = round(time.monotonic() - started, 1)
+            results[section + suffix] = result
+            print(json.dumps(result, indent=1)[:3000], flush=True)
             out.parent.mkdir(parents=True, exist_ok=True)
             out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
