@@ -89,8 +89,18 @@ def serve(
                                                help="/retrieve, simulated engine: probability of "
                                                "noisy documents when the client sends none "
                                                "(changeable with POST /noise)."),
-    request_timeout: float = typer.Option(300.0, "--request-timeout",
-                                          help="Upper bound on one call (s); then 504."),
+    request_timeout: Optional[float] = typer.Option(
+        None, "--request-timeout", help="Upper bound on one call (s), retries included; then 504 "
+        "and its back-end work is cancelled. [default: ServerConfig.request_timeout_s, 60]"),
+    header_timeout: Optional[float] = typer.Option(
+        None, "--header-timeout", help="Close a connection whose request headers take longer (s). "
+        "[default: ServerConfig.header_timeout_s, 10]"),
+    body_timeout: Optional[float] = typer.Option(
+        None, "--body-timeout", help="408 when a request body takes longer (s). "
+        "[default: ServerConfig.body_timeout_s, 30]"),
+    max_connections: Optional[int] = typer.Option(
+        None, "--max-connections", help="Most open connections; more are closed at once. "
+        "[default: ServerConfig.max_connections, 512]"),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
@@ -98,11 +108,12 @@ def serve(
     from zerosearch.server import serve as run_server
 
     try:
-        if noise_prob is not None and not 0.0 <= noise_prob <= 1.0:
-            raise ValueError(f"--noise-prob must be in [0, 1], got {noise_prob}")
+        given = {"request_timeout_s": request_timeout, "header_timeout_s": header_timeout,
+                 "body_timeout_s": body_timeout, "max_connections": max_connections}
         server_cfg = ServerConfig(host=host, port=port, token=token, max_batch=max_batch,
-                                  request_timeout_s=request_timeout, default_topk=engine_cfg.topk,
-                                  noise_prob=noise_prob)
+                                  default_topk=engine_cfg.topk, noise_prob=noise_prob,
+                                  **{k: v for k, v in given.items() if v is not None})
+        server_cfg.validate()
         engine = _build(engine_cfg)
     except USER_ERRORS as err:
         fail(err)
@@ -123,6 +134,8 @@ def train(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use the first N questions."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Run folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps",
+                                             help="Checkpoint every N steps (training.save_steps)."),
     engine_cfg: EngineConfig = None,
 ):
     """Train a search policy with RL (GRPO / REINFORCE++ / PPO) against any engine."""
@@ -136,11 +149,12 @@ def train(
         cfg = load_train_config(config, {
             "model": {"name": model}, "algorithm": {"name": algorithm},
             "data": {"train": train_data, "limit": limit},
-            "training": {"max_steps": max_steps, "output_dir": output_dir}})
+            "training": {"max_steps": max_steps, "output_dir": output_dir,
+                         "save_steps": save_steps}})
         cfg.engine = engine_cfg  # the YAML's engine section with the engine flags applied
         cfg.validate()
         if resume:
-            last_checkpoint(cfg.training.output_dir)
+            last_checkpoint(cfg.training.output_dir, log=lambda m: None)  # warnings come later
     except USER_ERRORS as err:
         fail(err)
     progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -211,6 +225,8 @@ def eval_run(
                              max_turns=max_turns, max_turn_tokens=max_turn_tokens,
                              temperature=policy_temperature, topk=engine_cfg.topk,
                              doc_format=doc_format))
+        if limit is not None and limit < 1:
+            raise ValueError(f"--limit must be at least 1 (or left out for every question), got {limit}")
         for name in cfg.datasets:
             resolve_dataset(name, cfg.data_dir, cfg.split)
         engine = _build(engine_cfg) if method in ("search", "rag") else None

@@ -77,6 +77,8 @@ _FLAGS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
      "Simulator output budget in tokens."),
     ("timeout", "timeout_s", Optional[float], ("--timeout",), "Per-attempt back-end timeout (s)."),
     ("max_retries", "max_retries", Optional[int], ("--max-retries",), "Bounded back-end retries."),
+    ("deadline", "deadline_s", Optional[float], ("--deadline",),
+     "Bound on all attempts of one back-end request (s)."),
     ("device", "device", Optional[str], ("--device",), "In-process model device (cpu, cuda)."),
     ("dtype", "dtype", Optional[str], ("--dtype",), "In-process dtype: auto, float32, bfloat16."),
     ("max_batch_size", "max_batch_size", Optional[int], ("--max-batch-size",),

@@ -53,8 +53,13 @@ def load_corpus(path: str | Path) -> Corpus:
     titles: list[str | None] = []
     texts: list[str] = []
     contents: list[str] = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
+    with open(path, "rb") as handle:
+        for lineno, blob in enumerate(handle, start=1):
+            try:
+                line = blob.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {err.start + 1} of the line: "
+                                 f"{blob[err.start:err.start + 1]!r})") from None
             if not line.strip():
                 continue
             try:

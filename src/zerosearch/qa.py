@@ -62,6 +62,8 @@ def _row_from_record(rec: dict[str, Any], index: int, where: str) -> Row:
 
 def load_qa(source: str | Path, split: str = "train", limit: int | None = None) -> list[Row]:
     """Load QA rows from a file, a folder (``<split>.jsonl`` / ``<split>.parquet``) or a hub id."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (or unset for every row), got {limit}")
     path = Path(str(source)).expanduser()
     if path.is_dir():
         for candidate in (path / f"{split}.jsonl", path / f"{split}.parquet"):
@@ -80,8 +82,13 @@ def load_qa(source: str | Path, split: str = "train", limit: int | None = None) 
             records = pd.read_parquet(path).to_dict("records")
         else:
             records = []
-            with open(path, encoding="utf-8") as handle:
-                for lineno, line in enumerate(handle, start=1):
+            with open(path, "rb") as handle:
+                for lineno, raw in enumerate(handle, start=1):
+                    try:
+                        line = raw.decode("utf-8")
+                    except UnicodeDecodeError as err:
+                        raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {err.start + 1} of the "
+                                         "line)") from None
                     if line.strip():
                         try:
                             records.append(json.loads(line))

@@ -23,7 +23,7 @@ from zerosearch.hardware import keep_freed_memory, memory_cap_callback
 from zerosearch.models import resolve_model
 from zerosearch.protocol import STOP_STRINGS
 from zerosearch.qa import load_qa
-from zerosearch.runfolder import MetricsCallback, last_checkpoint
+from zerosearch.runfolder import MetricsCallback, prepare_resume
 from zerosearch.train.config import TrainConfig
 from zerosearch.train.trainer import StepTimer, ZeroSearchTrainer, make_reward_func
 
@@ -138,7 +138,7 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
     """Train and return the folder of the final model."""
     if keep_freed_memory():
         log("malloc keeps freed memory for reuse (hardware.keep_freed_memory)")
-    checkpoint = last_checkpoint(cfg.training.output_dir) if resume else None
+    checkpoint = prepare_resume(cfg.training.output_dir, log) if resume else None
     trainer = build_trainer(cfg, log=log, on_progress=on_progress)
     try:
         if checkpoint:
