@@ -303,7 +303,9 @@ def test_4_a_chunked_body_over_the_limit_is_cut_off_while_reading(bm25):
             answer = sock.recv(4096)
         sock.close()
     assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
-    assert sent < 4 << 20  # cut off near the 1 MB limit, not after buffering it all
+    # cut off near the 1 MB limit, not after reading all 50 MB (loopback socket buffers hold a few MB
+    # that the client sends before it sees the answer)
+    assert sent < 16 << 20
 
 
 def test_5_a_body_of_a_million_numbers_is_refused_without_blocking_health(bm25):

@@ -107,7 +107,8 @@ def test_searches_happen_and_the_loss_mask_excludes_every_inserted_token(tmp_pat
             # token by token: everything trained on is the policy's, everything inserted is masked
             assert "<information>" not in trained and "Doc 1" not in trained
             assert trained.startswith("<search>capital of Germany</search><answer>")
-            assert inserted.startswith("\n\n<information>Doc 1: (Title: Berlin)")
+            # ZeroSearch's document lines (the default for our own policy): "Doc i: text", no title
+            assert inserted.startswith("\n\n<information>Doc 1: Berlin is the capital of Germany")
             assert inserted.endswith("</information>\n\n")
     [row] = _metrics(cfg)
     assert row["zerosearch/searches_per_question"] == 1.0 and row["reward"] == 1.0

@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from zerosearch.jsonl import strict_rows
 from zerosearch.protocol import passage_text
 
 
@@ -53,33 +54,21 @@ def load_corpus(path: str | Path) -> Corpus:
     titles: list[str | None] = []
     texts: list[str] = []
     contents: list[str] = []
-    with open(path, "rb") as handle:
-        for lineno, blob in enumerate(handle, start=1):
-            try:
-                line = blob.decode("utf-8")
-            except UnicodeDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {err.start + 1} of the line: "
-                                 f"{blob[err.start:err.start + 1]!r})") from None
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            if "contents" in row:
-                raw = str(row["contents"])
-                title, text = passage_text(raw)
-            elif "text" in row:
-                title, text = row.get("title"), str(row["text"])
-                raw = f'"{title}"\n{text}' if title else text
-            else:
-                raise ValueError(f"{path}:{lineno}: a passage needs 'contents' (or 'title' + 'text')")
-            ids.append(str(row.get("id", len(ids))))
-            titles.append(title)
-            texts.append(text)
-            contents.append(raw)
+    for lineno, row in strict_rows(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object")
+        if "contents" in row:
+            raw = str(row["contents"])
+            title, text = passage_text(raw)
+        elif "text" in row:
+            title, text = row.get("title"), str(row["text"])
+            raw = f'"{title}"\n{text}' if title else text
+        else:
+            raise ValueError(f"{path}:{lineno}: a passage needs 'contents' (or 'title' + 'text')")
+        ids.append(str(row.get("id", len(ids))))
+        titles.append(title)
+        texts.append(text)
+        contents.append(raw)
     if not ids:
         raise ValueError(f"corpus {path} holds no passages")
     return Corpus(path, ids, titles, texts, contents)

@@ -85,3 +85,22 @@ def append(path: str | Path, records: Iterable[dict[str, Any]]) -> None:
             handle.write(json.dumps(record, ensure_ascii=False) + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def strict_rows(path: str | Path):
+    """``(line number, value)`` for each non-blank line of a JSONL input file (a corpus, a QA set),
+    raising a ``ValueError`` that names the file, line and problem (not UTF-8, not JSON) on the first
+    bad line: inputs are the user's, so nothing is skipped silently."""
+    with open(path, "rb") as handle:
+        for lineno, blob in enumerate(handle, start=1):
+            try:
+                line = blob.decode("utf-8")
+            except UnicodeDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {err.start + 1} of the line: "
+                                 f"{blob[err.start:err.start + 1]!r})") from None
+            if not line.strip():
+                continue
+            try:
+                yield lineno, json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None

@@ -11,11 +11,11 @@ Every row keeps an id (the file's, or its line number), so results can be joined
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from zerosearch.jsonl import strict_rows
 from zerosearch.rollout import Row
 
 _QUESTION_RE = re.compile(r"Question:\s*(.*?)\s*$", re.DOTALL)
@@ -82,20 +82,10 @@ def load_qa(source: str | Path, split: str = "train", limit: int | None = None) 
             records = pd.read_parquet(path).to_dict("records")
         else:
             records = []
-            with open(path, "rb") as handle:
-                for lineno, raw in enumerate(handle, start=1):
-                    try:
-                        line = raw.decode("utf-8")
-                    except UnicodeDecodeError as err:
-                        raise ValueError(f"{path}:{lineno}: not UTF-8 (byte {err.start + 1} of the "
-                                         "line)") from None
-                    if line.strip():
-                        try:
-                            records.append(json.loads(line))
-                        except json.JSONDecodeError as err:
-                            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-                    if limit and len(records) >= limit:
-                        break
+            for _, record in strict_rows(path):
+                records.append(record)
+                if limit and len(records) >= limit:
+                    break
     elif re.match(r"^[\w.-]+/[\w.-]+$", str(source)) and not str(source).startswith("."):
         import datasets
 
