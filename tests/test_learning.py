@@ -183,6 +183,21 @@ def test_copy_to_and_bad_flags(bench, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+def test_a_warmup_start_is_made_once_from_the_training_questions(bench):
+    from zerosearch.learning import STARTS, quickstart_config
+
+    lc, _ = bench
+    cfg = quickstart_config(lc)
+    out = Path(lc.output_dir)
+    model = STARTS["warmup"][0](cfg, "1", out, lambda *a: None)
+    assert Path(model) == out / "warmup-1" and (out / "warmup-1" / "config.json").exists()
+    stamp = (out / "warmup-1" / "config.json").stat().st_mtime
+    assert STARTS["warmup"][0](cfg, "1", out, lambda *a: None) == model
+    assert (out / "warmup-1" / "config.json").stat().st_mtime == stamp
+    with pytest.raises(ConfigError, match="at least 1 step"):
+        STARTS["warmup"][0](cfg, "0", out, lambda *a: None)
+
+
 def test_split_validation_holds_out_whole_subjects():
     rows = [{"id": f"q{i}", "metadata": {"subject": f"s{i // 3}"}} for i in range(30)]
     rest, val = split_validation(rows, 7)

@@ -245,6 +245,11 @@ def run_dir(out: Path, start: str, tag: str, arm: str, seed: int) -> Path:
     return out / "runs" / start.replace(":", "-") / tag / arm / f"seed-{seed}"
 
 
+def _relabel(progress: Progress, who: str) -> Progress:
+    """Progress whose ``eval: eval-<split>`` bars are named after the run, one bar per run and split."""
+    return lambda name, done, total, info="": progress(name.replace("eval: eval-", f"{who} "), done, total, info)
+
+
 def run(lc: LearningConfig, progress: Progress, command: str = "", log=lambda m: None) -> dict[str, Any]:
     """Every shared stage, every (arm, seed) run and evaluation; writes and returns the results."""
     validate(lc)
@@ -261,8 +266,8 @@ def run(lc: LearningConfig, progress: Progress, command: str = "", log=lambda m:
     start_model = STARTS[name][0](cfg, arg, out, progress)
     start_root = out / "runs" / lc.start.replace(":", "-")
     for split, limit in limits.items():
-        stage_eval(cfg, f"eval-{split}", start_model, "search", progress, out_root=start_root, log=log,
-                   split=split, limit=limit)
+        stage_eval(cfg, f"eval-{split}", start_model, "search", _relabel(progress, f"eval {lc.start}"),
+                   out_root=start_root, log=log, split=split, limit=limit)
     rl_cfg = rl_settings(cfg, lc)
     tag = settings_tag(rl_cfg)
     for arm_name, arm in arms.items():
@@ -274,8 +279,9 @@ def run(lc: LearningConfig, progress: Progress, command: str = "", log=lambda m:
                                         mask_inserted_tokens=arm.mask_inserted_tokens, seed=seed)
             final = stage_rl(train_cfg, progress, name=f"RL {arm_name} s{seed}", log=log)
             gc.collect()
+            labelled = _relabel(progress, f"eval {arm_name} s{seed}")
             for split, limit in limits.items():
-                stage_eval(cfg, f"eval-{split}", final, "search", progress, out_root=folder, log=log,
+                stage_eval(cfg, f"eval-{split}", final, "search", labelled, out_root=folder, log=log,
                            split=split, limit=limit)
             gc.collect()
     results = collect(lc, cfg, rl_cfg, start_model, limits, command)
