@@ -112,7 +112,8 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
         return {"prompt_ids": [t.prompt_ids for t in trajs],
                 "completion_ids": [t.completion_ids for t in trajs],
                 "logprobs": None,
-                "env_mask": [t.env_mask for t in trajs],
+                "env_mask": [t.env_mask if self.zs.training.mask_inserted_tokens
+                             else [1] * len(t.completion_ids) for t in trajs],
                 "zs_answer": [t.answer for t in trajs]}
 
     def _log_rollouts(self, trajs, noise: float | None, timings: RolloutTimings) -> None:
