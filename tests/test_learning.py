@@ -245,4 +245,4 @@ def test_no_mask_puts_the_inserted_tokens_into_the_loss(tmp_path, qa_file, tiny_
                 assert "<information>" not in trained and int(tmask[:n].sum()) < n
             else:  # every completion token is in the loss, the engine's documents included
                 assert int(tmask[:n].sum()) == n
-                assert "<information>Doc 1: (Title: Berlin)" in trained
+                assert "<information>Doc 1: Berlin is the capital" in trained
