@@ -364,3 +364,41 @@ def test_noisy_unlikelihood_pushes_down_the_answers_first_tokens(tiny_model):
     p = logits[keep].softmax(-1)[:, batch["banned_ids"][0]]
     count = (batch["labels"][:, 1:] != -100).sum()
     assert torch.allclose(pushed - plain, 0.5 * -torch.log1p(-p).sum() / count, atol=1e-5)
+
+
+def test_paired_examples_give_each_query_both_modes_where_its_documents_allow():
+    from zerosearch.sim.build import paired_examples
+
+    docs = [{"title": "Paris", "text": "Paris is the capital of France.", "id": "1"},
+            {"title": "Berlin", "text": "Berlin is in Germany.", "id": "2"},
+            {"title": "Rome", "text": "Rome is in Italy.", "id": "3"},
+            {"title": "Madrid", "text": "Madrid is in Spain.", "id": "4"}]
+    pair = {"query": "capital of France", "question": "Which city is the capital of France?",
+            "golden_answers": ["Paris"], "row_id": "p", "documents": docs[1:3] + docs[:1] + docs[3:],
+            "labels": {"contains": "useful"}}
+    useful, noisy = paired_examples(pair, max_docs=3)
+    assert useful["labels"]["contains"] == "useful" and useful["documents"][0]["id"] == "1"
+    assert [d["id"] for d in useful["documents"]] == ["1", "2", "3", "4"]
+    assert noisy["labels"]["contains"] == "noisy"
+    assert [d["id"] for d in noisy["documents"]] == ["2", "3", "4"]
+    assert pair["labels"]["contains"] == "useful"  # the input is not changed
+    # too few answer-free documents for a noisy target, none holding the answer for a useful one
+    assert [p["labels"]["contains"] for p in paired_examples(pair, max_docs=4)] == ["useful"]
+    answerless = {**pair, "documents": docs[1:]}
+    assert [p["labels"]["contains"] for p in paired_examples(answerless, max_docs=3)] == ["noisy"]
+
+
+def test_build_paired_sets_noisy_targets_without_the_answer(bm25, tmp_path):
+    collected, labelled = tmp_path / "c.jsonl", tmp_path / "l.jsonl"
+    collect(ROWS, bm25, collected, CollectConfig(query_source="question", rollout=RolloutConfig(topk=5)))
+    label(collected, labelled)
+    stats = build(labelled, tmp_path / "sft", label_by="contains", max_docs=2, val_fraction=0.0,
+                  paired=True)
+    train = read_finished(tmp_path / "sft" / "train.jsonl")
+    assert stats["train"]["modes"]["useful"] == stats["train"]["modes"]["noisy"] > 0
+    for ex in train:
+        assert contains_answer(ex["documents"], ex["golden_answers"]) == (ex["mode"] == "useful")
+    both = {e["row_id"] for e in train if e["mode"] == "useful"} & {e["row_id"] for e in train if e["mode"] == "noisy"}
+    assert both  # some questions give an example of each mode
+    with pytest.raises(ValueError, match="contains"):
+        build(labelled, tmp_path / "x", label_by="outcome", paired=True)

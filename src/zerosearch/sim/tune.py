@@ -259,12 +259,12 @@ def train_simulator(cfg: SimTrainConfig, log=print,
         train_sampling_strategy="group_by_length",
         bf16=bf16, gradient_checkpointing=cfg.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=progress is not None, **extra)
-    from zerosearch.runfolder import MetricsCallback, last_checkpoint
+    from zerosearch.runfolder import AtomicCheckpoints, MetricsCallback, prepare_resume
 
     metrics_file = Path(cfg.output_dir) / "metrics.jsonl"
     resume_from = None
     if cfg.resume:
-        resume_from = last_checkpoint(cfg.output_dir)
+        resume_from = prepare_resume(cfg.output_dir, log)
         log(f"resuming from {resume_from}")
     elif metrics_file.exists():
         metrics_file.unlink()  # a fresh run starts a fresh log
@@ -289,6 +289,7 @@ def train_simulator(cfg: SimTrainConfig, log=print,
             return (loss, {"loss": loss}) if return_outputs else loss
 
     trainer_class = SFTTrainer if fused and not weighted else CompletionLossTrainer
+    trainer_class = type(f"Atomic{trainer_class.__name__}", (AtomicCheckpoints, trainer_class), {})
     if weighted:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         extra_trainer = {"data_collator": weighted_collator(pad)}

@@ -154,6 +154,10 @@ class TrainingConfig:
     """HF generate: most rows decoded together."""
     log_completions: bool = False
     """Print sample completions each logging step."""
+    mask_inserted_tokens: bool = True
+    """Leave the tokens the rollout inserted (``<information>`` blocks from the engine) out of the
+    loss, as the paper does: the policy is trained only on what it wrote. False trains on them too
+    (the loss-masking ablation; the paper reports masking helps)."""
 
 
 GENERATION_DTYPES = ("auto", "float32", "bfloat16")

@@ -24,7 +24,7 @@ from zerosearch.hardware import RuntimeChoices, runtime_choices
 from zerosearch.models import resolve_model
 from zerosearch.protocol import STOP_STRINGS
 from zerosearch.qa import load_qa
-from zerosearch.runfolder import MetricsCallback, last_checkpoint
+from zerosearch.runfolder import MetricsCallback, prepare_resume
 from zerosearch.train.config import TrainConfig
 from zerosearch.train.trainer import StepTimer, ZeroSearchTrainer, make_reward_func
 
@@ -150,7 +150,7 @@ def build_trainer(cfg: TrainConfig, log=print,
 def train(cfg: TrainConfig, resume: bool = False, log=print,
           on_progress: Callable[[int, int, dict], None] | None = None) -> str:
     """Train and return the folder of the final model."""
-    checkpoint = last_checkpoint(cfg.training.output_dir) if resume else None
+    checkpoint = prepare_resume(cfg.training.output_dir, log) if resume else None
     trainer = build_trainer(cfg, log=log, on_progress=on_progress)
     try:
         if checkpoint:

@@ -31,6 +31,7 @@ from trl import GRPOTrainer
 from zerosearch.engines.base import Engine
 from zerosearch.rewards import exact_match, f1_score, get_metric
 from zerosearch.rollout import RolloutTimings, Row, run_rollouts
+from zerosearch.runfolder import AtomicCheckpoints
 from zerosearch.train.advantages import gae, masked_whiten, reinforce_pp_advantages, token_rewards
 from zerosearch.train.config import GENERATION_DTYPES, TrainConfig
 
@@ -46,7 +47,7 @@ def make_reward_func(name: str):
     return reward
 
 
-class ZeroSearchTrainer(GRPOTrainer):
+class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
     """GRPO / REINFORCE++ / PPO with search rollouts (see the module docstring)."""
 
     def __init__(self, *args, zs_config: TrainConfig, engine: Engine, value_model=None, **kwargs):
@@ -114,14 +115,14 @@ class ZeroSearchTrainer(GRPOTrainer):
         return {"prompt_ids": [t.prompt_ids for t in trajs],
                 "completion_ids": [t.completion_ids for t in trajs],
                 "logprobs": None,
-                "env_mask": [t.env_mask for t in trajs],
+                "env_mask": [t.env_mask if self.zs.training.mask_inserted_tokens
+                             else [1] * len(t.completion_ids) for t in trajs],
                 "zs_answer": [t.answer for t in trajs]}
 
     def _log_rollouts(self, trajs, noise: float | None, timings: RolloutTimings) -> None:
         n = max(len(trajs), 1)
         searches = sum(t.searches for t in trajs)
         stats = {
-            "zerosearch/noise_prob": noise if noise is not None else float("nan"),
             "zerosearch/f1": sum(f1_score(t.answer, t.row.golden_answers) for t in trajs) / n,
             "zerosearch/em": sum(exact_match(t.answer, t.row.golden_answers) for t in trajs) / n,
             "zerosearch/answered": sum(t.answer is not None for t in trajs) / n,
@@ -143,6 +144,8 @@ class ZeroSearchTrainer(GRPOTrainer):
             "time/generation_s": timings.generation_s,
             "time/search_s": timings.search_s,
         }
+        if noise is not None:  # a real engine has no noise: no key (a NaN makes TensorBoard warn)
+            stats["zerosearch/noise_prob"] = noise
         mode = "train" if self.model.training else "eval"
         for key, value in stats.items():
             self._metrics[mode][key].append(float(value))
@@ -283,10 +286,10 @@ class ZeroSearchTrainer(GRPOTrainer):
             self._value_opt.step()
         self._metrics["train"]["zerosearch/value_loss"].append(loss.item())
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+    def save_checkpoint_extras(self, folder: str) -> None:
+        """The critic and its optimizer go into the staged checkpoint (PPO)."""
         if self.value_model is not None and self.accelerator.is_main_process:
-            path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}", "value")
+            path = os.path.join(folder, "value")
             os.makedirs(path, exist_ok=True)
             self.accelerator.unwrap_model(self.value_model).save_pretrained(path)
             torch.save(self._value_opt.state_dict(), os.path.join(path, "optimizer.pt"))
