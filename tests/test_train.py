@@ -270,3 +270,17 @@ def _has_compiler() -> bool:
     from zerosearch.hardware import has_c_compiler, has_python_headers
 
     return has_c_compiler() and has_python_headers()
+
+
+def test_quickstart_presets_load():
+    """configs/quickstart/*.yaml are QuickstartConfig files (the quickstart, the learning benchmark)."""
+    import glob
+
+    from zerosearch.config import from_dict, load_yaml
+    from zerosearch.quickstart import QuickstartConfig
+
+    paths = glob.glob("configs/quickstart/*.yaml")
+    assert paths
+    for path in paths:
+        cfg = from_dict(QuickstartConfig, load_yaml(path))
+        assert cfg.sim.steps > 0 and cfg.sim.max_new_tokens > 0
