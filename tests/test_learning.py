@@ -12,14 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ScriptedPolicy
-from test_train import QUESTIONS, _bm25, _config
+from test_train import _bm25, _config, _scripted_loss_inputs
 from test_train import qa_file  # noqa: F401 (a fixture)
 from zerosearch.config import ConfigError
 from zerosearch.curriculum import CurriculumConfig
 from zerosearch.learning import ARMS, LearningConfig, run, run_dir, validate
 from zerosearch.miniworld import split_validation
-from zerosearch.train.run import build_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOY = {
@@ -219,22 +217,7 @@ def test_random_noise_is_uniform_in_the_range_and_seeded():
 @pytest.mark.parametrize("masked", [True, False])
 def test_no_mask_puts_the_inserted_tokens_into_the_loss(tmp_path, qa_file, tiny_corpus, masked):  # noqa: F811
     cfg = _config(tmp_path, qa_file, _bm25(tiny_corpus), "grpo", steps=1, mask_inserted_tokens=masked)
-    trainer = build_trainer(cfg, log=lambda m: None)
-    tok = trainer.processing_class
-    scripts = {q: ["<search>capital of Germany</search>", f"<answer>{a[0]}</answer>"] for q, a in QUESTIONS.items()}
-    trainer._generator = lambda model: ScriptedPolicy(tok, scripts)
-    seen = []
-    original = trainer._compute_loss
-
-    def spy(model, inputs):
-        seen.append({k: inputs[k].clone() for k in ("completion_ids", "completion_mask", "tool_mask")})
-        return original(model, inputs)
-
-    trainer._compute_loss = spy
-    try:
-        trainer.train()
-    finally:
-        trainer.engine.close()
+    tok, seen = _scripted_loss_inputs(cfg)
     assert seen
     for batch in seen:
         for ids, cmask, tmask in zip(batch["completion_ids"], batch["completion_mask"], batch["tool_mask"]):

@@ -82,8 +82,9 @@ class _Capture(TrainerCallback):
     pass
 
 
-def test_searches_happen_and_the_loss_mask_excludes_every_inserted_token(tmp_path, qa_file, tiny_corpus):
-    cfg = _config(tmp_path, qa_file, _bm25(tiny_corpus), "grpo", steps=1)
+def _scripted_loss_inputs(cfg):
+    """Train ``cfg`` with a policy that searches "capital of Germany" and then answers, and return
+    (tokenizer, the completion ids and masks of every batch the loss saw)."""
     trainer = build_trainer(cfg, log=lambda m: None)
     tok = trainer.processing_class
     scripts = {q: ["<search>capital of Germany</search>",
@@ -97,7 +98,16 @@ def test_searches_happen_and_the_loss_mask_excludes_every_inserted_token(tmp_pat
         return original(model, inputs)
 
     trainer._compute_loss = spy
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        trainer.engine.close()
+    return tok, seen
+
+
+def test_searches_happen_and_the_loss_mask_excludes_every_inserted_token(tmp_path, qa_file, tiny_corpus):
+    cfg = _config(tmp_path, qa_file, _bm25(tiny_corpus), "grpo", steps=1)
+    tok, seen = _scripted_loss_inputs(cfg)
     assert seen
     for batch in seen:
         for ids, cmask, tmask in zip(batch["completion_ids"], batch["completion_mask"], batch["tool_mask"]):
