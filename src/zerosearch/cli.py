@@ -456,6 +456,9 @@ def sim_train(
     noisy_unlikelihood: float = typer.Option(0.0, "--noisy-unlikelihood",
                                              help="Weight of the unlikelihood of gold answers' first "
                                                   "tokens in noisy targets (0: off)."),
+    noisy_contrast: bool = typer.Option(False, "--noisy-contrast/--no-noisy-contrast",
+                                        help="The same unlikelihood on each query's useful target "
+                                             "under its noisy prompt (needs a paired SFT set)."),
     cpu_tuning: bool = typer.Option(False, "--cpu-tuning/--no-cpu-tuning",
                                     help="CPU memory tuning for long runs (malloc keeps freed "
                                          "memory; never on a GPU)."),
@@ -470,6 +473,7 @@ def sim_train(
                                                lora=lora, bf16=bf16, save_steps=save_steps,
                                                resume=resume, answer_weight=answer_weight,
                                                noisy_unlikelihood=noisy_unlikelihood,
+                                               noisy_contrast=noisy_contrast,
                                                cpu_tuning=cpu_tuning), log=lambda m: console.print(m))
     except USER_ERRORS as err:
         fail(err)

@@ -71,6 +71,8 @@ class SimStageConfig:
     noisy_unlikelihood: float = 0.0
     """Unlikelihood weight on the gold answer's first tokens in noisy targets
     (``SimTrainConfig.noisy_unlikelihood``)."""
+    noisy_contrast: bool = False
+    """The unlikelihood also on useful targets under noisy prompts (``SimTrainConfig.noisy_contrast``)."""
     answer_first: bool = False
     """Useful targets put the documents holding a gold answer first (``sim.build.build``)."""
     answer_lead: int | None = None
@@ -199,7 +201,8 @@ def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str
         model=cfg.simulator_base, data=str(sim / "sft" / "train.jsonl"), output_dir=str(sim / "simulator"),
         max_steps=cfg.sim.steps, learning_rate=cfg.sim.learning_rate, batch_size=cfg.sim.batch_size,
         max_length=512, seed=cfg.seed, answer_weight=cfg.sim.answer_weight,
-        noisy_unlikelihood=cfg.sim.noisy_unlikelihood, cpu_tuning=True), log=log,
+        noisy_unlikelihood=cfg.sim.noisy_unlikelihood, noisy_contrast=cfg.sim.noisy_contrast,
+        cpu_tuning=True), log=log,
         progress=lambda d, t, info: progress("sim: fine-tune", d, t, info))
 
 
