@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv test demo demo-search clean bench bench-learning
+.PHONY: venv test demo demo-search clean bench bench-learning bench-learning-quick
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,9 +32,12 @@ demo-search: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/serve_throughput.py
 
-# The learning benchmark (about an hour on 2 cores): simulated+curriculum vs fixed noise vs BM25.
+# The learning benchmark (docs/learning.md): every arm x seeds 0,1,2; the quick subset: zerosearch and bm25.
 bench-learning: $(STAMP)
 	$(BIN)/python benchmarks/miniworld_learning.py
+
+bench-learning-quick: $(STAMP)
+	$(BIN)/python benchmarks/miniworld_learning.py --quick
 
 clean:
 	rm -rf $(VENV) .pytest_cache

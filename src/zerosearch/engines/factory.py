@@ -34,6 +34,9 @@ class EngineConfig:
     """Simulation LLM (simulated) or encoder (dense: default embedded:minilm when this is unset)."""
     style: str = "finetuned"
     """Simulator prompt: ``finetuned`` (released simulators' prompt) or ``prompt`` (one-shot demo)."""
+    sim_gold: str = "first"
+    """Fine-tuned style: which gold answers the prompt names, ``first`` (what the released
+    simulators were tuned and driven with) or ``joined`` (up to three, joined by " or ")."""
     backend_urls: list[str] = field(default_factory=list)
     """OpenAI-compatible endpoints serving the simulation LLM; empty = run it in process."""
     backend_model: str | None = None
@@ -50,11 +53,14 @@ class EngineConfig:
     Off by default, as in the paper; see ``sim fidelity`` for what it changes."""
     max_new_tokens: int = 256
     """Simulator output budget (paper: up to 600; five 30-word documents need about 250)."""
-    timeout_s: float = 60.0
+    timeout_s: float = 15.0
     """Per-attempt timeout for any HTTP back end (an in-process model gets 10 minutes a batch: a CPU
     needs about a minute for 16 outputs of 200 tokens)."""
-    max_retries: int = 3
+    max_retries: int = 2
     """Bounded retries (exponential backoff with jitter) before a request fails with an error."""
+    deadline_s: float = 30.0
+    """Bound on all attempts of one HTTP back-end request together; inside ``zerosearch serve`` the
+    call's own ``--request-timeout`` also bounds it, and a call answered 504 stops retrying."""
     device: str = "cpu"
     """In-process model device (cpu, cuda, cuda:1)."""
     dtype: str = "auto"
@@ -105,6 +111,17 @@ class EngineConfig:
                               "(FlashRAG JSONL, e.g. ../shared/data/corpus/wiki_passages.jsonl)")
         if kind == "remote" and not self.remote_url:
             raise EngineError("the remote engine needs --remote-url http://HOST:PORT")
+        if self.timeout_s <= 0 or self.deadline_s <= 0 or self.max_retries < 0:
+            raise EngineError("timeout_s and deadline_s must be > 0 and max_retries >= 0, got "
+                              f"{self.timeout_s}, {self.deadline_s}, {self.max_retries}")
+
+
+def retry_policy(cfg: EngineConfig):
+    """The :class:`~zerosearch.retry.RetryPolicy` of every HTTP client ``cfg`` builds."""
+    from zerosearch.retry import RetryPolicy
+
+    return RetryPolicy(timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
+                       deadline_s=cfg.deadline_s)
 
     def _check_hybrid(self) -> None:
         if self.real not in REAL_KINDS:
@@ -129,7 +146,7 @@ def build_llm_backend(cfg: EngineConfig):
 
     if cfg.backend_urls:
         return OpenAIBackend(cfg.backend_urls, model=cfg.backend_model, api_key=cfg.api_key,
-                             timeout_s=cfg.timeout_s, max_retries=cfg.max_retries)
+                             policy=retry_policy(cfg))
     from zerosearch.llm.transformers_backend import TransformersBackend
 
     return TransformersBackend(cfg.model, device=cfg.device, dtype=cfg.dtype,
@@ -158,13 +175,11 @@ def build_engine(cfg: EngineConfig, log=print) -> Engine:
 
         params = GenerationParams(cfg.max_new_tokens, cfg.temperature, cfg.top_p)
         return SimulatedEngine(build_llm_backend(cfg), cfg.style, params, cfg.seed,
-                               noisy_guard=cfg.noisy_guard)
+                               noisy_guard=cfg.noisy_guard, gold=cfg.sim_gold)
     if cfg.kind == "web":
         from zerosearch.engines.web import WebEngine
 
-        return WebEngine(cfg.web_api_key, cfg.web_url, timeout_s=cfg.timeout_s,
-                         max_retries=cfg.max_retries)
+        return WebEngine(cfg.web_api_key, cfg.web_url, policy=retry_policy(cfg))
     from zerosearch.engines.remote import RemoteEngine
 
-    return RemoteEngine(cfg.remote_url, cfg.api_key, timeout_s=cfg.timeout_s,
-                        max_retries=cfg.max_retries)
+    return RemoteEngine(cfg.remote_url, cfg.api_key, policy=retry_policy(cfg))

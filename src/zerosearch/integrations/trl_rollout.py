@@ -45,15 +45,16 @@ def trainer_rollouts(trainer, rows: Sequence[Row], engine: Engine | None, cfg: R
                             eos_token_ids=sorted(i for i in eos if i is not None))
 
 
-def trl_output(trajs: Sequence[Trajectory], tokenizer) -> dict[str, Any]:
-    """What TRL expects back from a ``rollout_func``, plus ``zs_answer`` for the reward functions."""
+def trl_output(trajs: Sequence[Trajectory], tokenizer, mask_inserted: bool = True) -> dict[str, Any]:
+    """What TRL expects back from a ``rollout_func``, plus ``zs_answer`` for the reward functions.
+    ``mask_inserted=False`` keeps the inserted documents in the loss (the loss-masking ablation)."""
     for t in trajs:  # TRL cannot take an empty completion
         if not t.completion_ids:
             t.append([tokenizer.eos_token_id], 0)
     return {"prompt_ids": [t.prompt_ids for t in trajs],
             "completion_ids": [t.completion_ids for t in trajs],
             "logprobs": None,
-            "env_mask": [t.env_mask for t in trajs],
+            "env_mask": [t.env_mask if mask_inserted else [1] * len(t.completion_ids) for t in trajs],
             "zs_answer": [t.answer for t in trajs]}
 
 

@@ -30,6 +30,7 @@ from trl import GRPOTrainer
 from zerosearch.engines.base import Engine
 from zerosearch.rewards import exact_match, f1_score, get_metric
 from zerosearch.rollout import RolloutTimings, Row
+from zerosearch.runfolder import AtomicCheckpoints
 from zerosearch.train.advantages import gae, masked_whiten, reinforce_pp_advantages, token_rewards
 from zerosearch.train.config import GENERATION_DTYPES, TrainConfig
 
@@ -45,7 +46,7 @@ def make_reward_func(name: str):
     return reward
 
 
-class ZeroSearchTrainer(GRPOTrainer):
+class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
     """GRPO / REINFORCE++ / PPO with search rollouts (see the module docstring)."""
 
     def __init__(self, *args, zs_config: TrainConfig, engine: Engine, value_model=None, **kwargs):
@@ -55,6 +56,9 @@ class ZeroSearchTrainer(GRPOTrainer):
         self._rows: list[Row] = []
         self._gen_copy = None  # the policy in training.generation_dtype, when that differs
         self._algo = zs_config.algorithm.name
+        self.autocast_bf16 = bool(zs_config.training.bf16)
+        """bf16 autocast in the log-prob forward passes (``training.bf16`` as resolved by
+        :func:`zerosearch.train.run.run_choices`); read at every forward, so it can be switched."""
         super().__init__(*args, rollout_func=self._rollout, **kwargs)
         self._kl_beta = self.beta
         if self._algo != "grpo":
@@ -100,13 +104,12 @@ class ZeroSearchTrainer(GRPOTrainer):
         metric = get_metric(self.zs.algorithm.reward)
         self._scores = torch.tensor([metric(t.answer, t.row.golden_answers) for t in trajs])
         self._log_rollouts(trajs, noise, timings)
-        return trl_output(trajs, self.processing_class)
+        return trl_output(trajs, self.processing_class, mask_inserted=self.zs.training.mask_inserted_tokens)
 
     def _log_rollouts(self, trajs, noise: float | None, timings: RolloutTimings) -> None:
         n = max(len(trajs), 1)
         searches = sum(t.searches for t in trajs)
         stats = {
-            "zerosearch/noise_prob": noise if noise is not None else float("nan"),
             "zerosearch/f1": sum(f1_score(t.answer, t.row.golden_answers) for t in trajs) / n,
             "zerosearch/em": sum(exact_match(t.answer, t.row.golden_answers) for t in trajs) / n,
             "zerosearch/answered": sum(t.answer is not None for t in trajs) / n,
@@ -128,6 +131,8 @@ class ZeroSearchTrainer(GRPOTrainer):
             "time/generation_s": timings.generation_s,
             "time/search_s": timings.search_s,
         }
+        if noise is not None:  # a real engine has no noise: no key (a NaN makes TensorBoard warn)
+            stats["zerosearch/noise_prob"] = noise
         mode = "train" if self.model.training else "eval"
         for key, value in stats.items():
             self._metrics[mode][key].append(float(value))
@@ -215,13 +220,14 @@ class ZeroSearchTrainer(GRPOTrainer):
             ids, attn = input_ids[rows], attention_mask[rows]
             if self.zs.training.fused_lm_head:
                 first, last, keep = trim_columns(attn, logits_to_keep)
-                lp, ent, _ = parent(model, ids[:, first:last], attn[:, first:last], keep,
-                                    compute_entropy=compute_entropy)
+                with self.optimisation_autocast():
+                    lp, ent, _ = parent(model, ids[:, first:last], attn[:, first:last], keep,
+                                        compute_entropy=compute_entropy)
                 pad = logits_to_keep - keep
                 lp = torch.nn.functional.pad(lp, (0, pad))
                 ent = torch.nn.functional.pad(ent, (0, pad)) if compute_entropy else None
             else:
-                with self.accelerator.autocast():
+                with self.optimisation_autocast():
                     lp, ent = plain_token_logps(
                         model, ids, attn, logits_to_keep, self.temperature, compute_entropy,
                         entropy_grad=getattr(self, "_entropy_bonus_enabled", True),
@@ -232,6 +238,13 @@ class ZeroSearchTrainer(GRPOTrainer):
         back = torch.argsort(order)
         return (torch.cat(logps)[back], torch.cat(entropies)[back] if compute_entropy else None,
                 None)
+
+    def optimisation_autocast(self):
+        """bf16 autocast on the model's device while :attr:`autocast_bf16`, else a no-op (the
+        plain LM-head path calls the decoder directly, past any autocast wrapped around the
+        model's forward, so it needs its own)."""
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast_bf16)
 
     # -- PPO critic ---------------------------------------------------------------------------
     def _value_forward(self, out, grad: bool) -> torch.Tensor:
@@ -260,10 +273,10 @@ class ZeroSearchTrainer(GRPOTrainer):
             self._value_opt.step()
         self._metrics["train"]["zerosearch/value_loss"].append(loss.item())
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+    def save_checkpoint_extras(self, folder: str) -> None:
+        """The critic and its optimizer go into the staged checkpoint (PPO)."""
         if self.value_model is not None and self.accelerator.is_main_process:
-            path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}", "value")
+            path = os.path.join(folder, "value")
             os.makedirs(path, exist_ok=True)
             self.accelerator.unwrap_model(self.value_model).save_pretrained(path)
             torch.save(self._value_opt.state_dict(), os.path.join(path, "optimizer.pt"))
@@ -283,7 +296,7 @@ class ZeroSearchTrainer(GRPOTrainer):
 def generation_dtype(setting: str, model) -> torch.dtype | None:
     """The dtype rollouts run in when it differs from ``model``'s (see
     ``TrainingConfig.generation_dtype``); None = generate with the model itself. ``auto``: bf16 for
-    an fp32 policy on hardware with native bf16 (:func:`zerosearch.hardware.inference_dtype`), the
+    an fp32 policy on hardware with native bf16 (:func:`zerosearch.hardware.runtime_choices`), the
     policy's own dtype otherwise."""
     from zerosearch.hardware import inference_dtype
 
