@@ -115,14 +115,6 @@ class EngineConfig:
             raise EngineError("timeout_s and deadline_s must be > 0 and max_retries >= 0, got "
                               f"{self.timeout_s}, {self.deadline_s}, {self.max_retries}")
 
-
-def retry_policy(cfg: EngineConfig):
-    """The :class:`~zerosearch.retry.RetryPolicy` of every HTTP client ``cfg`` builds."""
-    from zerosearch.retry import RetryPolicy
-
-    return RetryPolicy(timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
-                       deadline_s=cfg.deadline_s)
-
     def _check_hybrid(self) -> None:
         if self.real not in REAL_KINDS:
             raise EngineError(f"the hybrid engine's real engine must be one of "
@@ -138,6 +130,14 @@ def retry_policy(cfg: EngineConfig):
                               f"and budget_dollars >= 0 (got {self.budget_dollars})")
         if self.cache_ttl_s is not None and self.cache_ttl_s <= 0:
             raise EngineError(f"cache_ttl_s must be > 0 or unset, got {self.cache_ttl_s}")
+
+
+def retry_policy(cfg: EngineConfig):
+    """The :class:`~zerosearch.retry.RetryPolicy` of every HTTP client ``cfg`` builds."""
+    from zerosearch.retry import RetryPolicy
+
+    return RetryPolicy(timeout_s=cfg.timeout_s, max_retries=cfg.max_retries,
+                       deadline_s=cfg.deadline_s)
 
 
 def build_llm_backend(cfg: EngineConfig):
