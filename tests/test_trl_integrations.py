@@ -206,3 +206,29 @@ def test_rollout_func_two_steps_information_out_of_the_loss(tmp_path, engine):
     _check_masks(trainer, seen[-1], tok, "Paris is the capital and largest city of France.")
     with pytest.raises(KeyError, match="not in the answers mapping"):
         rollout(["Who wrote Hamlet?"], trainer)
+
+
+@pytest.mark.parametrize("script, extra", [("trl_rollout_func.py", ["--max-turns", "1",
+                                                                     "--max-turn-tokens", "16"]),
+                                           ("trl_environment.py", ["--qwen-template",
+                                                                   "--max-completion-length", "32"])])
+def test_the_example_scripts_train_a_step(tmp_path, script, extra):
+    """examples/ run as documented (tiny model, one step, a three-passage corpus)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    corpus, qa = tmp_path / "corpus.jsonl", tmp_path / "qa.jsonl"
+    corpus.write_text("".join(json.dumps({"id": str(i), "contents": f'"{t}"\n{t} is a city.'}) + "\n"
+                              for i, t in enumerate(["Paris", "Tokyo", "Rome"])))
+    qa.write_text("".join(json.dumps({"id": str(i), "question": f"Which city is {t}?",
+                                      "golden_answers": [t]}) + "\n"
+                          for i, t in enumerate(["Paris", "Tokyo"])))
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "examples" / script), "--questions", str(qa),
+                          "--corpus", str(corpus), "--model", "embedded:tiny-random", "--steps", "1",
+                          "--prompts-per-step", "1", "--num-generations", "2",
+                          "-o", str(tmp_path / "out"), *extra],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert (tmp_path / "out" / "final" / "config.json").exists()

@@ -212,7 +212,8 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
     results: dict[str, Any] = {}
     for name, path in files.items():
         rows = load_qa(path, limit=cfg.limit)
-        pred_path = out / "predictions" / f"{Path(name).stem if Path(name).exists() else name}.jsonl"
+        key = Path(name).stem if Path(name).exists() else name  # a QA file is named by its stem
+        pred_path = out / "predictions" / f"{key}.jsonl"
         done = read_finished(pred_path)
         finished = {r["id"] for r in done}
         todo = [r for r in rows if str(r.id) not in finished]
@@ -237,7 +238,7 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
                 progress(name, len(done), len(rows))
         order = {str(r.id): i for i, r in enumerate(rows)}
         done = sorted((r for r in done if r["id"] in order), key=lambda r: order[r["id"]])
-        results[name] = summarise(done)
+        results[key] = summarise(done)
     average = {k: sum(v[k] for v in results.values()) / len(results) for k in METRIC_KEYS}
     label = cfg.label or f"{cfg.method} / {cfg.model}"
     report = {"label": label, "model": cfg.model, "method": cfg.method, "engine": meta["engine"],
