@@ -64,6 +64,9 @@ def main(
                                       help="Training questions held out as the validation split."),
     eval_split: str = typer.Option(",".join(D.eval_splits), "--eval-split",
                                    help=f"Splits to evaluate on: {', '.join(SPLITS)} (comma-separated)."),
+    sim_gap: bool = typer.Option(D.sim_gap, "--sim-gap/--no-sim-gap",
+                                 help="Also evaluate simulated arms with their simulator: the "
+                                      "sim-to-real EM gap and answer agreement per seed."),
     copy_to: Optional[str] = typer.Option(D.copy_to, "--copy-to",
                                           help="Also copy results.json here (docs/results/miniworld_learning.json)."),
 ):
@@ -77,7 +80,7 @@ def main(
         seeds=[0, 1, 2] if quick else (_seeds(seeds) if seeds else list(D.seeds)),
         start=start, steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
         learning_rate=learning_rate, eval_questions=eval_questions, val_questions=val_questions,
-        eval_splits=_list(eval_split), copy_to=copy_to)
+        eval_splits=_list(eval_split), sim_gap=sim_gap, copy_to=copy_to)
     progress, update = named_progress(28)
     try:
         with progress:

@@ -40,3 +40,29 @@ def test_importing_the_package_loads_no_heavy_module():
     code = "import sys, zerosearch; print(any(m in sys.modules for m in ('torch', 'transformers', 'trl')))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_sim_real_gap_joins_by_question_and_counts_agreement(tmp_path):
+    import json
+
+    from zerosearch.eval_gap import gap_table, sim_real_gap
+
+    def run(name, preds, meta=None):
+        folder = tmp_path / name
+        (folder / "predictions").mkdir(parents=True)
+        (folder / "run.json").write_text(json.dumps(meta or {"model": "m", "method": "search", "rollout": {}}))
+        (folder / "predictions" / "nq.jsonl").write_text("".join(
+            json.dumps({"id": i, "prediction": p, "golden_answers": ["Paris"]}) + "\n" for i, p in preds))
+        return folder
+
+    sim = run("sim", [("a", "Paris"), ("b", "paris."), ("c", None), ("d", "Rome"), ("e", "Paris")])
+    real = run("real", [("a", "Paris"), ("b", "Lyon"), ("c", None), ("d", None)])
+    gap = sim_real_gap(sim, real)["datasets"]["nq"]
+    # shared a-d; sim right on a, b; real right on a; same answers: a, c (both missing)
+    assert gap["n"] == 4 and gap["only_sim"] == 1 and gap["only_real"] == 0
+    assert gap["em_sim"] == 0.5 and gap["em_real"] == 0.25 and gap["em_gap"] == 0.25
+    assert gap["agreement"] == 0.5
+    assert "| nq | 4 | 50.0 | 25.0 | +25.0 | 50.0 |" in gap_table(sim_real_gap(sim, real))
+    other = run("other", [("a", "Paris")], {"model": "m2", "method": "search", "rollout": {}})
+    with pytest.raises(ValueError, match="model"):
+        sim_real_gap(sim, other)

@@ -47,7 +47,7 @@ def bench(tmp_path_factory):
     and val)."""
     tmp = tmp_path_factory.mktemp("learning")
     run(_bench(tmp, arms=list(ARMS), seeds=[0], eval_splits=["test"]), lambda *a: None, command="toy all arms")
-    lc = _bench(tmp, arms=["zerosearch"], seeds=[0, 1])
+    lc = _bench(tmp, arms=["zerosearch"], seeds=[0, 1], sim_gap=True)
     results = run(lc, lambda *a: None, command="toy seeds")
     return lc, results
 
@@ -136,9 +136,20 @@ def test_results_file_holds_the_numbers_of_the_runs(bench):
             curve = _metrics_rows(folder)
             assert [c["reward"] for c in entry["curves"][str(seed)]] == [r["reward"] for r in curve]
             assert entry["step_s"][i] == pytest.approx(curve[0]["time/step_s"])
+        # the sim-to-real gap: the same policy evaluated with its simulator and with BM25
+        for i, seed in enumerate((0, 1)):
+            folder = _folder(lc, arm, seed)
+            sim_report = json.loads((folder / "eval-test-sim" / "results.json").read_text())
+            real_report = json.loads((folder / "eval-test" / "results.json").read_text())
+            assert sim_report["engine"]["engine"] == "simulated"
+            assert entry["sim_gap"]["em_sim"][i] == pytest.approx(100 * sim_report["average"]["em"])
+            assert entry["sim_gap"]["em_gap"][i] == pytest.approx(
+                100 * (sim_report["average"]["em"] - real_report["average"]["em"]))
+            assert 0 <= entry["sim_gap"]["agreement"][i] <= 100
     md = (out / "results.md").read_text()
     zs = on_disk["arms"]["zerosearch"]
     assert f"| {', '.join(f'{v:.1f}' for v in zs['em'])} |" in md
+    assert "## Sim-to-real gap" in md
     assert (out / "reward.png").stat().st_size > 0 and (out / "searches.png").stat().st_size > 0
 
 

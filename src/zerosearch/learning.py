@@ -184,6 +184,11 @@ class LearningConfig:
     """Training questions held out as the validation split (whole subjects; no stage trains on them)."""
     eval_splits: list[str] = field(default_factory=lambda: list(SPLITS))
     """Splits every run is evaluated on: test and/or val."""
+    sim_gap: bool = False
+    """Also evaluate each simulated-engine arm on the test split with the simulator it trained
+    against (useful mode, as evaluation always is) and report the sim-to-real gap per seed
+    (``zerosearch.eval_gap``: EM with the simulator minus EM with BM25, and how often the two runs
+    give the same answer); one more evaluation per run."""
     copy_to: str | None = None
     """Also copy results.json there (e.g. docs/results/miniworld_learning.json)."""
 
@@ -224,6 +229,8 @@ def validate(lc: LearningConfig) -> None:
         raise ConfigError("--eval-split val needs --val-questions > 0")
     if lc.eval_questions < 0:
         raise ConfigError("--eval-questions must be >= 0 (0: all)")
+    if lc.sim_gap and "test" not in lc.eval_splits:
+        raise ConfigError("--sim-gap compares test-split evaluations: keep test in --eval-split")
     parse_start(lc.start)
 
 
@@ -283,6 +290,9 @@ def run(lc: LearningConfig, progress: Progress, command: str = "", log=lambda m:
             for split, limit in limits.items():
                 stage_eval(cfg, f"eval-{split}", final, "search", labelled, out_root=folder, log=log,
                            split=split, limit=limit)
+            if lc.sim_gap and arm.engine == "simulated":
+                stage_eval(cfg, "eval-test-sim", final, "search", labelled, out_root=folder, log=log,
+                           split="test", limit=limits["test"], engine=arm_engine(arm, rl_cfg, seed))
             gc.collect()
     results = collect(lc, cfg, rl_cfg, start_model, limits, command)
     write_results(results, out, lc)
@@ -376,6 +386,15 @@ def collect(lc: LearningConfig, cfg: QuickstartConfig, rl_cfg: QuickstartConfig,
         for split, rows in evals.items():
             target = entry if split == "test" else entry.setdefault("val", {})
             target.update(_per_seed(rows))
+        if lc.sim_gap and arm.engine == "simulated":
+            from zerosearch.eval_gap import sim_real_gap
+
+            gaps = [sim_real_gap(run_dir(out, lc.start, tag, arm_name, seed) / "eval-test-sim",
+                                 run_dir(out, lc.start, tag, arm_name, seed) / "eval-test")["all"]
+                    for seed in lc.seeds]
+            entry["sim_gap"] = {"em_sim": [100 * g["em_sim"] for g in gaps],
+                                "em_gap": [100 * g["em_gap"] for g in gaps],
+                                "agreement": [100 * g["agreement"] for g in gaps]}
         entry.update({"step_s": step_s, "rl_s": rl_s, "curve": mean_curve(curves),
                       "curves": {str(s): c for s, c in zip(lc.seeds, curves)}})
         arms[arm_name] = entry
@@ -440,6 +459,13 @@ def results_markdown(res: dict[str, Any]) -> str:
             if "em" in r:
                 rows.append((name, arm["about"], r))
         lines += [f"## {title} ({n})", "", *_table(rows), ""]
+    gaps = [(name, arm["sim_gap"]) for name, arm in res["arms"].items() if "sim_gap" in arm]
+    if gaps:
+        lines += ["## Sim-to-real gap (test; the same policy searching its simulator, useful mode, vs BM25)",
+                  "", "| arm | EM with the simulator | EM gap (sim - BM25) | same answer (%) |", "|---|---|---|---|"]
+        lines += [f"| {name} | {_fmt(g['em_sim'])} | {_fmt(g['em_gap'])} | {_fmt(g['agreement'])} |"
+                  for name, g in gaps]
+        lines.append("")
     lines += ["## Training curves (mean over seeds)", "", "![reward per step](reward.png)", "",
               "![searches per question per step](searches.png)", "",
               "| arm | engine | simulator | noise | algorithm | inserted tokens in loss | mean s / step "

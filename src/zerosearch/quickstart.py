@@ -303,10 +303,10 @@ def stage_rl(train_cfg, progress: Progress, name: str = "RL", log=print) -> str:
 
 def stage_eval(cfg: QuickstartConfig, name: str, model: str, method: str, progress: Progress,
                out_root: str | Path | None = None, log=print, split: str = "test",
-               limit: int | None = None) -> dict[str, Any]:
-    """Evaluate one (model, method) on held-out questions with the real BM25 engine: the first
-    ``limit`` (default ``cfg.eval_questions``) of ``world/<split>.jsonl`` (``test``, or ``val``
-    with ``val_questions``)."""
+               limit: int | None = None, engine: EngineConfig | None = None) -> dict[str, Any]:
+    """Evaluate one (model, method) on held-out questions with the real BM25 engine (or
+    ``engine``, e.g. a simulator for the sim-to-real gap): the first ``limit`` (default
+    ``cfg.eval_questions``) of ``world/<split>.jsonl`` (``test``, or ``val`` with ``val_questions``)."""
     out = Path(out_root or Path(cfg.output_dir) / "eval") / name
     limit = cfg.eval_questions if limit is None else limit
     results = out / "results.json"
@@ -324,14 +324,14 @@ def stage_eval(cfg: QuickstartConfig, name: str, model: str, method: str, progre
     rollout = RolloutConfig(**{**asdict(cfg.rollout), "temperature": 0.0, "topk": cfg.topk})
     eval_cfg = EvalConfig(model=model, method=method, datasets=[str(test)], limit=limit,
                           batch_size=cfg.eval_batch_size, rollout=rollout, label=LABELS.get(name, name))
-    engine = build_engine(bm25_config(cfg), log=log) if method in ("search", "rag") else None
+    searched = build_engine(engine or bm25_config(cfg), log=log) if method in ("search", "rag") else None
     generator, tokenizer = load_policy(model, device="cpu", dtype="float32")
     try:
-        return evaluate(eval_cfg, generator, tokenizer, engine, out,
+        return evaluate(eval_cfg, generator, tokenizer, searched, out,
                         progress=lambda _ds, d, t: progress(f"eval: {name}", d, t, ""))
     finally:
-        if engine is not None:
-            engine.close()
+        if searched is not None:
+            searched.close()
 
 
 def eval_runs(cfg: QuickstartConfig, start: str, trained: str) -> list[tuple[str, str, str]]:
