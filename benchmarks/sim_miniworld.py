@@ -35,6 +35,11 @@ def main(
                                                                       "section is the recipe)."),
     output_dir: str = typer.Option("runs/sim-miniworld", "--output-dir", "-o", help="Run folder (rerun = resume)."),
     copy_to: Optional[str] = typer.Option(None, "--copy-to", help="Also copy the results file there."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Training seed (SFT split, data order, "
+                                                            "initialisation); default: the config's."),
+    world_seed: Optional[int] = typer.Option(None, "--world-seed",
+                                             help="Mini-world seed (another world: other names, facts, "
+                                                  "questions); default: the config's."),
 ):
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     from dataclasses import asdict
@@ -47,6 +52,10 @@ def main(
     except USER_ERRORS as err:
         fail(err)
     cfg.output_dir = output_dir
+    if seed is not None:
+        cfg.seed = seed
+    if world_seed is not None:
+        cfg.world.seed = world_seed
     progress, update = named_progress(34)
     started = time.time()
     with progress:
@@ -59,7 +68,7 @@ def main(
         "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} logical CPUs, {platform.system()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "sim": asdict(cfg.sim), "topk": cfg.topk,
+        "sim": asdict(cfg.sim), "topk": cfg.topk, "seed": cfg.seed, "world_seed": cfg.world.seed,
         # of this invocation (a resumed run skips finished stages)
         "seconds": {"until_tuned": round(tuned, 1), "total": round(time.time() - started, 1)},
         "rows": [{k: r.get(k) for k in KEYS} for r in rows],
