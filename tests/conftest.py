@@ -29,7 +29,7 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> No
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{proc.stdout.read()}")
         try:
-            if httpx.get(url, timeout=1.0).status_code == 200:
+            if httpx.get(url, timeout=1.0).status_code in (200, 503):  # 503: up, back end not
                 return
         except httpx.HTTPError:
             pass
@@ -38,19 +38,43 @@ def wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 120.0) -> No
     raise RuntimeError(f"{url} not healthy after {timeout}s")
 
 
+def stop_process(proc: subprocess.Popen, grace_s: float = 5.0) -> None:
+    """SIGTERM the process group ``proc`` leads, then SIGKILL it after ``grace_s``: servers such as
+    ``transformers serve`` may ignore SIGTERM or leave children behind."""
+    import signal
+
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(grace_s)
+        except subprocess.TimeoutExpired:
+            pass
+        except ProcessLookupError:
+            return
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group, children included
+    except ProcessLookupError:
+        pass
+    proc.wait(10)
+
+
 class Server:
-    """A process serving HTTP on a loopback port; killed at the end."""
+    """A process serving HTTP on a loopback port, in its own process group; stopped at the end
+    (SIGTERM, then SIGKILL after a grace period)."""
 
     def __init__(self, args: list[str], port: int, health: str = "/health", env=None):
         self.port, self.url = port, f"http://127.0.0.1:{port}"
         self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, env={**os.environ, **(env or {})})
-        wait_healthy(self.url + health, self.proc)
+                                     text=True, env={**os.environ, **(env or {})},
+                                     start_new_session=True)
+        try:
+            wait_healthy(self.url + health, self.proc)
+        except BaseException:
+            self.kill()
+            raise
 
-    def kill(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+    def kill(self, grace_s: float = 5.0) -> None:
+        stop_process(self.proc, grace_s)
 
 
 def zerosearch_serve(*flags: str) -> Server:

@@ -21,7 +21,7 @@ def test_engine_config_from_dict_rejects_unknown_keys_and_types():
         from_dict(EngineConfig, {"kind": "google"})
 
 
-def test_resolver_errors_and_passthrough(tmp_path):
+def test_resolver_errors_and_passthrough(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError, match="embedded:tiny-random"):
         resolve_model("embedded:gpt5")
     with pytest.raises(ModelNotFoundError, match="cannot resolve"):
@@ -29,7 +29,9 @@ def test_resolver_errors_and_passthrough(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="not a model directory"):
         resolve_model(str(tmp_path / "empty"))
-    assert resolve_model("Qwen/Qwen2.5-3B-Instruct") == "Qwen/Qwen2.5-3B-Instruct"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # an uncached hub id fails now, in one line
+    with pytest.raises(ModelNotFoundError, match="not in the local hub cache"):
+        resolve_model("nobody/no-such-model")
     assert resolve_model("embedded:minilm").endswith("model")
 
 

@@ -196,7 +196,7 @@ def _forward_steps(model, step, steps=3, rows=4, filled=10):
 def test_decode_step_computes_the_models_forward(model_tok):
     """The written-out decoding step gives the model's logits (float32, plain matmuls) over several
     steps with a padded row, writes the cache like the model does, and repacks when weights change."""
-    from zerosearch.decode_step import DecodeStep, build
+    from zerosearch.cpu.decode_step import DecodeStep, build
 
     model, _ = model_tok
     step = DecodeStep(model, packed=False)
@@ -222,7 +222,7 @@ def test_decode_step_computes_the_models_forward(model_tok):
 def test_decode_step_packed_bf16_follows_the_model(tiny_model):
     """On CPUs with native bf16 the packed step is what KVDecoder runs: logits within bf16 rounding of
     the model's, the same greedy tokens as the model's forward."""
-    from zerosearch.decode_step import build
+    from zerosearch.cpu.decode_step import build
 
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no native bf16: no packed bf16 decoding step")
@@ -241,7 +241,7 @@ def test_decode_step_packed_bf16_follows_the_model(tiny_model):
 
 
 def test_decode_step_refuses_other_families(tiny_model):
-    from zerosearch.decode_step import build
+    from zerosearch.cpu.decode_step import build
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():

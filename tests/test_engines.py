@@ -16,6 +16,7 @@ from zerosearch.engines.bm25 import BM25Engine
 from zerosearch.engines.simulated import SimulatedEngine
 from zerosearch.llm.base import Completion, GenerationParams
 from zerosearch.llm.openai_backend import OpenAIBackend
+from zerosearch.retry import RetryPolicy
 
 
 def test_bm25_builds_saves_reloads_and_rebuilds(tiny_corpus):
@@ -188,8 +189,8 @@ def _dead_port():
 
 
 def test_openai_backend_gives_up_on_a_dead_endpoint_quickly():
-    backend = OpenAIBackend([f"http://127.0.0.1:{_dead_port()}/v1"], model="m", timeout_s=2,
-                            max_retries=2, backoff_s=0.05)
+    backend = OpenAIBackend([f"http://127.0.0.1:{_dead_port()}/v1"], model="m", policy=RetryPolicy(timeout_s=2,
+                            max_retries=2, backoff_s=0.05))
     started = time.monotonic()
     [c] = backend.chat([[{"role": "user", "content": "hi"}]], GenerationParams())
     assert c.text is None and c.error_kind == "unavailable" and c.retries == 2
@@ -202,7 +203,7 @@ def test_openai_backend_times_out_on_a_silent_endpoint():
     silent.listen(16)  # accepts connections, never answers
     try:
         backend = OpenAIBackend([f"http://127.0.0.1:{silent.getsockname()[1]}"], model="m",
-                                timeout_s=0.5, max_retries=1, backoff_s=0.05)
+                                policy=RetryPolicy(timeout_s=0.5, max_retries=1, backoff_s=0.05))
         started = time.monotonic()
         [c] = backend.chat([[{"role": "user", "content": "hi"}]], GenerationParams())
         assert c.error_kind == "timeout" and time.monotonic() - started < 4

@@ -1,4 +1,4 @@
-"""hardware.keep_freed_memory: large tensors come from glibc's heap, which keeps them after they are
+"""cpu.memory.keep_freed_memory: large tensors come from glibc's heap, which keeps them after they are
 freed, instead of a fresh mmap per allocation that is unmapped on free (checked in fresh processes,
 since the setting is process-wide)."""
 
@@ -10,7 +10,7 @@ import pytest
 
 _PROGRAM = """
 import sys, torch
-from zerosearch.hardware import keep_freed_memory
+from zerosearch.cpu.memory import keep_freed_memory
 
 def heap_mb():
     for line in open("/proc/self/maps"):
@@ -25,7 +25,7 @@ POLICIES = {"cap": dict(limit_bytes=1, reserve_bytes=0),  # a limit this process
             "short": dict(reserve_bytes=2**62),  # a machine with less available than the reserve
             "roomy": dict(reserve_bytes=0)}  # no limit, memory to spare: nothing is released
 if sys.argv[2:]:  # the memory cap's callback
-    from zerosearch.hardware import memory_cap_callback, resident_bytes
+    from zerosearch.cpu.memory import memory_cap_callback, resident_bytes
     cap = memory_cap_callback(**POLICIES[sys.argv[2]])  # (imports transformers before the free)
 t = torch.ones(64 * 2**20)  # 256 MB
 during = heap_mb()
@@ -78,7 +78,7 @@ def test_memory_cap_hands_kept_pages_back():
 
 _TOP = """
 import torch
-from zerosearch.hardware import keep_freed_memory, resident_bytes
+from zerosearch.cpu.memory import keep_freed_memory, resident_bytes
 assert keep_freed_memory()
 x = [torch.ones(64 * 2**20) for _ in range(10)]  # 2.5 GB, the last blocks at the heap's top
 held = resident_bytes()

@@ -5,8 +5,20 @@ import pytest
 from zerosearch import protocol as P
 
 
-def test_policy_prompt_is_byte_exact():
-    expected = (
+# Upstream strings written out in full (Search-R1 scripts/data_process/nq_search.py and
+# search_r1/llm_agent/generation.py; ZeroSearch llm_agent/generation.py and inference.py).
+_INSTRUCTION = (
+    "Answer the given question. You must conduct reasoning inside <think> and </think> first "
+    "every time you get new information. After reasoning, if you find you lack some knowledge, "
+    "you can call a search engine by <search> query </search> and it will return the top "
+    "searched results between <information> and </information>. You can search as many times "
+    "as your want. If you find no further external knowledge needed, you can directly provide "
+    "the answer inside <answer> and </answer>, without detailed illustrations. For example, "
+    "<answer> Beijing </answer>. ")
+
+
+def test_policy_prompt_is_byte_exact_with_a_question_mark():
+    assert P.build_policy_prompt("who wrote hamlet?") == (
         "Answer the given question. You must conduct reasoning inside <think> and </think> first "
         "every time you get new information. After reasoning, if you find you lack some knowledge, "
         "you can call a search engine by <search> query </search> and it will return the top "
@@ -14,10 +26,52 @@ def test_policy_prompt_is_byte_exact():
         "as your want. If you find no further external knowledge needed, you can directly provide "
         "the answer inside <answer> and </answer>, without detailed illustrations. For example, "
         "<answer> Beijing </answer>. Question: who wrote hamlet?\n")
-    assert P.build_policy_prompt("who wrote hamlet?") == expected
-    assert P.build_policy_prompt(" q ", instruction="X. ") == "X. Question: q\n"
+
+
+def test_policy_prompt_appends_the_question_mark_like_upstream():
+    # An NQ question (none ends in "?"): stripped, then "?" appended, as upstream prepares data.
+    assert P.build_policy_prompt("  when was the eiffel tower built \n") == (
+        "Answer the given question. You must conduct reasoning inside <think> and </think> first "
+        "every time you get new information. After reasoning, if you find you lack some knowledge, "
+        "you can call a search engine by <search> query </search> and it will return the top "
+        "searched results between <information> and </information>. You can search as many times "
+        "as your want. If you find no further external knowledge needed, you can directly provide "
+        "the answer inside <answer> and </answer>, without detailed illustrations. For example, "
+        "<answer> Beijing </answer>. Question: when was the eiffel tower built?\n")
+    assert P.POLICY_INSTRUCTION == _INSTRUCTION
+    assert P.build_policy_prompt(" q ", instruction="X. ") == "X. Question: q?\n"
+    assert P.normalize_question("Is it? ") == "Is it?"
     with pytest.raises(ValueError):
         P.build_policy_prompt("  ")
+
+
+def test_search_r1_document_lines_are_byte_exact():
+    # Title line as stored (quotes kept), no colon after the number, whitespace inside kept, one
+    # "\n" per document, the whole block stripped as Search-R1 strips it.
+    contents = ['"Eiffel Tower"\nThe Eiffel Tower is a  wrought-iron tower.',
+                '\nA passage whose title line is empty.',
+                '"Paris"\nLine one.\nLine two  ']
+    assert P.information_block(P.search_r1_documents(contents)) == (
+        '\n\n<information>Doc 1(Title: "Eiffel Tower") The Eiffel Tower is a  wrought-iron tower.\n'
+        'Doc 2(Title: ) A passage whose title line is empty.\n'
+        'Doc 3(Title: "Paris") Line one.\nLine two</information>\n\n')
+    # A row with no title line at all: Search-R1 takes the whole text as the title.
+    assert P.search_r1_documents(["no title line here"]) == "Doc 1(Title: no title line here)"
+
+
+def test_zerosearch_document_lines_are_byte_exact():
+    assert P.information_block(P.zerosearch_documents(["first  doc", "second doc"])) == (
+        "\n\n<information>Doc 1: first  doc\nDoc 2: second doc</information>\n\n")
+
+
+def test_doc_format_default_follows_the_checkpoint_family():
+    assert P.resolve_doc_format("auto", "PeterJinGo/SearchR1-nq_hotpotqa_train-qwen2.5-3b-em-ppo") \
+        == "search-r1"
+    assert P.resolve_doc_format("auto", "Alibaba-NLP/ZeroSearch_wiki_V2_Qwen2.5_3B") == "zerosearch"
+    assert P.resolve_doc_format("auto", None) == "zerosearch"
+    assert P.resolve_doc_format("search-r1", "anything") == "search-r1"
+    with pytest.raises(ValueError, match="doc_format"):
+        P.resolve_doc_format("google")
 
 
 @pytest.mark.parametrize("text,kind,content", [
@@ -59,7 +113,7 @@ def test_information_block_format():
 
 def test_finetuned_simulator_prompt_is_byte_exact():
     messages = P.finetuned_sim_messages("eiffel tower height", "How tall is the Eiffel Tower?",
-                                        ["330 metres"], "useful")
+                                        ["330 metres", "1,083 ft"], "useful")
     assert messages[0] == {"role": "system", "content": ""}
     assert messages[1]["role"] == "user"
     assert messages[1]["content"] == (
@@ -72,14 +126,31 @@ def test_finetuned_simulator_prompt_is_byte_exact():
         "information.\n"
         "\n"
         "Query: eiffel tower height\n"
-        "Useful Output:")
+        "Useful Output:\n")
+    assert P.finetuned_sim_messages("q", "Q?", ["a"], "noisy")[1]["content"] == (
+        "You are the Google search engine.\n"
+        "Given a query, you need to generate five noisy documents for the query.\n"
+        "\n"
+        'The user is trying to answer the question: "Q?" whose answer is a.\n'
+        "Each document should contain about 30 words, and these documents should contain noisy "
+        "information.\n"
+        "\n"
+        "Query: q\n"
+        "Noisy Output:\n")
     noisy = P.finetuned_sim_messages("q", "Q?", ["a"], "noisy", k=3)[1]["content"]
-    assert "generate three noisy documents" in noisy and noisy.endswith("Noisy Output:")
+    assert "generate three noisy documents" in noisy and noisy.endswith("Noisy Output:\n")
 
 
-def test_simulator_sees_all_gold_answers_and_rejects_unknown_modes():
-    content = P.finetuned_sim_messages("q", "Q?", ["NYC", "New York City", "NYC"], "useful")[1]["content"]
-    assert "whose answer is NYC or New York City." in content
+def test_gold_answers_first_for_the_finetuned_style_joined_on_request():
+    answers = ["", "NYC", "New York City", "NYC"]
+    first = P.finetuned_sim_messages("q", "Q?", answers, "useful")[1]["content"]
+    assert "whose answer is NYC.\n" in first
+    joined = P.finetuned_sim_messages("q", "Q?", answers, "useful", gold="joined")[1]["content"]
+    assert "whose answer is NYC or New York City.\n" in joined
+    assert "(answer: NYC or New York City)" in P.prompt_sim_messages("q", "Q?", answers, "useful")[3][
+        "content"]
+    with pytest.raises(ValueError, match="gold style"):
+        P.finetuned_sim_messages("q", "Q?", ["a"], "useful", gold="all")
     with pytest.raises(ValueError, match="unknown simulation mode"):
         P.finetuned_sim_messages("q", "Q?", ["a"], "random")
     with pytest.raises(ValueError, match="unknown simulation mode"):

@@ -37,6 +37,14 @@ def test_f1_hand_computed():
     assert f1_score("Berlin", ["Paris"]) == 0.0
 
 
+def test_f1_of_empty_against_empty_is_zero():
+    # SQuAD v1.1 and upstream: an answer that normalises to nothing never scores, even against a
+    # gold answer that normalises to nothing too ("the" -> "").
+    assert f1_score("", [""]) == 0.0
+    assert f1_score("The.", ["a"]) == 0.0
+    assert f1_score("", ["Paris"]) == 0.0 and f1_score("Paris", ["the"]) == 0.0
+
+
 def test_no_answer_scores_zero_everywhere():
     for metric in ("em", "cover_em", "f1"):
         assert get_metric(metric)(None, ["Beijing"]) == 0.0

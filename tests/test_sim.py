@@ -364,3 +364,94 @@ def test_noisy_unlikelihood_pushes_down_the_answers_first_tokens(tiny_model):
     p = logits[keep].softmax(-1)[:, batch["banned_ids"][0]]
     count = (batch["labels"][:, 1:] != -100).sum()
     assert torch.allclose(pushed - plain, 0.5 * -torch.log1p(-p).sum() / count, atol=1e-5)
+
+
+def test_noisy_contrast_puts_the_useful_target_under_the_noisy_prompt(tiny_model, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from zerosearch.sim.tune import (SimTrainConfig, completion_loss, contrast_rows, train_simulator,
+                                     weighted_collator, weighted_example)
+
+    def row(mode, query, text):
+        return {"prompt": [{"role": "user", "content": f"{mode} {query}"}], "mode": mode, "query": query,
+                "golden_answers": ["Amazonian"],
+                "completion": [{"role": "assistant", "content": text}]}
+
+    rows = [row("useful", "a", "Doc 1: the Amazonian one."), row("noisy", "a", "Doc 1: nothing."),
+            row("noisy", "b", "Doc 1: nothing either.")]  # b has no useful example: no contrast row
+    (contrast,) = contrast_rows(rows)
+    assert contrast["prompt"] == rows[1]["prompt"] and contrast["completion"] == rows[0]["completion"]
+    assert contrast["mode"] == "contrast"
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    ex = weighted_example(tokenizer, contrast, 10.0, 512, ban_answers=True)
+    # no likelihood anywhere; the unlikelihood marks exactly the tokens that spell the answer
+    assert set(ex["loss_weights"]) == {0.0} and any(label != -100 for label in ex["labels"])
+    marked = [t for t, u in zip(ex["input_ids"], ex["unlike"]) if u]
+    assert tokenizer.decode(marked).strip() == "Amazonian" and not ex["banned_ids"]
+    useful = weighted_example(tokenizer, rows[0], 10.0, 512, ban_answers=True)
+    assert not any(useful["unlike"]) and max(useful["loss_weights"]) == 10.0
+    batch = weighted_collator(tokenizer.pad_token_id or 0)([ex, useful])
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    plain = completion_loss(model, batch)
+    pushed = completion_loss(model, batch, unlikelihood=0.5)
+    # by hand: -log(1 - p(label)) at the marked positions of the contrast row, over all labels
+    logits = model(input_ids=batch["input_ids"]).logits[0, :-1].float()
+    at = batch["unlike"][0, 1:].bool()
+    p = logits[at].softmax(-1).gather(1, batch["labels"][0, 1:][at][:, None])[:, 0]
+    count = (batch["labels"][:, 1:] != -100).sum()
+    assert torch.allclose(pushed - plain, 0.5 * -torch.log1p(-p).sum() / count, atol=1e-5)
+    data = tmp_path / "train.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    with pytest.raises(ValueError, match="noisy_unlikelihood"):
+        train_simulator(SimTrainConfig(model="embedded:tiny-random", data=str(data), noisy_contrast=True,
+                                       output_dir=str(tmp_path / "s")), log=lambda m: None)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows[1:]))
+    with pytest.raises(ValueError, match="--paired"):
+        train_simulator(SimTrainConfig(model="embedded:tiny-random", data=str(data), noisy_contrast=True,
+                                       noisy_unlikelihood=1.0, output_dir=str(tmp_path / "s")),
+                        log=lambda m: None)
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    logs = []
+    train_simulator(SimTrainConfig(model="embedded:tiny-random", data=str(data), noisy_contrast=True,
+                                   noisy_unlikelihood=1.0, bf16=False, max_steps=1, batch_size=2,
+                                   output_dir=str(tmp_path / "s")), log=logs.append)
+    assert "noisy contrast: 1 useful targets under noisy prompts" in logs
+
+
+def test_paired_examples_give_each_query_both_modes_where_its_documents_allow():
+    from zerosearch.sim.build import paired_examples
+
+    docs = [{"title": "Paris", "text": "Paris is the capital of France.", "id": "1"},
+            {"title": "Berlin", "text": "Berlin is in Germany.", "id": "2"},
+            {"title": "Rome", "text": "Rome is in Italy.", "id": "3"},
+            {"title": "Madrid", "text": "Madrid is in Spain.", "id": "4"}]
+    pair = {"query": "capital of France", "question": "Which city is the capital of France?",
+            "golden_answers": ["Paris"], "row_id": "p", "documents": docs[1:3] + docs[:1] + docs[3:],
+            "labels": {"contains": "useful"}}
+    useful, noisy = paired_examples(pair, max_docs=3)
+    assert useful["labels"]["contains"] == "useful" and useful["documents"][0]["id"] == "1"
+    assert [d["id"] for d in useful["documents"]] == ["1", "2", "3", "4"]
+    assert noisy["labels"]["contains"] == "noisy"
+    assert [d["id"] for d in noisy["documents"]] == ["2", "3", "4"]
+    assert pair["labels"]["contains"] == "useful"  # the input is not changed
+    # too few answer-free documents for a noisy target, none holding the answer for a useful one
+    assert [p["labels"]["contains"] for p in paired_examples(pair, max_docs=4)] == ["useful"]
+    answerless = {**pair, "documents": docs[1:]}
+    assert [p["labels"]["contains"] for p in paired_examples(answerless, max_docs=3)] == ["noisy"]
+
+
+def test_build_paired_sets_noisy_targets_without_the_answer(bm25, tmp_path):
+    collected, labelled = tmp_path / "c.jsonl", tmp_path / "l.jsonl"
+    collect(ROWS, bm25, collected, CollectConfig(query_source="question", rollout=RolloutConfig(topk=5)))
+    label(collected, labelled)
+    stats = build(labelled, tmp_path / "sft", label_by="contains", max_docs=2, val_fraction=0.0,
+                  paired=True)
+    train = read_finished(tmp_path / "sft" / "train.jsonl")
+    assert stats["train"]["modes"]["useful"] == stats["train"]["modes"]["noisy"] > 0
+    for ex in train:
+        assert contains_answer(ex["documents"], ex["golden_answers"]) == (ex["mode"] == "useful")
+    both = {e["row_id"] for e in train if e["mode"] == "useful"} & {e["row_id"] for e in train if e["mode"] == "noisy"}
+    assert both  # some questions give an example of each mode
+    with pytest.raises(ValueError, match="contains"):
+        build(labelled, tmp_path / "x", label_by="outcome", paired=True)

@@ -71,6 +71,8 @@ def test_two_steps_with_the_tiny_model(tmp_path, qa_file, tiny_corpus, algorithm
     if algorithm == "ppo":
         assert (tmp_path / "run" / "checkpoint-2" / "value" / "model.safetensors").exists()
         assert "zerosearch/value_loss" in rows[0]
+    if engine == "bm25":  # a real engine has no noise: no key (a NaN made TensorBoard warn each step)
+        assert "zerosearch/noise_prob" not in rows[0]
     if engine == "simulated":  # step 0 of 2, then step 1 of 2: (4**0.5 - 1) / 3 * 0.5
         assert rows[0]["zerosearch/noise_prob"] == 0.0
         assert rows[1]["zerosearch/noise_prob"] == pytest.approx(1 / 6)
@@ -80,8 +82,9 @@ class _Capture(TrainerCallback):
     pass
 
 
-def test_searches_happen_and_the_loss_mask_excludes_every_inserted_token(tmp_path, qa_file, tiny_corpus):
-    cfg = _config(tmp_path, qa_file, _bm25(tiny_corpus), "grpo", steps=1)
+def _scripted_loss_inputs(cfg):
+    """Train ``cfg`` with a policy that searches "capital of Germany" and then answers, and return
+    (tokenizer, the completion ids and masks of every batch the loss saw)."""
     trainer = build_trainer(cfg, log=lambda m: None)
     tok = trainer.processing_class
     scripts = {q: ["<search>capital of Germany</search>",
@@ -95,7 +98,16 @@ def test_searches_happen_and_the_loss_mask_excludes_every_inserted_token(tmp_pat
         return original(model, inputs)
 
     trainer._compute_loss = spy
-    trainer.train()
+    try:
+        trainer.train()
+    finally:
+        trainer.engine.close()
+    return tok, seen
+
+
+def test_searches_happen_and_the_loss_mask_excludes_every_inserted_token(tmp_path, qa_file, tiny_corpus):
+    cfg = _config(tmp_path, qa_file, _bm25(tiny_corpus), "grpo", steps=1)
+    tok, seen = _scripted_loss_inputs(cfg)
     assert seen
     for batch in seen:
         for ids, cmask, tmask in zip(batch["completion_ids"], batch["completion_mask"], batch["tool_mask"]):
@@ -105,7 +117,8 @@ def test_searches_happen_and_the_loss_mask_excludes_every_inserted_token(tmp_pat
             # token by token: everything trained on is the policy's, everything inserted is masked
             assert "<information>" not in trained and "Doc 1" not in trained
             assert trained.startswith("<search>capital of Germany</search><answer>")
-            assert inserted.startswith("\n\n<information>Doc 1: (Title: Berlin)")
+            # ZeroSearch's document lines (the default for our own policy): "Doc i: text", no title
+            assert inserted.startswith("\n\n<information>Doc 1: Berlin is the capital of Germany")
             assert inserted.endswith("</information>\n\n")
     [row] = _metrics(cfg)
     assert row["zerosearch/searches_per_question"] == 1.0 and row["reward"] == 1.0
@@ -159,7 +172,7 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused(tmp_path, qa_file, tiny_co
 
     if torch.cuda.is_available():
         pytest.skip("the refusal is about CPUs")
-    monkeypatch.setattr("zerosearch.hardware.bf16_is_fast", lambda: False)
+    monkeypatch.setattr("zerosearch.hardware.bf16_is_fast", lambda device=None: False)
     with pytest.raises(ConfigError, match="native bf16"):
         build_trainer(_config(tmp_path, qa_file, _bm25(tiny_corpus), bf16=True))
 
@@ -267,3 +280,17 @@ def _has_compiler() -> bool:
     from zerosearch.hardware import has_c_compiler, has_python_headers
 
     return has_c_compiler() and has_python_headers()
+
+
+def test_quickstart_presets_load():
+    """configs/quickstart/*.yaml are QuickstartConfig files (the quickstart, the learning benchmark)."""
+    import glob
+
+    from zerosearch.config import from_dict, load_yaml
+    from zerosearch.quickstart import QuickstartConfig
+
+    paths = glob.glob("configs/quickstart/*.yaml")
+    assert paths
+    for path in paths:
+        cfg = from_dict(QuickstartConfig, load_yaml(path))
+        assert cfg.sim.steps > 0 and cfg.sim.max_new_tokens > 0

@@ -15,6 +15,11 @@ from zerosearch.cli_engine import USER_ERRORS, console, fail, named_progress, wi
 from zerosearch.engines.base import SearchRequest
 from zerosearch.engines.factory import EngineConfig, build_engine
 from zerosearch.protocol import document_line
+from zerosearch.rollout import RolloutConfig
+from zerosearch.server import ServerConfig
+
+_DOC_FORMAT_HELP = ("Document lines for the policy: zerosearch (Doc 1: text), search-r1 "
+                    "(Doc 1(Title: \"T\") text) or auto (by the policy's name).")
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ZeroSearch: train LLMs to search with RL while an LLM plays the search engine.")
@@ -78,23 +83,42 @@ def serve(
     port: int = typer.Option(6001, "--port", help="TCP port."),
     token: Optional[str] = typer.Option(None, "--token", envvar="ZEROSEARCH_TOKEN",
                                         help="Require this bearer token."),
-    max_batch: int = typer.Option(256, "--max-batch", help="Most queries in one call."),
-    request_timeout: float = typer.Option(300.0, "--request-timeout",
-                                          help="Upper bound on one call (s); then 504."),
+    max_batch: int = typer.Option(ServerConfig.max_batch, "--max-batch",
+                                  help="Most queries in one call."),
+    noise_prob: Optional[float] = typer.Option(ServerConfig.noise_prob, "--noise-prob",
+                                               help="/retrieve, simulated engine: probability of "
+                                               "noisy documents when the client sends none "
+                                               "(changeable with POST /noise)."),
+    request_timeout: Optional[float] = typer.Option(
+        None, "--request-timeout", help="Upper bound on one call (s), retries included; then 504 "
+        "and its back-end work is cancelled. [default: ServerConfig.request_timeout_s, 60]"),
+    header_timeout: Optional[float] = typer.Option(
+        None, "--header-timeout", help="Close a connection whose request headers take longer (s). "
+        "[default: ServerConfig.header_timeout_s, 10]"),
+    body_timeout: Optional[float] = typer.Option(
+        None, "--body-timeout", help="408 when a request body takes longer (s). "
+        "[default: ServerConfig.body_timeout_s, 30]"),
+    max_connections: Optional[int] = typer.Option(
+        None, "--max-connections", help="Most open connections; more are closed at once. "
+        "[default: ServerConfig.max_connections, 512]"),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
-    """Serve an engine over HTTP: /search, /retrieve (Search-R1 API), /health, /metrics."""
-    from zerosearch.server import ServerConfig, serve as run_server
+    """Serve an engine over HTTP: /search, /retrieve (Search-R1 API), /noise, /health, /metrics."""
+    from zerosearch.server import serve as run_server
 
     try:
+        given = {"request_timeout_s": request_timeout, "header_timeout_s": header_timeout,
+                 "body_timeout_s": body_timeout, "max_connections": max_connections}
         server_cfg = ServerConfig(host=host, port=port, token=token, max_batch=max_batch,
-                                  request_timeout_s=request_timeout)
+                                  default_topk=engine_cfg.topk, noise_prob=noise_prob,
+                                  **{k: v for k, v in given.items() if v is not None})
+        server_cfg.validate()
         engine = _build(engine_cfg)
     except USER_ERRORS as err:
         fail(err)
     console.print(f"[green]serving the {engine_cfg.kind} engine on http://{host}:{port}[/] "
-                  "(POST /search, POST /retrieve, GET /health, GET /metrics)")
+                  "(POST /search, POST /retrieve, GET|POST /noise, GET /health, GET /metrics)")
     run_server(engine, server_cfg, log=lambda m: console.print(f"[yellow]{m}[/]"))
 
 
@@ -110,6 +134,8 @@ def train(
     limit: Optional[int] = typer.Option(None, "--limit", help="Use the first N questions."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Run folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
+    save_steps: Optional[int] = typer.Option(None, "--save-steps",
+                                             help="Checkpoint every N steps (training.save_steps)."),
     engine_cfg: EngineConfig = None,
 ):
     """Train a search policy with RL (GRPO / REINFORCE++ / PPO) against any engine."""
@@ -123,11 +149,12 @@ def train(
         cfg = load_train_config(config, {
             "model": {"name": model}, "algorithm": {"name": algorithm},
             "data": {"train": train_data, "limit": limit},
-            "training": {"max_steps": max_steps, "output_dir": output_dir}})
+            "training": {"max_steps": max_steps, "output_dir": output_dir,
+                         "save_steps": save_steps}})
         cfg.engine = engine_cfg  # the YAML's engine section with the engine flags applied
         cfg.validate()
         if resume:
-            last_checkpoint(cfg.training.output_dir)
+            last_checkpoint(cfg.training.output_dir, log=lambda m: None)  # warnings come later
     except USER_ERRORS as err:
         fail(err)
     progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
@@ -183,6 +210,7 @@ def eval_run(
         "(vLLM, SGLang; repeatable); --model then names its tokenizer."),
     policy_served_model: Optional[str] = typer.Option(
         None, "--policy-served-model", help="Model name at --policy-url (default: its /v1/models)."),
+    doc_format: str = typer.Option(RolloutConfig.doc_format, "--doc-format", help=_DOC_FORMAT_HELP),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
@@ -192,7 +220,6 @@ def eval_run(
 
     from zerosearch.evaluate import EvalConfig, evaluate, resolve_dataset
     from zerosearch.generation_endpoint import load_policy_anywhere
-    from zerosearch.rollout import RolloutConfig
 
     if not model or not output_dir:
         fail(ValueError("zerosearch eval needs --model and --output-dir"))
@@ -201,7 +228,10 @@ def eval_run(
                          data_dir=data_dir, split=split, limit=limit, batch_size=batch_size,
                          seed=eval_seed, label=label, device=policy_device, rollout=RolloutConfig(
                              max_turns=max_turns, max_turn_tokens=max_turn_tokens,
-                             temperature=policy_temperature, topk=engine_cfg.topk))
+                             temperature=policy_temperature, topk=engine_cfg.topk,
+                             doc_format=doc_format))
+        if limit is not None and limit < 1:
+            raise ValueError(f"--limit must be at least 1 (or left out for every question), got {limit}")
         for name in cfg.datasets:
             resolve_dataset(name, cfg.data_dir, cfg.split)
         engine = _build(engine_cfg) if method in ("search", "rag") else None
@@ -227,11 +257,26 @@ def eval_compare(
     runs: list[str] = typer.Argument(..., help="Eval output folders."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o",
                                              help="Write the merged table.md and chart.png here."),
+    gap: bool = typer.Option(False, "--gap", help="Two runs of one policy, simulated engine first, "
+                             "real engine second: the EM gap and answer agreement (gap.json, gap.md)."),
 ):
-    """Merge several eval runs into one paper-style table."""
+    """Merge several eval runs into one paper-style table (or, with --gap, the sim-to-real gap)."""
     from zerosearch.evaluate import compare
 
     try:
+        if gap:
+            from zerosearch.eval_gap import gap_table, sim_real_gap
+
+            if len(runs) != 2:
+                raise ValueError(f"--gap takes two runs (simulated, real), got {len(runs)}")
+            result = sim_real_gap(*runs)
+            table = gap_table(result)
+            if output_dir:
+                Path(output_dir).mkdir(parents=True, exist_ok=True)
+                (Path(output_dir) / "gap.json").write_text(json.dumps(result, indent=2))
+                (Path(output_dir) / "gap.md").write_text(table)
+            out.print(table)
+            return
         out.print(compare(runs, output_dir))
     except USER_ERRORS as err:
         fail(err)
@@ -251,13 +296,14 @@ def ask(
         "(vLLM, SGLang; repeatable); --model then names its tokenizer."),
     policy_served_model: Optional[str] = typer.Option(
         None, "--policy-served-model", help="Model name at --policy-url (default: its /v1/models)."),
+    doc_format: str = typer.Option(RolloutConfig.doc_format, "--doc-format", help=_DOC_FORMAT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the whole trajectory as JSON."),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
     """Ask the search agent one question and watch it think, search and answer."""
     from zerosearch.generation_endpoint import load_policy_anywhere
-    from zerosearch.rollout import RolloutConfig, Row, run_rollouts
+    from zerosearch.rollout import Row, run_rollouts
 
     try:
         engine = _build(engine_cfg)
@@ -287,7 +333,8 @@ def ask(
     try:
         [traj] = run_rollouts([Row(question, [])], generator, tokenizer, engine,
                               RolloutConfig(max_turns=max_turns, max_turn_tokens=max_turn_tokens,
-                                            temperature=policy_temperature, topk=engine_cfg.topk),
+                                            temperature=policy_temperature, topk=engine_cfg.topk,
+                                            doc_format=doc_format),
                               on_event=show, eos_token_ids=[tokenizer.eos_token_id])
     finally:
         engine.close()
@@ -342,7 +389,6 @@ def sim_collect(
 ):
     """Run a policy against a real engine and record every (query, documents) pair. Resumable."""
     from zerosearch.qa import load_qa
-    from zerosearch.rollout import RolloutConfig
     from zerosearch.sim.collect import CollectConfig, collect
 
     try:
@@ -403,13 +449,16 @@ def sim_build(
     answer_lead: Optional[int] = typer.Option(None, "--answer-lead", min=0,
                                               help="Words a clipped document keeps before the "
                                                    "answer (default: a third of --max-doc-words)."),
+    paired: bool = typer.Option(False, "--paired/--one-per-query",
+                                help="Each query gives a useful and a noisy example where its documents "
+                                     "allow (collect deeper than --max-docs); needs --label-by contains."),
 ):
     """Build a balanced useful/noisy SFT set in chat format with the released simulators' prompt."""
     from zerosearch.sim.build import build
 
     try:
         stats = build(labelled, output_dir, label_by, max_docs, max_doc_words, val_fraction, seed,
-                      answer_first=answer_first, answer_lead=answer_lead)
+                      answer_first=answer_first, answer_lead=answer_lead, paired=paired)
     except USER_ERRORS as err:
         fail(err)
     out.print_json(json.dumps(stats))
@@ -434,6 +483,12 @@ def sim_train(
     noisy_unlikelihood: float = typer.Option(0.0, "--noisy-unlikelihood",
                                              help="Weight of the unlikelihood of gold answers' first "
                                                   "tokens in noisy targets (0: off)."),
+    noisy_contrast: bool = typer.Option(False, "--noisy-contrast/--no-noisy-contrast",
+                                        help="The same unlikelihood on each query's useful target "
+                                             "under its noisy prompt (needs a paired SFT set)."),
+    cpu_tuning: bool = typer.Option(False, "--cpu-tuning/--no-cpu-tuning",
+                                    help="CPU memory tuning for long runs (malloc keeps freed "
+                                         "memory; never on a GPU)."),
 ):
     """Fine-tune the simulation LLM (completion-only loss); saves a servable checkpoint."""
     from zerosearch.sim.tune import SimTrainConfig, train_simulator
@@ -444,7 +499,9 @@ def sim_train(
                                                learning_rate=learning_rate, batch_size=batch_size,
                                                lora=lora, bf16=bf16, save_steps=save_steps,
                                                resume=resume, answer_weight=answer_weight,
-                                               noisy_unlikelihood=noisy_unlikelihood), log=lambda m: console.print(m))
+                                               noisy_unlikelihood=noisy_unlikelihood,
+                                               noisy_contrast=noisy_contrast,
+                                               cpu_tuning=cpu_tuning), log=lambda m: console.print(m))
     except USER_ERRORS as err:
         fail(err)
     console.print(f"[green]serve it:[/] zerosearch serve --engine simulated --model {final}")

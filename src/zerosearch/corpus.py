@@ -14,6 +14,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from zerosearch.jsonl import strict_rows
 from zerosearch.protocol import passage_text
 
 
@@ -25,9 +26,19 @@ class Corpus:
     ids: list[str]
     titles: list[str | None]
     texts: list[str]
+    contents: list[str]
+    """Each row's ``contents`` as stored (byte-exact; rebuilt as ``"Title"\\ntext`` for title/text
+    rows): what the Search-R1 API returns and Search-R1's document lines are written from."""
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def document(self, j: int, score: float | None = None):
+        """Passage ``j`` as a :class:`~zerosearch.engines.base.Document`."""
+        from zerosearch.engines.base import Document
+
+        return Document(text=self.texts[j], title=self.titles[j], id=self.ids[j], score=score,
+                        contents=self.contents[j])
 
     def search_texts(self) -> list[str]:
         """What retrievers index: title and text together."""
@@ -42,28 +53,25 @@ def load_corpus(path: str | Path) -> Corpus:
     ids: list[str] = []
     titles: list[str | None] = []
     texts: list[str] = []
-    with open(path, encoding="utf-8") as handle:
-        for lineno, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object")
-            if "contents" in row:
-                title, text = passage_text(str(row["contents"]))
-            elif "text" in row:
-                title, text = row.get("title"), str(row["text"])
-            else:
-                raise ValueError(f"{path}:{lineno}: a passage needs 'contents' (or 'title' + 'text')")
-            ids.append(str(row.get("id", len(ids))))
-            titles.append(title)
-            texts.append(text)
+    contents: list[str] = []
+    for lineno, row in strict_rows(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{lineno}: expected a JSON object")
+        if "contents" in row:
+            raw = str(row["contents"])
+            title, text = passage_text(raw)
+        elif "text" in row:
+            title, text = row.get("title"), str(row["text"])
+            raw = f'"{title}"\n{text}' if title else text
+        else:
+            raise ValueError(f"{path}:{lineno}: a passage needs 'contents' (or 'title' + 'text')")
+        ids.append(str(row.get("id", len(ids))))
+        titles.append(title)
+        texts.append(text)
+        contents.append(raw)
     if not ids:
         raise ValueError(f"corpus {path} holds no passages")
-    return Corpus(path, ids, titles, texts)
+    return Corpus(path, ids, titles, texts, contents)
 
 
 def fingerprint(path: Path) -> str:

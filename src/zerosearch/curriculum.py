@@ -3,10 +3,15 @@
 ``p(i) = p_start + (base**(i/m) - 1) / (base - 1) * (p_end - p_start)`` for step ``i`` of ``m``.
 The paper uses ``base = 4``: noise rises slowly first and faster near the end. Unlike the public
 code, the base is a parameter and a missing or zero total is a clear error, not a crash mid-run.
+
+Two ablations replace the schedule: ``enabled: false`` holds ``p_start`` for the whole run (fixed
+noise), ``random: true`` draws each step's probability uniformly from ``[p_start, p_end]`` (random
+noise: the same range as the curriculum, no easy-to-hard order).
 """
 
 from __future__ import annotations
 
+import random as _random
 from dataclasses import dataclass
 
 
@@ -22,6 +27,12 @@ class CurriculumConfig:
     """Exponential base ``b``; larger values keep noise low for longer. ``b = 1`` means linear."""
     enabled: bool = True
     """False holds the noise probability at ``p_start`` for the whole run (the no-curriculum ablation)."""
+    random: bool = False
+    """Draw each step's noise probability uniformly from ``[p_start, p_end]`` instead of following the
+    schedule (the random-noise ablation). The draw depends only on (``seed``, step), so a resumed run
+    and a rerun repeat it."""
+    seed: int = 0
+    """Seed of the ``random`` draws (set it with the training seed to vary them between runs)."""
 
     def __post_init__(self) -> None:
         for name in ("p_start", "p_end"):
@@ -35,6 +46,12 @@ class CurriculumConfig:
         """Noise probability at ``step`` (0-based) of a run of ``total_steps`` steps."""
         if not self.enabled:
             return self.p_start
+        if self.random:
+            if not total_steps or total_steps <= 0:
+                raise ValueError(f"the curriculum needs the run's total number of steps (> 0), got "
+                                 f"{total_steps!r}; set max_steps")
+            low, high = sorted((self.p_start, self.p_end))
+            return _random.Random(self.seed * 1_000_003 + step).uniform(low, high)
         return noise_probability(step, total_steps, self.p_start, self.p_end, self.base)
 
 

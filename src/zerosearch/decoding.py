@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from transformers.cache_utils import Cache, DynamicCache, DynamicLayer
 
-from zerosearch import decode_step
+from zerosearch.cpu import decode_step
 
 _MIN_REUSE = 8
 """Shortest cached prefix worth reusing (tokens)."""
@@ -44,6 +44,11 @@ def supports(model) -> bool:
     except Exception:  # noqa: BLE001 - any model transformers cannot describe goes to generate()
         return False
     return bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+
+
+def _device_type(model) -> str:
+    """The device type (``cpu``, ``cuda``...) of ``model``'s weights."""
+    return next(model.parameters()).device.type
 
 
 class BufferLayer(DynamicLayer):
@@ -229,10 +234,17 @@ class KVDecoder:
     """
 
     def __init__(self, model, tokenizer, stop_strings: Sequence[str] = (),
-                 eos_token_ids: Sequence[int] = (), max_rows: int = 64, fast_step: bool = True):
-        """``fast_step``: run decoding steps with :class:`zerosearch.decode_step.DecodeStep` where it
-        applies (Llama-family models on the CPU); False keeps the model's own forward."""
+                 eos_token_ids: Sequence[int] = (), max_rows: int = 64,
+                 fast_step: bool | None = None):
+        """``fast_step``: run decoding steps with :class:`zerosearch.cpu.decode_step.DecodeStep`
+        where it applies (Llama-family models on a CPU with native bf16); None = as
+        :func:`zerosearch.hardware.runtime_choices` decides for the model's device; False keeps the
+        model's own forward."""
+        from zerosearch.hardware import runtime_choices
+
         self.model, self.tokenizer, self.max_rows = model, tokenizer, max_rows
+        if fast_step is None:
+            fast_step = runtime_choices(_device_type(model)).decode_step
         self.step = decode_step.build(model, max_rows) if fast_step else None
         self.stop_strings = tuple(stop_strings)
         self.num_layers = len(DynamicCache(config=model.config).layers)
@@ -254,6 +266,13 @@ class KVDecoder:
         """Context tokens the model has read (prefill; duplicates and reused prefixes excluded)."""
         self.reused_tokens = 0
         """Context tokens whose cache came from the previous call instead."""
+        self.decode_steps = 0
+        """Decoding steps run (one new token for every active row)."""
+        self.decode_steps_below_half = 0
+        """Of those, steps with fewer active rows than half the rows their batch started with (rows
+        that stopped early leave the rest to decode at a small batch)."""
+        self.decoded_rows = 0
+        """Rows summed over decoding steps (``/ decode_steps``: the mean batch of a step)."""
 
     def reset(self) -> None:
         """Forget the caches kept from the last call."""
@@ -330,6 +349,7 @@ class KVDecoder:
         slot_row = list(range(len(contexts)))  # which context each active slot holds
         outputs: list[list[int]] = [[] for _ in contexts]
         active, column = len(contexts), width
+        started = len(contexts)
         for _ in range(max_new_tokens):
             if guards is not None:
                 apply_guards(logits, [outputs[r] for r in slot_row[:active]],
@@ -367,6 +387,9 @@ class KVDecoder:
             positions = [len(contexts[r]) + len(outputs[r]) - 1 for r in slot_row[:active]]
             fed = torch.tensor(tokens[:active], device=device)
             where = torch.tensor(positions, device=device)
+            self.decode_steps += 1
+            self.decoded_rows += active
+            self.decode_steps_below_half += 2 * active < started
             if self.step is not None:
                 logits = self.step(fed, where, mask[:active, :column + 1], layers)
             else:

@@ -143,6 +143,18 @@ def to_record(traj: Trajectory) -> dict[str, Any]:
     return record
 
 
+#: Settings of run.json that change predictions: a resumed run must match all of them. The engine
+#: is compared by its description without where its index is stored (that changes nothing); the
+#: batch size matters with sampling (each batch is seeded) and, through padding, even greedily.
+_PREDICTION_SETTINGS = ("model", "method", "seed", "rollout", "engine", "dtype", "batch_size")
+
+
+def _comparable(key: str, value: Any) -> Any:
+    if key == "engine" and isinstance(value, dict):
+        return {k: v for k, v in value.items() if k not in ("index", "index_path")}
+    return value
+
+
 def _batch_seed(seed: int, dataset: str, row_id: Any) -> int:
     return zlib.crc32(f"{seed}|{dataset}|{row_id}".encode())
 
@@ -178,14 +190,20 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
     out = Path(out_dir)
     (out / "predictions").mkdir(parents=True, exist_ok=True)
     meta_path = out / "run.json"
+    if cfg.limit is not None and cfg.limit < 1:
+        raise ValueError(f"--limit must be at least 1, got {cfg.limit}")
     meta = {"model": cfg.model, "method": cfg.method, "seed": cfg.seed,
-            "rollout": asdict(cfg.rollout), "engine": engine.describe() if engine else None}
+            "rollout": asdict(cfg.rollout), "engine": engine.describe() if engine else None,
+            "dtype": cfg.dtype, "batch_size": cfg.batch_size}
     if meta_path.exists():
         previous = json.loads(meta_path.read_text())
-        changed = [k for k in ("model", "method", "seed", "rollout") if previous.get(k) != meta[k]]
+        changed = [k for k in _PREDICTION_SETTINGS
+                   if _comparable(k, previous.get(k)) != _comparable(k, meta[k])]
         if changed:
-            raise ValueError(f"{out} holds a run with a different {', '.join(changed)}; use another "
-                             "--output-dir (resuming would mix two runs)")
+            was = "; ".join(f"{k}: {_comparable(k, previous.get(k))} then {_comparable(k, meta[k])}"
+                            for k in changed)
+            raise ValueError(f"{out} holds a run with a different {', '.join(changed)} ({was}); use "
+                             "another --output-dir (resuming would mix two runs)")
     meta_path.write_text(json.dumps(meta, indent=2))
     files = {name: resolve_dataset(name, cfg.data_dir, cfg.split) for name in cfg.datasets}
     rollout_cfg = cfg.rollout if cfg.method == "search" else RolloutConfig(
@@ -194,7 +212,8 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
     results: dict[str, Any] = {}
     for name, path in files.items():
         rows = load_qa(path, limit=cfg.limit)
-        pred_path = out / "predictions" / f"{Path(name).stem if Path(name).exists() else name}.jsonl"
+        key = Path(name).stem if Path(name).exists() else name  # a QA file is named by its stem
+        pred_path = out / "predictions" / f"{key}.jsonl"
         done = read_finished(pred_path)
         finished = {r["id"] for r in done}
         todo = [r for r in rows if str(r.id) not in finished]
@@ -219,7 +238,7 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
                 progress(name, len(done), len(rows))
         order = {str(r.id): i for i, r in enumerate(rows)}
         done = sorted((r for r in done if r["id"] in order), key=lambda r: order[r["id"]])
-        results[name] = summarise(done)
+        results[key] = summarise(done)
     average = {k: sum(v[k] for v in results.values()) / len(results) for k in METRIC_KEYS}
     label = cfg.label or f"{cfg.method} / {cfg.model}"
     report = {"label": label, "model": cfg.model, "method": cfg.method, "engine": meta["engine"],

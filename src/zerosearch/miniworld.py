@@ -278,6 +278,34 @@ def split_questions(qs: list[dict[str, Any]], cfg: MiniWorldConfig) -> dict[str,
     return rows
 
 
+def split_validation(rows: list[dict[str, Any]], n: int, seed: int = 0) -> tuple[list[dict[str, Any]],
+                                                                                 list[dict[str, Any]]]:
+    """(rest, validation): whole subjects of ``rows`` held out until at least ``n`` questions are,
+    the way the test split holds out entities, so validation questions are about subjects no kept
+    question mentions. Rows without ``metadata.subject`` are their own subject. Order is kept."""
+    if not 0 < n < len(rows):
+        raise ValueError(f"a validation split of {n} questions needs 0 < n < {len(rows)} (the training "
+                         "questions)")
+
+    def subject(row: dict[str, Any]) -> str:
+        return str((row.get("metadata") or {}).get("subject", row.get("id")))
+
+    subjects = sorted({subject(r) for r in rows})
+    random.Random(seed + 2).shuffle(subjects)
+    sizes: dict[str, int] = {}
+    for r in rows:
+        sizes[subject(r)] = sizes.get(subject(r), 0) + 1
+    held, count = set(), 0
+    for name in subjects:
+        if count >= n:
+            break
+        held.add(name)
+        count += sizes[name]
+    if count >= len(rows):
+        raise ValueError(f"holding out {n} validation questions by subject would leave no training question")
+    return [r for r in rows if subject(r) not in held], [r for r in rows if subject(r) in held]
+
+
 def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write atomically (a temp file renamed into place), so a kill never leaves half a file."""
     tmp = path.with_name(path.name + ".tmp")
@@ -307,3 +335,22 @@ def write_world(out_dir: str | Path, cfg: MiniWorldConfig | None = None) -> dict
     meta = {"config": asdict(cfg), "counts": counts}
     (out / "world.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return counts
+
+
+VAL_FILE = "val.jsonl"
+FIT_FILE = "train_minus_val.jsonl"
+"""The validation split of ``train.jsonl`` and the training questions left beside it."""
+
+
+def write_validation_split(world_dir: str | Path, n: int, seed: int = 0) -> dict[str, int]:
+    """Write ``val.jsonl`` (at least ``n`` questions about held-out training subjects, see
+    :func:`split_validation`) and ``train_minus_val.jsonl`` (the rest) beside ``train.jsonl``;
+    ``val.jsonl`` is written last, so its presence means both are complete."""
+    out = Path(world_dir)
+    with open(out / "train.jsonl", encoding="utf-8") as handle:
+        rows = [json.loads(line) for line in handle if line.strip()]
+    rest, val = split_validation(rows, n, seed)
+    _write_jsonl(out / FIT_FILE, rest)
+    _write_jsonl(out / VAL_FILE, val)
+    return {"train": len(rest), "val": len(val)}
+

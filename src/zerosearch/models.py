@@ -140,6 +140,32 @@ def _materialise(name: str, build) -> str:
     return str(target)
 
 
+def _check_hub_id(name: str, timeout_s: float = 10.0) -> None:
+    """A hub id must be in the local cache or exist on a reachable hub: one bounded question now
+    instead of a minute of download retries and a long traceback later."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(name, "config.json"), str):
+        return
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise ModelNotFoundError(f"model {name!r} is not in the local hub cache and HF_HUB_OFFLINE "
+                                 "is set; pass a local directory or an embedded: model")
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(name, timeout=timeout_s)
+    except GatedRepoError:
+        return  # it exists; transformers will say what access it needs
+    except RepositoryNotFoundError:
+        raise ModelNotFoundError(f"there is no model {name!r} on the hub (or it is private); "
+                                 "check the name, or pass a local directory") from None
+    except Exception as err:  # noqa: BLE001 - no network, DNS, TLS, timeouts: all one message
+        raise ModelNotFoundError(f"model {name!r} is not in the local cache and the hub cannot be "
+                                 f"reached to download it ({type(err).__name__}); pass a local "
+                                 "directory or an embedded: model") from None
+
+
 def resolve_model(name: str) -> str:
     """Return a local directory or hub id for ``name`` (see the module docstring)."""
     if not name or not name.strip():
@@ -162,6 +188,7 @@ def resolve_model(name: str) -> str:
             raise ModelNotFoundError(f"{path} exists but is not a model directory (no config.json)")
         return str(path.resolve())
     if _HUB_ID.match(name) and not name.startswith((".", "/", "~")):
+        _check_hub_id(name)
         return name
     raise ModelNotFoundError(
         f"cannot resolve model {name!r}: not a local directory, not a hub id (org/name), and not an "

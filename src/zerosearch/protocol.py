@@ -42,15 +42,27 @@ _ACTION_RE = re.compile(r"<(search|answer)>(.*?)</\1>", re.DOTALL)
 _ANSWER_RE = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 
 
-def build_policy_prompt(question: str, instruction: str | None = None) -> str:
-    """The policy's first user turn: the instruction followed by ``Question: {question}\\n``.
+def normalize_question(question: str) -> str:
+    """The question as the released policies saw it: stripped, with ``?`` appended when missing.
 
-    ``instruction`` overrides :data:`POLICY_INSTRUCTION` (for checkpoints trained on another text).
-    Base models get this string as is; instruct models get it as the user turn of the chat template.
+    Upstream data preparation (Search-R1's ``nq_search.py``) and inference (ZeroSearch's
+    ``inference.py``) both do this, so an NQ question (none ends in ``?``) must get one here too.
     """
     question = question.strip()
     if not question:
         raise ValueError("question is empty")
+    return question if question.endswith("?") else question + "?"
+
+
+def build_policy_prompt(question: str, instruction: str | None = None) -> str:
+    """The policy's first user turn: the instruction followed by ``Question: {question}\\n``.
+
+    The question goes through :func:`normalize_question`. ``instruction`` overrides
+    :data:`POLICY_INSTRUCTION` (for checkpoints trained on another text). Base models get this
+    string as is (tokenised without special tokens, as upstream does); instruct models get it as the
+    user turn of the chat template.
+    """
+    question = normalize_question(question)
     prefix = POLICY_INSTRUCTION if instruction is None else instruction
     return prefix + QUESTION_SUFFIX.format(question=question)
 
@@ -104,6 +116,48 @@ def format_information(texts: Sequence[str]) -> str:
     return f"\n\n<information>{format_documents(texts)}</information>\n\n"
 
 
+#: How retrieved documents are written for the policy: ``zerosearch`` = ``Doc 1: text`` (ZeroSearch's
+#: simulator and Wikipedia-retriever clients), ``search-r1`` = ``Doc 1(Title: "T") text`` (Search-R1's
+#: client, from the corpus row's ``contents``), ``auto`` = chosen from the policy's name.
+DOC_FORMATS = ("auto", "zerosearch", "search-r1")
+
+
+def resolve_doc_format(doc_format: str, model_name: str | None = None) -> str:
+    """``zerosearch`` or ``search-r1``: the setting itself, or for ``auto`` the checkpoint family.
+
+    A policy whose name says Search-R1 (``SearchR1``, ``search-r1``, ``search_r1``) was trained on
+    Search-R1's document lines; every other policy (the released ZeroSearch ones included, and ours)
+    on ZeroSearch's.
+    """
+    if doc_format not in DOC_FORMATS:
+        raise ValueError(f"unknown doc_format {doc_format!r}; choose one of {', '.join(DOC_FORMATS)}")
+    if doc_format != "auto":
+        return doc_format
+    name = re.sub(r"[-_ ]", "", (model_name or "").lower())
+    return "search-r1" if "searchr1" in name else "zerosearch"
+
+
+def search_r1_documents(contents: Sequence[str]) -> str:
+    """Search-R1's document lines, byte-exact: ``Doc {i}(Title: {first line}) {other lines}\\n`` per
+    corpus ``contents``, the title line as stored (quotes kept), whitespace kept; the whole string
+    stripped, as Search-R1 strips it inside the information block."""
+    lines = []
+    for i, text in enumerate(contents, start=1):
+        title, _, rest = text.partition("\n")
+        lines.append(f"Doc {i}(Title: {title}) {rest}\n")
+    return "".join(lines).strip()
+
+
+def zerosearch_documents(texts: Sequence[str]) -> str:
+    """ZeroSearch's document lines, byte-exact: ``Doc {i}: {text}`` joined by newlines, stripped."""
+    return "\n".join(f"Doc {i}: {t}" for i, t in enumerate(texts, start=1)).strip()
+
+
+def information_block(body: str) -> str:
+    """``\\n\\n<information>{body}</information>\\n\\n`` (both upstreams)."""
+    return f"\n\n<information>{body}</information>\n\n"
+
+
 def passage_text(contents: str) -> tuple[str | None, str]:
     """Split a FlashRAG corpus ``contents`` (``"Title"\\ntext``) into (title, text)."""
     first, sep, rest = contents.partition("\n")
@@ -113,7 +167,9 @@ def passage_text(contents: str) -> tuple[str | None, str]:
 
 
 def document_line(title: str | None, text: str) -> str:
-    """How a titled passage reads inside ``Doc i:`` (Search-R1 marks the title the same way)."""
+    """How a titled passage reads inside ``Doc i:`` in our own texts (simulator training targets,
+    judge and baseline prompts). The policy's information block uses the upstream formats instead
+    (:func:`search_r1_documents`, :func:`zerosearch_documents`)."""
     return f"(Title: {title}) {text}" if title else text
 
 
@@ -167,7 +223,7 @@ FINETUNED_SIM_TEMPLATE = (
     "information.\n"
     "\n"
     "Query: {query}\n"
-    "{Mode} Output:"
+    "{Mode} Output:\n"
 )
 
 #: The prompt-based simulator (an instruct model, no tuning): our own wording, with a one-shot demo
@@ -216,23 +272,39 @@ def _check_mode(mode: str) -> None:
 
 
 def format_gold(answers: Sequence[str]) -> str:
-    """Gold answers as the simulator sees them: the first, plus up to two aliases joined by ' or '.
+    """Gold answers for the prompt-based simulator: the first, plus up to two aliases joined by ' or '.
 
-    With one answer this is the answer itself, so the prompt stays byte-exact with the released
-    simulators; the public code silently dropped every answer but the first.
+    An instruct model reads the aliases as help; the fine-tuned style uses :func:`first_gold`.
     """
     cleaned = [a.strip() for a in answers if a and a.strip()]
     return " or ".join(dict.fromkeys(cleaned[:3]))
 
 
+def first_gold(answers: Sequence[str]) -> str:
+    """The first non-empty gold answer (or ""): what the released fine-tuned simulators were trained
+    and are driven with (upstream passes ``ground_truth[index][0]``), so the prompt stays in their
+    training distribution."""
+    return next((a.strip() for a in answers if a and a.strip()), "")
+
+
+GOLD_STYLES = ("first", "joined")
+
+
 def finetuned_sim_messages(query: str, question: str, answers: Sequence[str], mode: str,
-                           k: int = 5, template: str | None = None) -> list[dict[str, str]]:
-    """Chat messages for a fine-tuned (simulation-tuned) simulator."""
+                           k: int = 5, template: str | None = None,
+                           gold: str = "first") -> list[dict[str, str]]:
+    """Chat messages for a fine-tuned (simulation-tuned) simulator.
+
+    ``gold``: ``first`` (the released simulators' input, the default) or ``joined``
+    (:func:`format_gold`, for a simulator tuned on joined aliases).
+    """
     _check_mode(mode)
+    if gold not in GOLD_STYLES:
+        raise ValueError(f"unknown gold style {gold!r}; choose one of {', '.join(GOLD_STYLES)}")
     count = _NUMBER_WORDS[k] if 0 <= k < len(_NUMBER_WORDS) else str(k)
     user = (template or FINETUNED_SIM_TEMPLATE).format(
         count=count, mode=mode, Mode=mode.capitalize(), question=question,
-        answer=format_gold(answers), query=query)
+        answer=first_gold(answers) if gold == "first" else format_gold(answers), query=query)
     return [{"role": "system", "content": ""}, {"role": "user", "content": user}]
 
 

@@ -11,24 +11,41 @@ Every row keeps an id (the file's, or its line number), so results can be joined
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+from zerosearch.jsonl import strict_rows
 from zerosearch.rollout import Row
 
 _QUESTION_RE = re.compile(r"Question:\s*(.*?)\s*$", re.DOTALL)
+
+
+def _prompt_question(prompt: Any, index: int, where: str) -> str:
+    """The question inside a Search-R1 / ZeroSearch ``prompt``: chat messages (a list, a tuple or,
+    from pandas, a numpy array of dicts) or a plain string, whose last user turn ends in
+    ``Question: …``. Anything else is an error naming the row, never a guessed question."""
+    if isinstance(prompt, str):
+        content = prompt
+    else:
+        messages = list(prompt) if hasattr(prompt, "__len__") and not isinstance(prompt, dict) else None
+        users = [m for m in messages or [] if isinstance(m, dict) and m.get("role", "user") == "user"
+                 and isinstance(m.get("content"), str)]
+        if not users:
+            raise ValueError(f"{where}: row {index}: prompt holds no user message with a text "
+                             f"content (got {type(prompt).__name__})")
+        content = users[-1]["content"]
+    match = _QUESTION_RE.search(content)
+    if match is None or not match.group(1).strip():
+        raise ValueError(f"{where}: row {index}: no 'Question: …' in the prompt")
+    return match.group(1)
 
 
 def _row_from_record(rec: dict[str, Any], index: int, where: str) -> Row:
     question = rec.get("question")
     answers = rec.get("golden_answers", rec.get("answers", rec.get("answer")))
     if question is None and "prompt" in rec:  # Search-R1 / ZeroSearch parquet
-        prompt = rec["prompt"]
-        content = prompt[-1]["content"] if isinstance(prompt, (list, tuple)) else str(prompt)
-        match = _QUESTION_RE.search(content)
-        question = match.group(1) if match else content
+        question = _prompt_question(rec["prompt"], index, where)
     if answers is None and isinstance(rec.get("reward_model"), dict):
         truth = rec["reward_model"].get("ground_truth", {})
         answers = truth.get("target") if isinstance(truth, dict) else truth
@@ -45,6 +62,8 @@ def _row_from_record(rec: dict[str, Any], index: int, where: str) -> Row:
 
 def load_qa(source: str | Path, split: str = "train", limit: int | None = None) -> list[Row]:
     """Load QA rows from a file, a folder (``<split>.jsonl`` / ``<split>.parquet``) or a hub id."""
+    if limit is not None and limit < 1:
+        raise ValueError(f"limit must be at least 1 (or unset for every row), got {limit}")
     path = Path(str(source)).expanduser()
     if path.is_dir():
         for candidate in (path / f"{split}.jsonl", path / f"{split}.parquet"):
@@ -63,15 +82,10 @@ def load_qa(source: str | Path, split: str = "train", limit: int | None = None) 
             records = pd.read_parquet(path).to_dict("records")
         else:
             records = []
-            with open(path, encoding="utf-8") as handle:
-                for lineno, line in enumerate(handle, start=1):
-                    if line.strip():
-                        try:
-                            records.append(json.loads(line))
-                        except json.JSONDecodeError as err:
-                            raise ValueError(f"{path}:{lineno}: not valid JSON ({err.msg})") from None
-                    if limit and len(records) >= limit:
-                        break
+            for _, record in strict_rows(path):
+                records.append(record)
+                if limit and len(records) >= limit:
+                    break
     elif re.match(r"^[\w.-]+/[\w.-]+$", str(source)) and not str(source).startswith("."):
         import datasets
 

@@ -16,21 +16,21 @@ after a kill resumes; RL resumes from its last checkpoint, evaluation from its p
 6. ``report.md``   tables, ``reward.png`` (reward and noise probability per step), ``em.png``, one
                    example trace; ``stages.json`` holds each stage's wall time.
 
-The learning benchmark (``benchmarks/miniworld_learning.py``) reuses these stages to train the same
-policy three ways.
+The learning benchmark (``benchmarks/miniworld_learning.py``, :mod:`zerosearch.learning`) reuses
+these stages to train the same policy many ways (arms x seeds).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from zerosearch.curriculum import CurriculumConfig
 from zerosearch.engines.factory import EngineConfig, build_engine
-from zerosearch.miniworld import MiniWorldConfig, write_world
+from zerosearch.miniworld import FIT_FILE, VAL_FILE, MiniWorldConfig, write_validation_split, write_world
 from zerosearch.report import LABELS, write_quickstart_report
 from zerosearch.rollout import RolloutConfig
 from zerosearch.warmup import WarmupConfig
@@ -60,6 +60,24 @@ class SimStageConfig:
     """Simulator sampling temperature during RL."""
     max_new_tokens: int = 100
     """Most tokens the simulator writes per search."""
+    retrieve_depth: int = 0
+    """Documents retrieved per collected query (0 = ``topk``); deeper retrieval lets ``paired``
+    build a noisy target from the documents that do not hold the answer."""
+    paired: bool = False
+    """Each collected query gives a useful and a noisy example where its documents allow
+    (``sim.build.paired_examples``), instead of one example in the mode of its label."""
+    answer_weight: float = 1.0
+    """Loss weight of the gold-answer tokens in useful targets (``SimTrainConfig.answer_weight``)."""
+    noisy_unlikelihood: float = 0.0
+    """Unlikelihood weight on the gold answer's first tokens in noisy targets
+    (``SimTrainConfig.noisy_unlikelihood``)."""
+    noisy_contrast: bool = False
+    """The unlikelihood also on useful targets under noisy prompts (``SimTrainConfig.noisy_contrast``)."""
+    answer_first: bool = False
+    """Useful targets put the documents holding a gold answer first (``sim.build.build``)."""
+    answer_lead: int | None = None
+    """Words a clipped target document keeps before the answer (None: a third of
+    ``max_doc_words``)."""
 
 
 @dataclass
@@ -111,6 +129,11 @@ class QuickstartConfig:
     """Questions generated together in evaluation."""
     seed: int = 0
     """Training seed."""
+    val_questions: int = 0
+    """Training questions held out as a validation split (``world/val.jsonl``: whole subjects, like
+    the test split), for choosing hyper-parameters without looking at the test questions; every
+    training stage then reads ``world/train_minus_val.jsonl``. 0: no split, train on all of
+    ``train.jsonl``."""
 
 
 def _timed(stages: dict[str, float], name: str, path: Path, fn: Callable[[], Any]) -> Any:
@@ -136,7 +159,15 @@ def stage_world(cfg: QuickstartConfig) -> Path:
     out = Path(cfg.output_dir) / "world"
     if not (out / "world.json").exists():  # written last
         write_world(out, cfg.world)
+    if cfg.val_questions and not (out / VAL_FILE).exists():  # written last
+        write_validation_split(out, cfg.val_questions, cfg.world.seed)
     return out
+
+
+def train_questions(cfg: QuickstartConfig) -> Path:
+    """The questions every training stage reads: ``train.jsonl`` less the validation split."""
+    world = Path(cfg.output_dir) / "world"
+    return world / (FIT_FILE if cfg.val_questions else "train.jsonl")
 
 
 def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str:
@@ -151,23 +182,27 @@ def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str
     final = sim / "simulator" / "final"
     if (final / "config.json").exists():
         return str(final)
-    rows = load_qa(Path(cfg.output_dir) / "world" / "train.jsonl", limit=cfg.sim.questions)
+    rows = load_qa(train_questions(cfg), limit=cfg.sim.questions)
     engine = build_engine(bm25_config(cfg), log=log)
     try:
         collect(rows, engine, sim / "collected.jsonl",
-                CollectConfig(query_source="question", batch_size=64, rollout=RolloutConfig(topk=cfg.topk)),
+                CollectConfig(query_source="question", batch_size=64,
+                              rollout=RolloutConfig(topk=cfg.sim.retrieve_depth or cfg.topk)),
                 progress=lambda d, t: progress("sim: collect", d, t, ""))
     finally:
         engine.close()
     label(sim / "collected.jsonl", sim / "labelled.jsonl",
           progress=lambda d, t: progress("sim: label", d, t, ""))
     stats = build(sim / "labelled.jsonl", sim / "sft", "contains", cfg.topk, cfg.sim.max_doc_words,
-                  0.1, cfg.seed)
+                  0.1, cfg.seed, answer_first=cfg.sim.answer_first, answer_lead=cfg.sim.answer_lead,
+                  paired=cfg.sim.paired)
     log(f"simulator SFT set: {json.dumps(stats)}")
     return train_simulator(SimTrainConfig(
         model=cfg.simulator_base, data=str(sim / "sft" / "train.jsonl"), output_dir=str(sim / "simulator"),
         max_steps=cfg.sim.steps, learning_rate=cfg.sim.learning_rate, batch_size=cfg.sim.batch_size,
-        max_length=512, seed=cfg.seed), log=log,
+        max_length=512, seed=cfg.seed, answer_weight=cfg.sim.answer_weight,
+        noisy_unlikelihood=cfg.sim.noisy_unlikelihood, noisy_contrast=cfg.sim.noisy_contrast,
+        cpu_tuning=True), log=log,
         progress=lambda d, t, info: progress("sim: fine-tune", d, t, info))
 
 
@@ -182,27 +217,32 @@ def stage_fidelity(cfg: QuickstartConfig, progress: Progress) -> dict[str, Any]:
     if not queries:
         raise ValueError("no held-out simulator queries (sim/sft/val.jsonl is empty); raise sim.questions")
     reference = reference_documents(queries, None, cfg.topk)
-    engine = build_engine(simulator_config(cfg))
-    try:
-        row = measure("tuned simulator", engine, queries, cfg.topk, reference,
-                      progress=lambda _n, d, t: progress("sim: fidelity", d, t, ""))
-    finally:
-        engine.close()
-    write_report([real_engine_row(queries, reference), row], out)
-    return row
+    rows = [real_engine_row(queries, reference)]
+    # as trained (the guard off, as in the paper), then with the noisy guard, reported beside it
+    for name, guard in (("tuned simulator", False), ("tuned simulator + noisy guard", True)):
+        engine = build_engine(replace(simulator_config(cfg), noisy_guard=guard))
+        try:
+            rows.append(measure(name, engine, queries, cfg.topk, reference,
+                                progress=lambda _n, d, t, name=name: progress(f"sim: fidelity ({name})", d, t, "")))
+        finally:
+            engine.close()
+    write_report(rows, out)
+    return rows[1]
 
 
-def stage_warmup(cfg: QuickstartConfig, progress: Progress, log=print) -> str:
-    """The warmed-up policy folder, or the policy itself when the warm-up is off."""
+def stage_warmup(cfg: QuickstartConfig, progress: Progress, log=print,
+                 out_dir: str | Path | None = None) -> str:
+    """The warmed-up policy folder (``out_dir``, default ``<output_dir>/warmup``), or the policy
+    itself when the warm-up is off."""
     from zerosearch.qa import load_qa
     from zerosearch.warmup import train_warmup
 
     if cfg.warmup.steps <= 0:
         return cfg.policy
-    out = Path(cfg.output_dir) / "warmup"
+    out = Path(out_dir) if out_dir else Path(cfg.output_dir) / "warmup"
     if (out / "config.json").exists():
         return str(out)
-    rows = load_qa(Path(cfg.output_dir) / "world" / "train.jsonl")
+    rows = load_qa(train_questions(cfg))
     engine = build_engine(bm25_config(cfg), log=log)
     try:
         return train_warmup(cfg.policy, rows, engine, out, cfg.warmup, cfg.rollout,
@@ -212,25 +252,30 @@ def stage_warmup(cfg: QuickstartConfig, progress: Progress, log=print) -> str:
 
 
 def rl_train_config(cfg: QuickstartConfig, start_model: str, engine: EngineConfig,
-                    curriculum: CurriculumConfig, output_dir: str | Path) -> "TrainConfig":
-    """The TrainConfig of an RL run on the mini-world (shared with the learning benchmark)."""
+                    curriculum: CurriculumConfig, output_dir: str | Path, algorithm: str = "grpo",
+                    mask_inserted_tokens: bool = True, seed: int | None = None) -> "TrainConfig":
+    """The TrainConfig of an RL run on the mini-world (shared with the learning benchmark, whose
+    arms vary the ``algorithm``, the loss masking of inserted tokens and the ``seed``: data order,
+    sampling and noise draws; default ``cfg.seed``)."""
     from zerosearch.train.config import (AlgorithmConfig, DataConfig, ModelConfig, TrainConfig,
                                          TrainingConfig)
 
     rl = cfg.rl
+    seed = cfg.seed if seed is None else seed
     rollouts = rl.prompts_per_step * rl.num_generations
     rollout = RolloutConfig(**{**asdict(cfg.rollout), "temperature": rl.temperature, "topk": cfg.topk})
     train_cfg = TrainConfig(
         model=ModelConfig(name=start_model, dtype="float32"),
-        data=DataConfig(train=str(Path(cfg.output_dir) / "world" / "train.jsonl"), shuffle_seed=cfg.seed),
+        data=DataConfig(train=str(train_questions(cfg)), shuffle_seed=seed),
         engine=engine, rollout=rollout, curriculum=curriculum,
-        algorithm=AlgorithmConfig(name="grpo", num_generations=rl.num_generations, beta=rl.beta,
+        algorithm=AlgorithmConfig(name=algorithm, num_generations=rl.num_generations, beta=rl.beta,
                                   reward="f1"),
         training=TrainingConfig(output_dir=str(output_dir), max_steps=rl.steps,
                                 prompts_per_step=rl.prompts_per_step, micro_batch_size=rollouts,
-                                learning_rate=rl.learning_rate, seed=cfg.seed,
+                                learning_rate=rl.learning_rate, seed=seed,
                                 save_steps=max(1, rl.steps // 4), save_total_limit=1, report_to=[],
-                                generation_batch_size=rollouts))
+                                generation_batch_size=rollouts, cpu_tuning=True,
+                                mask_inserted_tokens=mask_inserted_tokens))
     train_cfg.validate()
     return train_cfg
 
@@ -257,29 +302,36 @@ def stage_rl(train_cfg, progress: Progress, name: str = "RL", log=print) -> str:
 
 
 def stage_eval(cfg: QuickstartConfig, name: str, model: str, method: str, progress: Progress,
-               out_root: str | Path | None = None, log=print) -> dict[str, Any]:
-    """Evaluate one (model, method) on held-out questions with the real BM25 engine."""
+               out_root: str | Path | None = None, log=print, split: str = "test",
+               limit: int | None = None, engine: EngineConfig | None = None) -> dict[str, Any]:
+    """Evaluate one (model, method) on held-out questions with the real BM25 engine (or
+    ``engine``, e.g. a simulator for the sim-to-real gap): the first ``limit`` (default
+    ``cfg.eval_questions``) of ``world/<split>.jsonl`` (``test``, or ``val`` with ``val_questions``)."""
     out = Path(out_root or Path(cfg.output_dir) / "eval") / name
+    limit = cfg.eval_questions if limit is None else limit
     results = out / "results.json"
     if results.exists():
         report = json.loads(results.read_text())
-        if report.get("limit") == cfg.eval_questions:
+        if report.get("limit") == limit:
             return report
     from zerosearch.evaluate import EvalConfig, evaluate  # slow imports: only when evaluating
     from zerosearch.generation import load_policy
 
-    test = Path(cfg.output_dir) / "world" / "test.jsonl"
+    test = Path(cfg.output_dir) / "world" / f"{split}.jsonl"
+    if not test.exists():
+        raise FileNotFoundError(f"no {split} questions: {test} does not exist"
+                                + (" (set val_questions for a validation split)" if split == "val" else ""))
     rollout = RolloutConfig(**{**asdict(cfg.rollout), "temperature": 0.0, "topk": cfg.topk})
-    eval_cfg = EvalConfig(model=model, method=method, datasets=[str(test)], limit=cfg.eval_questions,
+    eval_cfg = EvalConfig(model=model, method=method, datasets=[str(test)], limit=limit,
                           batch_size=cfg.eval_batch_size, rollout=rollout, label=LABELS.get(name, name))
-    engine = build_engine(bm25_config(cfg), log=log) if method in ("search", "rag") else None
+    searched = build_engine(engine or bm25_config(cfg), log=log) if method in ("search", "rag") else None
     generator, tokenizer = load_policy(model, device="cpu", dtype="float32")
     try:
-        return evaluate(eval_cfg, generator, tokenizer, engine, out,
+        return evaluate(eval_cfg, generator, tokenizer, searched, out,
                         progress=lambda _ds, d, t: progress(f"eval: {name}", d, t, ""))
     finally:
-        if engine is not None:
-            engine.close()
+        if searched is not None:
+            searched.close()
 
 
 def eval_runs(cfg: QuickstartConfig, start: str, trained: str) -> list[tuple[str, str, str]]:

@@ -74,11 +74,40 @@ def plot_em(rows: Sequence[tuple[str, float]], path: Path) -> None:
 
 def eval_by_hops(pred_file: Path, test_file: Path) -> dict[int, float]:
     """Strict EM (x100) per hop count of the questions in ``pred_file``."""
+    return {h: v["em"] for h, v in stats_by_hops(pred_file, test_file).items()}
+
+
+def stats_by_hops(pred_file: Path, test_file: Path) -> dict[int, dict[str, float]]:
+    """Per hop count of the questions in ``pred_file``: ``n``, strict EM and F1 (x100) and searches
+    per question."""
     hops = {r["id"]: r["metadata"]["hops"] for r in read_finished(test_file)}
-    per: dict[int, list[float]] = {}
+    per: dict[int, list[dict]] = {}
     for rec in read_finished(pred_file):
-        per.setdefault(hops[rec["id"]], []).append(rec["metrics"]["em"])
-    return {h: 100 * sum(v) / len(v) for h, v in sorted(per.items())}
+        per.setdefault(hops[rec["id"]], []).append(rec)
+    return {h: {"n": len(v), "em": 100 * sum(r["metrics"]["em"] for r in v) / len(v),
+                "f1": 100 * sum(r["metrics"]["f1"] for r in v) / len(v),
+                "searches": sum(r["stats"]["searches"] for r in v) / len(v)}
+            for h, v in sorted(per.items())}
+
+
+def plot_curves(curves: dict[str, list[dict[str, float]]], key: str, ylabel: str, path: Path) -> None:
+    """One line per run: ``key`` of each step of its :func:`rl_curve` (e.g. reward, searches)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for name, curve in curves.items():
+        if curve:
+            ax.plot([c["step"] for c in curve], [c[key] for c in curve], marker="o", markersize=3,
+                    label=name)
+    ax.set_xlabel("training step")
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8, loc="best")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 LABELS = {"direct": "direct answer (no search)", "rag": "RAG (top-k in the prompt)",

@@ -51,7 +51,7 @@ def cover_em(prediction: str | None, golds: Sequence[str] | str) -> float:
 def _f1_one(pred_tokens: list[str], gold: str) -> float:
     gold_tokens = normalize_answer(gold).split()
     if not pred_tokens or not gold_tokens:
-        return float(pred_tokens == gold_tokens)
+        return 0.0  # as SQuAD v1.1: an empty answer never scores, not even against an empty gold
     common = Counter(pred_tokens) & Counter(gold_tokens)
     same = sum(common.values())
     if same == 0:

@@ -22,8 +22,9 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
 from zerosearch.engines.base import Engine, SearchRequest, SearchResult
-from zerosearch.protocol import (INVALID_ACTION_MESSAGE, build_policy_prompt, document_line,
-                                 extract_answer, format_documents, parse_action)
+from zerosearch.protocol import (DOC_FORMATS, INVALID_ACTION_MESSAGE, build_policy_prompt,
+                                 extract_answer, information_block, parse_action,
+                                 resolve_doc_format, search_r1_documents, zerosearch_documents)
 
 _INFO_OPEN, _INFO_CLOSE = "\n\n<information>", "</information>\n\n"
 
@@ -50,6 +51,23 @@ class RolloutConfig:
     """``auto`` (use the tokenizer's chat template when it has one), ``yes`` or ``no`` (raw text)."""
     instruction: str | None = None
     """Override the Search-R1 instruction (for checkpoints trained on another text)."""
+    doc_format: str = "auto"
+    """Document lines in the information block: ``zerosearch`` (``Doc 1: text``, what ZeroSearch
+    policies saw), ``search-r1`` (``Doc 1(Title: "T") text`` from the corpus row, what Search-R1
+    policies saw) or ``auto`` (``search-r1`` when the policy's name says Search-R1, else
+    ``zerosearch``)."""
+    eos_without_action: str = "continue"
+    """A turn that ends at EOS with neither a search nor an answer: ``continue`` (upstream: the
+    invalid-action message is appended and the rollout goes on, up to ``max_turns``) or ``end``
+    (the row ends there)."""
+
+    def __post_init__(self) -> None:
+        if self.doc_format not in DOC_FORMATS:
+            raise ValueError(f"rollout.doc_format: {self.doc_format!r} is not one of "
+                             f"{', '.join(DOC_FORMATS)}")
+        if self.eos_without_action not in ("continue", "end"):
+            raise ValueError(f"rollout.eos_without_action: {self.eos_without_action!r} is not one of "
+                             "continue, end")
 
 
 @dataclass
@@ -144,13 +162,17 @@ class _Trace(list):
 
 def encode_prompt(tokenizer, question: str, cfg: RolloutConfig,
                   instruction: str | None = None) -> list[int]:
-    """Token ids of the policy prompt (chat-wrapped for instruct models)."""
+    """Token ids of the policy prompt (chat-wrapped for instruct models).
+
+    Never with added special tokens: upstream tokenises the raw prompt with
+    ``add_special_tokens=False`` (no extra BOS), and a chat template writes its own.
+    """
     text = build_policy_prompt(question, instruction if instruction is not None else cfg.instruction)
     use_chat = cfg.chat_template == "yes" or (cfg.chat_template == "auto" and tokenizer.chat_template)
     if use_chat:
         text = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False,
                                              add_generation_prompt=True)
-    return tokenizer(text, add_special_tokens=not use_chat)["input_ids"]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
 def cut_at_action(tokenizer, ids: list[int]) -> tuple[list[int], str]:
@@ -173,22 +195,39 @@ def cut_at_action(tokenizer, ids: list[int]) -> tuple[list[int], str]:
     return ids[:lo], tokenizer.decode(ids[:lo], skip_special_tokens=False)
 
 
-def information_ids(tokenizer, result: SearchResult, budget: int) -> tuple[list[int], bool]:
-    """Token ids of the information block for ``result``, cut to ``budget`` tokens if needed."""
+def information_text(result: SearchResult, doc_format: str = "zerosearch") -> str:
+    """The information block for ``result`` as text, documents written in ``doc_format``
+    (``zerosearch`` or ``search-r1``, byte-exact with that upstream)."""
     if result.error:
         body = f"Search failed: {result.error_kind or 'error'}."
     elif not result.documents:
         body = "No documents matched the query."
+    elif doc_format == "search-r1":
+        body = search_r1_documents([d.corpus_contents() for d in result.documents])
+    elif doc_format == "zerosearch":
+        body = zerosearch_documents([d.text for d in result.documents])
     else:
-        body = format_documents([document_line(d.title, d.text) for d in result.documents])
+        raise ValueError(f"doc_format must be zerosearch or search-r1 here, got {doc_format!r}")
+    return information_block(body)
+
+
+def information_ids(tokenizer, result: SearchResult, budget: int,
+                    doc_format: str = "zerosearch") -> tuple[list[int], bool]:
+    """Token ids of the information block for ``result``, cut to ``budget`` tokens if needed.
+
+    A block that fits is tokenised in one piece, as upstream tokenises it; a cut one keeps its
+    opening and closing tags whole and loses the end of its documents.
+    """
+    whole = tokenizer(information_text(result, doc_format), add_special_tokens=False)["input_ids"]
+    if len(whole) <= budget:
+        return whole, False
+    body = information_text(result, doc_format)[len(_INFO_OPEN):-len(_INFO_CLOSE)]
     head = tokenizer(_INFO_OPEN, add_special_tokens=False)["input_ids"]
     tail = tokenizer(_INFO_CLOSE, add_special_tokens=False)["input_ids"]
     middle = tokenizer(body, add_special_tokens=False)["input_ids"]
     room = budget - len(head) - len(tail)
     if room < 1:
         return [], True
-    if len(middle) <= room:
-        return head + middle + tail, False
     return head + middle[:room] + tail, True
 
 
@@ -240,6 +279,7 @@ def _turns(trajs: list[Trajectory], generator: PolicyGenerator, tokenizer, engin
            rng: random.Random, timings: RolloutTimings, eos: set[int]) -> None:
     """The turn loop of :func:`run_rollouts`: generate, act, search, insert, until all are done."""
     invalid_ids = tokenizer(INVALID_ACTION_MESSAGE, add_special_tokens=False)["input_ids"]
+    doc_format = resolve_doc_format(cfg.doc_format, getattr(tokenizer, "name_or_path", None))
     # A lockstep generator (vLLM server mode) must be called every turn by every process.
     lockstep = getattr(generator, "lockstep", False)
     for turn in range(max_turns + 1):
@@ -290,9 +330,12 @@ def _turns(trajs: list[Trajectory], generator: PolicyGenerator, tokenizer, engin
             else:
                 t.invalid_actions += 1
                 t.turn_budget_hits += int(not ended_by_eos and len(ids) >= budget)
-                if ended_by_eos or final:
-                    t.done = True  # the policy ended its message without an action, or no turn is left
+                if final or (ended_by_eos and cfg.eos_without_action == "end"):
+                    t.done = True  # no turn is left, or the policy's EOS ends the row (option)
                 else:
+                    if ended_by_eos:  # upstream decodes without special tokens: the EOS is dropped
+                        t.completion_ids.pop()
+                        t.env_mask.pop()
                     room = cfg.max_completion_tokens - len(t.completion_ids)
                     if room < len(invalid_ids):
                         t.done, t.truncated = True, "completion_budget"
@@ -314,7 +357,7 @@ def _turns(trajs: list[Trajectory], generator: PolicyGenerator, tokenizer, engin
                 t.noisy_searches += int(result.mode == "noisy")
                 t.documents += len(result.documents)
                 room = min(cfg.max_obs_tokens, cfg.max_completion_tokens - len(t.completion_ids))
-                ids, cut = information_ids(tokenizer, result, room)
+                ids, cut = information_ids(tokenizer, result, room, doc_format)
                 t.trace.append({"type": "search", "query": request.query, "mode": result.mode,
                                 "error": result.error,
                                 "documents": [d.text for d in result.documents]})

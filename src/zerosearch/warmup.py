@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from zerosearch.engines.base import Engine, SearchRequest
+from zerosearch.protocol import resolve_doc_format
 from zerosearch.rollout import RolloutConfig, Row, information_ids, encode_prompt
 from zerosearch.sim.label import contains_answer
 
@@ -61,7 +62,8 @@ def build_traces(rows: Sequence[Row], engine: Engine, tokenizer, rollout: Rollou
                 continue
             prompt = encode_prompt(tokenizer, row.question, rollout)
             first = tokenizer(THINK_BEFORE.format(query=row.question), add_special_tokens=False)["input_ids"]
-            info, _ = information_ids(tokenizer, result, rollout.max_obs_tokens)
+            info, _ = information_ids(tokenizer, result, rollout.max_obs_tokens, resolve_doc_format(
+                rollout.doc_format, getattr(tokenizer, "name_or_path", None)))
             last = tokenizer(ANSWER_AFTER.format(answer=row.golden_answers[0]),
                              add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
             ids = prompt + first + info + last

@@ -39,6 +39,13 @@ class SearchRequest:
         """Raise ValueError naming the first problem with this request."""
         if not isinstance(self.query, str) or not self.query.strip():
             raise ValueError("query is empty")
+        for name, text in [("query", self.query), ("question", self.question),
+                           *((f"golden_answers[{i}]", a) for i, a in enumerate(self.golden_answers))]:
+            try:
+                text.encode("utf-8")
+            except UnicodeEncodeError as err:  # a lone surrogate: no tokenizer or response can take it
+                raise ValueError(f"{name} holds a lone surrogate ({text[err.start]!a}) at character "
+                                 f"{err.start}; send valid Unicode") from None
         if len(self.query) > max_query_chars:
             raise ValueError(f"query has {len(self.query)} characters; the limit is {max_query_chars}")
         if not 1 <= self.topk <= max_topk:
@@ -57,6 +64,14 @@ class Document:
     title: str | None = None
     id: str | None = None
     score: float | None = None
+    contents: str | None = None
+    """The corpus row's ``contents`` unchanged (real corpus engines); None for generated documents."""
+
+    def corpus_contents(self) -> str:
+        """``contents`` as stored when known, else ``"Title"\\ntext`` (or the text alone)."""
+        if self.contents is not None:
+            return self.contents
+        return f'"{self.title}"\n{self.text}' if self.title else self.text
 
 
 @dataclass
@@ -74,6 +89,9 @@ class SearchResult:
     error_kind: ErrorKind | None = None
     retries: int = 0
     row_id: str | int | None = None
+    source: str | None = None
+    """Where the documents came from, when an engine mixes sources (hybrid: ``cache``, ``real``,
+    ``simulator`` or ``refused``); None for single-source engines."""
 
     @property
     def ok(self) -> bool:

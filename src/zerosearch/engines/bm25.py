@@ -14,7 +14,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from zerosearch.corpus import fingerprint, index_dir, load_corpus, read_meta, write_meta
-from zerosearch.engines.base import Document, SearchRequest, SearchResult
+from zerosearch.engines.base import SearchRequest, SearchResult
 
 _INDEX_VERSION = 1
 
@@ -74,9 +74,7 @@ class BM25Engine:
                 for doc_index, score in zip(docs[i][: request.topk], scores[i][: request.topk]):
                     if score <= 0:  # no query term in the passage
                         continue
-                    j = int(doc_index)
-                    found.append(Document(text=self.corpus.texts[j], title=self.corpus.titles[j],
-                                          id=self.corpus.ids[j], score=float(score)))
+                    found.append(self.corpus.document(int(doc_index), float(score)))
             results.append(SearchResult(query=request.query, documents=found, engine=self.name,
                                         topk=request.topk, latency_s=latency, row_id=request.row_id))
         return results

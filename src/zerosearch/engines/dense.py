@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from zerosearch.corpus import fingerprint, index_dir, load_corpus, read_meta, write_meta
-from zerosearch.engines.base import Document, EngineError, SearchRequest, SearchResult
+from zerosearch.engines.base import EngineError, SearchRequest, SearchResult
 from zerosearch.models import resolve_model
 
 _INDEX_VERSION = 1
@@ -68,8 +68,7 @@ class DenseEngine:
         latency = (time.perf_counter() - started) / len(requests)
         results = []
         for request, row_docs, row_scores in zip(requests, docs, scores):
-            found = [Document(text=self.corpus.texts[j], title=self.corpus.titles[j],
-                              id=self.corpus.ids[j], score=float(s))
+            found = [self.corpus.document(int(j), float(s))
                      for j, s in zip(row_docs[: request.topk], row_scores[: request.topk]) if j >= 0]
             results.append(SearchResult(query=request.query, documents=found, engine=self.name,
                                         topk=request.topk, latency_s=latency, row_id=request.row_id))

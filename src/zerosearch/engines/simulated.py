@@ -23,7 +23,8 @@ from typing import Any, Sequence
 
 from zerosearch.engines.base import Document, SearchRequest, SearchResult, draw_mode, failed
 from zerosearch.llm.base import GenerationParams, LLMBackend
-from zerosearch.protocol import finetuned_sim_messages, parse_documents, prompt_sim_messages
+from zerosearch.protocol import (GOLD_STYLES, finetuned_sim_messages, parse_documents,
+                                 prompt_sim_messages)
 
 STYLES = ("finetuned", "prompt")
 _ARTICLES = ("a ", "an ", "the ")
@@ -60,13 +61,16 @@ class SimulatedEngine:
 
     def __init__(self, backend: LLMBackend, style: str = "finetuned",
                  params: GenerationParams | None = None, seed: int | None = None,
-                 template: str | None = None, noisy_guard: bool = False):
+                 template: str | None = None, noisy_guard: bool = False, gold: str = "first"):
         if style not in STYLES:
             raise ValueError(f"unknown simulator style {style!r}; choose one of {', '.join(STYLES)}")
         self.backend, self.style = backend, style
         self.params = params or GenerationParams()
         self.template = template
         self.noisy_guard = noisy_guard
+        if gold not in GOLD_STYLES:
+            raise ValueError(f"unknown gold style {gold!r}; choose one of {', '.join(GOLD_STYLES)}")
+        self.gold = gold
         self._rng = random.Random(seed)
         self._rng_lock = threading.Lock()
 
@@ -74,7 +78,7 @@ class SimulatedEngine:
         """The chat messages sent to the simulation LLM for ``request`` in ``mode``."""
         if self.style == "finetuned":
             return finetuned_sim_messages(request.query, request.question, request.golden_answers,
-                                          mode, request.topk, self.template)
+                                          mode, request.topk, self.template, self.gold)
         return prompt_sim_messages(request.query, request.question, request.golden_answers, mode,
                                    request.topk)
 

@@ -1,10 +1,11 @@
 """A client for any number of OpenAI-compatible chat endpoints (vLLM, SGLang, transformers serve,
-llama.cpp server), with load balancing, per-attempt timeouts and bounded retries with backoff.
+llama.cpp server), with load balancing and the shared retry helper (:mod:`zerosearch.retry`: the
+request's deadline bounds every attempt, cancelled work stops, retries are counted).
 
 One pooled ``httpx.Client`` serves every call (the public code opened a new client per call and
 retried forever). Requests of a batch fan out over a thread pool; each goes to the endpoint with the
-fewest requests in flight, skipping endpoints that failed recently. After ``max_retries`` retries a
-request fails with a clear error instead of hanging training.
+fewest requests in flight, skipping endpoints that failed recently. When the retries or the deadline
+run out a request fails with a clear error instead of hanging training.
 """
 
 from __future__ import annotations
@@ -17,27 +18,25 @@ from typing import Sequence
 
 import httpx
 
+from zerosearch import retry
 from zerosearch.llm.base import Completion, GenerationParams, Message
-
-_RETRY_STATUS = {408, 429, 500, 502, 503, 504}
 
 
 class OpenAIBackend:
     """Chat completions over HTTP against one or more endpoints."""
 
     def __init__(self, urls: Sequence[str], model: str | None = None, api_key: str | None = None,
-                 timeout_s: float = 60.0, max_retries: int = 3, backoff_s: float = 0.5,
-                 max_concurrency: int = 64, cooldown_s: float = 5.0):
+                 policy: retry.RetryPolicy | None = None, max_concurrency: int = 64,
+                 cooldown_s: float = 5.0):
         if not urls:
             raise ValueError("OpenAIBackend needs at least one endpoint URL")
         self.urls = [self._base(u) for u in urls]
         self.model = model
-        self.timeout_s, self.max_retries, self.backoff_s = timeout_s, max_retries, backoff_s
+        self.policy = policy or retry.RetryPolicy()
         self.cooldown_s = cooldown_s
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         self._client = httpx.Client(
-            headers=headers, timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
-            limits=httpx.Limits(max_connections=max_concurrency,
+            headers=headers, limits=httpx.Limits(max_connections=max_concurrency,
                                 max_keepalive_connections=max_concurrency))
         self._pool = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix="openai")
         self._lock = threading.Lock()
@@ -67,60 +66,49 @@ class OpenAIBackend:
             if failed:
                 self._down_until[url] = time.monotonic() + self.cooldown_s
 
-    def _model_name(self) -> str:
+    def _model_name(self, timeout_s: float) -> str:
         if self.model is None:
             url = self._pick()
             try:
-                response = self._client.get(f"{url}/v1/models")
+                response = self._client.get(f"{url}/v1/models", timeout=timeout_s)
                 response.raise_for_status()
                 self.model = response.json()["data"][0]["id"]
             finally:
                 self._release(url, failed=False)
         return self.model
 
+    def _attempt(self, messages: list[Message], params: GenerationParams, avoid: Sequence[str],
+                 timeout_s: float) -> retry.Attempt:
+        try:
+            model = self._model_name(timeout_s)
+        except (httpx.HTTPError, KeyError, IndexError, ValueError) as err:
+            return retry.Attempt(error=f"cannot list the served models ({err!r}); pass the model "
+                                 "name with --backend-model")
+        url = self._pick()
+        body = {"model": model, "messages": messages, "max_tokens": params.max_new_tokens,
+                "temperature": params.temperature, "top_p": params.top_p}
+        if avoid:  # vLLM's sampling extension; a server without it answers 400
+            body["bad_words"] = list(avoid)
+        send = retry.http_attempt(lambda t: self._client.post(
+            f"{url}/v1/chat/completions", json=body,
+            timeout=httpx.Timeout(t, connect=min(t, 5.0))), url)
+        result = send(timeout_s)
+        if result.error is None:
+            try:
+                result = retry.Attempt(value=result.value.json()["choices"][0]["message"]["content"]
+                                       or "")
+            except (KeyError, IndexError, TypeError, ValueError) as err:
+                result = retry.Attempt(error=f"{url} sent a malformed completion: {err!r}")
+        # a 4xx means the endpoint is alive and the request itself is wrong
+        self._release(url, failed=result.error is not None and result.retry)
+        return result
+
     def _one(self, messages: list[Message], params: GenerationParams,
-             avoid: Sequence[str] = ()) -> Completion:
-        started = time.perf_counter()
-        last_error, kind = "no attempt made", "unavailable"
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                time.sleep(self.backoff_s * 2 ** (attempt - 1) * (0.5 + self._rng.random()))
-            try:
-                model = self._model_name()
-            except (httpx.HTTPError, KeyError, IndexError, ValueError) as err:
-                last_error, kind = (f"cannot list the served models ({err!r}); pass the model name "
-                                    "with --backend-model"), "unavailable"
-                continue
-            url = self._pick()
-            failed = True
-            try:
-                body = {"model": model, "messages": messages, "max_tokens": params.max_new_tokens,
-                        "temperature": params.temperature, "top_p": params.top_p}
-                if avoid:  # vLLM's sampling extension; a server without it answers 400
-                    body["bad_words"] = list(avoid)
-                response = self._client.post(f"{url}/v1/chat/completions", json=body)
-                if response.status_code in _RETRY_STATUS:
-                    last_error = f"{url} answered HTTP {response.status_code}: {response.text[:200]}"
-                    kind = "timeout" if response.status_code in (408, 504) else "unavailable"
-                    continue
-                if response.status_code >= 400:
-                    failed = False  # the endpoint is alive; the request itself is wrong
-                    return Completion(None, f"{url} answered HTTP {response.status_code}: "
-                                      f"{response.text[:300]}", "bad_request", attempt,
-                                      time.perf_counter() - started)
-                text = response.json()["choices"][0]["message"]["content"] or ""
-                failed = False
-                return Completion(text, retries=attempt, latency_s=time.perf_counter() - started)
-            except httpx.TimeoutException as err:
-                last_error, kind = f"{url} timed out after {self.timeout_s}s ({type(err).__name__})", "timeout"
-            except httpx.HTTPError as err:
-                last_error, kind = f"{url} unreachable: {err!r}", "unavailable"
-            except (KeyError, IndexError, ValueError) as err:
-                last_error, kind = f"{url} sent a malformed completion: {err!r}", "unavailable"
-            finally:
-                self._release(url, failed)
-        return Completion(None, f"gave up after {self.max_retries} retries: {last_error}", kind,
-                          self.max_retries, time.perf_counter() - started)
+             avoid: Sequence[str] = (), deadline: retry.Deadline | None = None) -> Completion:
+        outcome = retry.call(lambda t: self._attempt(messages, params, avoid, t), self.policy,
+                             deadline, self._rng)
+        return Completion(outcome.value, outcome.error, outcome.kind, outcome.retries,
+                          outcome.latency_s)
 
     def chat(self, conversations: Sequence[list[Message]], params: GenerationParams,
              avoid: Sequence[Sequence[str]] | None = None) -> list[Completion]:
@@ -129,7 +117,9 @@ class OpenAIBackend:
         if avoid is not None and len(avoid) != len(conversations):
             raise ValueError(f"{len(avoid)} avoid lists for {len(conversations)} conversations")
         words = avoid if avoid is not None else [()] * len(conversations)
-        return list(self._pool.map(lambda c, a: self._one(c, params, a), conversations, words))
+        deadline = retry.current()  # read here: the pool's threads do not share this context
+        return list(self._pool.map(lambda c, a: self._one(c, params, a, deadline), conversations,
+                                   words))
 
     def describe(self) -> dict:
         return {"backend": "openai", "urls": self.urls, "model": self.model}

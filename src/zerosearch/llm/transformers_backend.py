@@ -18,6 +18,7 @@ from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Sequence
 
+from zerosearch import retry
 from zerosearch.llm.base import Completion, GenerationParams, Message
 from zerosearch.models import resolve_model
 
@@ -101,15 +102,25 @@ class TransformersBackend:
                 key = (params.max_new_tokens, params.temperature, params.top_p)
                 groups.setdefault(key, []).append(item)
             for items in groups.values():
-                try:
-                    texts = self.generate([m for m, _, _, _ in items], items[0][1],
-                                          [a for _, _, _, a in items])
-                    for (_, _, future, _), text in zip(items, texts):
-                        future.set_result(text)
-                except Exception as err:  # report to every waiting caller, keep the worker alive
-                    for _, _, future, _ in items:
-                        if not future.done():
-                            future.set_exception(err)
+                self._generate_group(items)
+
+    def _generate_group(self, items: list) -> None:
+        """Generate for one group and resolve its futures. If the group fails, each row is tried
+        alone, so one bad row (text its tokenizer refuses) fails only its own caller; the worker
+        stays alive either way."""
+        try:
+            texts = self.generate([m for m, _, _, _ in items], items[0][1],
+                                  [a for _, _, _, a in items])
+            for (_, _, future, _), text in zip(items, texts):
+                future.set_result(text)
+        except Exception as err:  # noqa: BLE001 - reported to the callers
+            if len(items) > 1:
+                for item in items:
+                    self._generate_group([item])
+                return
+            for _, _, future, _ in items:
+                if not future.done():
+                    future.set_exception(err)
 
     def generate(self, conversations: Sequence[list[Message]], params: GenerationParams,
                  avoid: Sequence[Sequence[str]] | None = None) -> list[str]:
@@ -156,20 +167,24 @@ class TransformersBackend:
         if avoid is not None and len(avoid) != len(conversations):
             raise ValueError(f"{len(avoid)} avoid lists for {len(conversations)} conversations")
         started = time.perf_counter()
+        # the search service's deadline for this call (if any) bounds the wait too; a caller that
+        # gave up cancels its rows, and the worker skips a cancelled row it has not started
+        call = retry.current()
+        timeout_s = min(self.timeout_s, call.remaining()) if call is not None else self.timeout_s
         futures = []
         for i, conversation in enumerate(conversations):
             future: Future = Future()
             self._queue.put((conversation, params, future, list(avoid[i]) if avoid else []))
             futures.append(future)
         results = []
-        deadline = started + self.timeout_s
+        deadline = started + timeout_s
         for future in futures:
             try:
                 text = future.result(timeout=max(deadline - time.perf_counter(), 0))
                 results.append(Completion(text, latency_s=time.perf_counter() - started))
             except FutureTimeout:
                 future.cancel()
-                results.append(Completion(None, f"generation took longer than {self.timeout_s}s",
+                results.append(Completion(None, f"generation took longer than {timeout_s:.3g}s",
                                           "timeout", latency_s=time.perf_counter() - started))
             except Exception as err:
                 results.append(Completion(None, f"generation failed: {err!r}", "internal",

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 from zerosearch.jsonl import read_finished
 from zerosearch.protocol import document_line, finetuned_sim_messages, format_documents
 from zerosearch.rewards import normalize_answer
-from zerosearch.sim.label import METHODS, contains_answer
+from zerosearch.sim.label import METHODS, contains_answer, doc_texts
 
 # Some corpora (a FlashRAG passage file among them) keep the title inside the text.
 _INLINE_TITLE = re.compile(r"^\s*Title:\s*(.+?)\s+Text:\s*", re.S)
@@ -77,10 +77,32 @@ def example(pair: dict[str, Any], mode: str, max_docs: int, max_doc_words: int,
             "documents": texts}
 
 
+def paired_examples(pair: dict[str, Any], max_docs: int) -> list[dict[str, Any]]:
+    """The pairs a query can give in each mode, each a copy of ``pair`` with its ``contains`` label
+    set: useful when a document holds a gold answer (those documents first, then the engine's
+    order); noisy when at least ``max_docs`` documents do not (only those, in the engine's order).
+
+    With the question as the query, a real engine returns the answer for most single-hop questions
+    and for few multi-hop ones, so labelling each query once ties the mode to the kind of question,
+    and a small simulator learns that instead of the mode word. Retrieving deeper than ``max_docs``
+    (for example top-10 for three-document targets) lets most queries give both."""
+    golds = pair["golden_answers"]
+    docs = pair["documents"]
+    holds = [contains_answer(doc_texts([d]), golds) for d in docs]
+    holding = [d for d, h in zip(docs, holds) if h]
+    rest = [d for d, h in zip(docs, holds) if not h]
+    out = []
+    if holding:
+        out.append({**pair, "documents": holding + rest, "labels": {**pair["labels"], "contains": "useful"}})
+    if len(rest) >= max_docs:
+        out.append({**pair, "documents": rest, "labels": {**pair["labels"], "contains": "noisy"}})
+    return out
+
+
 def build(labelled: str | Path, out_dir: str | Path, label_by: str = "contains", max_docs: int = 5,
           max_doc_words: int = 40, val_fraction: float = 0.1, seed: int = 0,
           balance: bool = True, answer_first: bool = False,
-          answer_lead: int | None = None) -> dict[str, Any]:
+          answer_lead: int | None = None, paired: bool = False) -> dict[str, Any]:
     """Write ``train.jsonl`` and ``val.jsonl`` into ``out_dir``; returns statistics.
 
     ``answer_first``: in useful examples the documents holding a gold answer come first, so the
@@ -88,12 +110,19 @@ def build(labelled: str | Path, out_dir: str | Path, label_by: str = "contains",
     learned in fewer steps, and never cut by a token budget); the engine's order is otherwise kept.
     ``answer_lead``: words a clipped document keeps before the answer (default a third of
     ``max_doc_words``); small values put the answer within a few words of the title.
+    ``paired``: every query gives an example of *each* mode its documents allow (see
+    :func:`paired_examples`) instead of one example in the mode of its label, so that the prompt's
+    mode word, not the kind of question, is what tells useful targets from noisy ones.
     """
     if label_by not in METHODS:
         raise ValueError(f"label_by must be one of {', '.join(METHODS)}")
     if not 1 <= max_docs <= 20:
         raise ValueError("max_docs must be between 1 and 20")
     pairs = [p for p in read_finished(labelled) if p["labels"].get(label_by) is not None]
+    if paired:
+        if label_by != "contains":
+            raise ValueError("paired examples are split by answer containment: use label_by='contains'")
+        pairs = [q for p in pairs for q in paired_examples(p, max_docs)]
     if not pairs:
         raise ValueError(f"no pair in {labelled} has a {label_by!r} label")
     rng = random.Random(seed)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from zerosearch.hardware import bf16_is_fast, keep_freed_memory, memory_cap_callback
+from zerosearch.cpu import tune_process
+from zerosearch.hardware import runtime_choices
 from zerosearch.jsonl import read_finished
 from zerosearch.models import resolve_model
 
@@ -41,7 +42,7 @@ class SimTrainConfig:
     """Prompt + completion tokens; longer examples are cut."""
     bf16: bool | None = None
     """bf16 mixed precision; None = when the hardware runs it natively (a GPU, or a CPU with AMX /
-    AVX512-BF16; here it halved a SmolLM2 training step in a microbenchmark, 12 vs 23 s)."""
+    AVX512-BF16; :func:`zerosearch.hardware.runtime_choices`)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory (large simulators on GPUs) for about
     a third more compute. TRL turns it on by default; a 135M model on a CPU does not need it."""
@@ -73,6 +74,18 @@ class SimTrainConfig:
     one-letter piece is never banned). Real noisy documents never hold the answer, but plain SFT
     never says so either, and a small simulator given the answer in its prompt copies it into
     noisy documents too. 0 = off."""
+    noisy_contrast: bool = False
+    """Also show the simulator, for each noisy example whose query has a useful one, the useful
+    documents under the *noisy* prompt, with no likelihood term and an unlikelihood term (weight
+    ``noisy_unlikelihood``) on each token that spells a gold answer there. The first-token term on
+    noisy targets acts where the answer is unlikely anyway and cannot name an answer that starts
+    with a digit; a leak happens where a document about the queried entity states the fact
+    ("... first presented in 1884"), and these rows put the penalty exactly there, so the noisy
+    mode learns to write such a document without the answer. Needs ``noisy_unlikelihood`` > 0 and
+    a paired SFT set (``sim build --paired``)."""
+    cpu_tuning: bool = False
+    """Process-wide CPU memory tuning for long runs (:mod:`zerosearch.cpu`: malloc keeps freed
+    memory, a callback hands it back when the machine runs short); never applied on a GPU."""
 
 
 def completion_loss(model, inputs, num_items_in_batch=None, autocast=None, unlikelihood: float = 0.0):
@@ -82,7 +95,8 @@ def completion_loss(model, inputs, num_items_in_batch=None, autocast=None, unlik
     built, which is most of an SFT step's memory traffic on a CPU. With ``unlikelihood`` > 0 and
     ``banned_ids`` in the batch (rows x k, -1 = none), adds ``unlikelihood * -log(1 - p(banned))``
     summed over each row's banned tokens and completion positions (see
-    ``SimTrainConfig.noisy_unlikelihood``), over the same token count."""
+    ``SimTrainConfig.noisy_unlikelihood``), and the same weight times ``-log(1 - p(label))`` at
+    each position ``unlike`` marks (``SimTrainConfig.noisy_contrast``), over the same token count."""
     import contextlib
 
     import torch
@@ -110,6 +124,13 @@ def completion_loss(model, inputs, num_items_in_batch=None, autocast=None, unlik
             banned = banned[rows]
             logp = logp_all[rows].gather(1, banned.clamp(min=0))
             push = -torch.log1p(-logp.exp().clamp(max=1 - 1e-6)) * (banned >= 0)
+            total = total + unlikelihood * push.sum()
+    unlike = inputs.get("unlike")
+    if unlikelihood > 0 and unlike is not None:  # see SimTrainConfig.noisy_contrast
+        marked = unlike[:, 1:][keep]
+        if marked.any():
+            p_label = logp_all.gather(1, target[keep][:, None])[:, 0].exp()
+            push = -torch.log1p(-p_label.clamp(max=1 - 1e-6)) * marked
             total = total + unlikelihood * push.sum()
     return total / count
 
@@ -145,7 +166,9 @@ def weighted_example(tokenizer, row: dict, answer_weight: float, max_length: int
     """Tokenise one chat prompt-completion example as TRL does (the chat template over prompt then
     prompt + completion; loss on the completion only) and weigh each label: ``answer_weight`` for
     the tokens overlapping a gold answer in a useful example's completion, 1 for the rest. With
-    ``ban_answers``, a noisy example also lists its answers' first tokens (``banned_ids``)."""
+    ``ban_answers``, a noisy example also lists its answers' first tokens (``banned_ids``). A
+    ``contrast`` example (``SimTrainConfig.noisy_contrast``) weighs every token 0 and marks the
+    tokens overlapping a gold answer in ``unlike`` (1 = push that label's probability down)."""
     prompt_text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
     full_text = tokenizer.apply_chat_template(row["prompt"] + row["completion"], tokenize=False)
     if not full_text.startswith(prompt_text):
@@ -154,23 +177,36 @@ def weighted_example(tokenizer, row: dict, answer_weight: float, max_length: int
     enc = tokenizer(full_text, add_special_tokens=False, return_offsets_mapping=True)
     cut = len(prompt_text)
     spans = ([(a + cut, b + cut) for a, b in answer_spans(full_text[cut:], row.get("golden_answers") or [])]
-             if row.get("mode") == "useful" else [])
-    labels, weights = [], []
+             if row.get("mode") in ("useful", "contrast") else [])
+    contrast = row.get("mode") == "contrast"
+    labels, weights, unlike = [], [], []
     for token, (start, end) in zip(enc["input_ids"], enc["offset_mapping"]):
         in_completion = start >= cut
         labels.append(token if in_completion else -100)
         on_answer = in_completion and any(start < b and a < end for a, b in spans)
-        weights.append(answer_weight if on_answer else 1.0)
+        weights.append(0.0 if contrast else answer_weight if on_answer else 1.0)
+        unlike.append(1.0 if contrast and on_answer else 0.0)
     ids = enc["input_ids"][:max_length]
     banned = (answer_first_tokens(tokenizer, row.get("golden_answers"))
               if ban_answers and row.get("mode") == "noisy" else [])
     return {"input_ids": ids, "labels": labels[:max_length], "loss_weights": weights[:max_length],
-            "banned_ids": banned}
+            "banned_ids": banned, "unlike": unlike[:max_length]}
+
+
+def contrast_rows(rows: list[dict]) -> list[dict]:
+    """For each noisy example, the first useful example of the same query with the noisy prompt:
+    ``mode`` "contrast" (see ``SimTrainConfig.noisy_contrast``)."""
+    useful: dict[str, dict] = {}
+    for r in rows:
+        if r.get("mode") == "useful":
+            useful.setdefault(r.get("query"), r)
+    return [{**r, "completion": useful[r["query"]]["completion"], "mode": "contrast"}
+            for r in rows if r.get("mode") == "noisy" and r.get("query") in useful]
 
 
 def weighted_collator(pad_token_id: int):
-    """TRL's padding collator plus the per-token ``loss_weights`` (padded with 0) and each row's
-    ``banned_ids`` (padded with -1)."""
+    """TRL's padding collator plus the per-token ``loss_weights`` and ``unlike`` (padded with 0)
+    and each row's ``banned_ids`` (padded with -1)."""
     import torch
     from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
@@ -181,6 +217,8 @@ def weighted_collator(pad_token_id: int):
         width = out["input_ids"].size(1)
         out["loss_weights"] = torch.tensor([list(e["loss_weights"]) + [0.0] * (width - len(e["loss_weights"]))
                                             for e in examples])
+        out["unlike"] = torch.tensor([list(e.get("unlike") or [0.0] * len(e["input_ids"]))
+                                      + [0.0] * (width - len(e["input_ids"])) for e in examples])
         most = max(1, max(len(e.get("banned_ids") or []) for e in examples))
         out["banned_ids"] = torch.tensor([list(e.get("banned_ids") or []) + [-1] * (most - len(e.get("banned_ids") or []))
                                           for e in examples], dtype=torch.long)
@@ -207,19 +245,31 @@ def train_simulator(cfg: SimTrainConfig, log=print,
     if cfg.noisy_unlikelihood < 0:
         raise ValueError(f"noisy_unlikelihood must be >= 0, got {cfg.noisy_unlikelihood}")
     weighted = cfg.answer_weight != 1.0 or cfg.noisy_unlikelihood > 0
+    if cfg.noisy_contrast and cfg.noisy_unlikelihood <= 0:
+        raise ValueError("noisy_contrast needs noisy_unlikelihood > 0 (its rows have no other loss)")
     keep = ("prompt", "completion") + (("mode", "golden_answers") if weighted else ())
-    train_rows = [{k: r.get(k) for k in keep} for r in read_finished(train_file)]
+    train_rows = [{k: r.get(k) for k in keep + ("query",)} for r in read_finished(train_file)]
     if not train_rows:
         raise ValueError(f"{train_file} holds no examples")
+    if cfg.noisy_contrast:
+        contrast = contrast_rows(train_rows)
+        if not contrast:
+            raise ValueError(f"noisy_contrast: no query in {train_file} has both a useful and a noisy "
+                             "example (build it with `zerosearch sim build --paired`)")
+        log(f"noisy contrast: {len(contrast)} useful targets under noisy prompts")
+        train_rows += contrast
+    train_rows = [{k: r.get(k) for k in keep} for r in train_rows]
     if weighted and not any(r["mode"] in ("useful", "noisy") and r["golden_answers"] for r in train_rows):
         raise ValueError(f"answer_weight / noisy_unlikelihood need examples with a mode and "
                          f"golden_answers ({train_file} has none: build it with `zerosearch sim build`)")
-    if keep_freed_memory():
-        log("malloc keeps freed memory for reuse (hardware.keep_freed_memory)")
+    choices = runtime_choices(bf16="auto" if cfg.bf16 is None else cfg.bf16,
+                              fused_lm_head="auto" if cfg.fused_loss is None else cfg.fused_loss,
+                              cpu_tuning=cfg.cpu_tuning)
+    tuning_callbacks = tune_process(choices, log)
     val_file = data / "val.jsonl" if data.is_dir() and (data / "val.jsonl").exists() else None
     val_rows = [{k: r.get(k) for k in keep} for r in read_finished(val_file)] if val_file else []
 
-    bf16 = bf16_is_fast() if cfg.bf16 is None else cfg.bf16
+    bf16 = choices.autocast
     path = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(path)
     extra: dict = {}
@@ -229,7 +279,7 @@ def train_simulator(cfg: SimTrainConfig, log=print,
                       for r in train_rows]
         val_rows = [weighted_example(tokenizer, r, cfg.answer_weight, cfg.max_length, ban)
                     for r in val_rows]
-        answer_tokens = sum(w != 1.0 for r in train_rows for w in r["loss_weights"])
+        answer_tokens = sum(w > 1.0 for r in train_rows for w in r["loss_weights"])
         log(f"answer weighting: {answer_tokens} answer tokens weigh {cfg.answer_weight}")
         if ban:
             log(f"unlikelihood {cfg.noisy_unlikelihood}: {sum(bool(r['banned_ids']) for r in train_rows)} "
@@ -253,17 +303,17 @@ def train_simulator(cfg: SimTrainConfig, log=print,
         train_sampling_strategy="group_by_length",
         bf16=bf16, gradient_checkpointing=cfg.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(), disable_tqdm=progress is not None, **extra)
-    from zerosearch.runfolder import MetricsCallback, last_checkpoint
+    from zerosearch.runfolder import AtomicCheckpoints, MetricsCallback, prepare_resume
 
     metrics_file = Path(cfg.output_dir) / "metrics.jsonl"
     resume_from = None
     if cfg.resume:
-        resume_from = last_checkpoint(cfg.output_dir)
+        resume_from = prepare_resume(cfg.output_dir, log)
         log(f"resuming from {resume_from}")
     elif metrics_file.exists():
         metrics_file.unlink()  # a fresh run starts a fresh log
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
-    callbacks: list = [MetricsCallback(metrics_file), memory_cap_callback()]
+    callbacks: list = [MetricsCallback(metrics_file), *tuning_callbacks]
     if progress is not None:
         class Report(TrainerCallback):
             def on_log(self, args, state, control, logs=None, **kwargs):
@@ -274,7 +324,7 @@ def train_simulator(cfg: SimTrainConfig, log=print,
                 progress(state.global_step, state.max_steps, "")
 
         callbacks.append(Report())
-    fused = torch.cuda.is_available() if cfg.fused_loss is None else cfg.fused_loss
+    fused = choices.fused_lm_head
 
     class CompletionLossTrainer(SFTTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
@@ -283,6 +333,7 @@ def train_simulator(cfg: SimTrainConfig, log=print,
             return (loss, {"loss": loss}) if return_outputs else loss
 
     trainer_class = SFTTrainer if fused and not weighted else CompletionLossTrainer
+    trainer_class = type(f"Atomic{trainer_class.__name__}", (AtomicCheckpoints, trainer_class), {})
     if weighted:
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
         extra_trainer = {"data_collator": weighted_collator(pad)}

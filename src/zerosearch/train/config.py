@@ -24,7 +24,8 @@ class ModelConfig:
     name: str = "embedded:smollm2-135m-instruct"
     """Policy model: embedded:…, hub id or local path."""
     dtype: str = "auto"
-    """auto (bf16 on CUDA, fp32 on CPU), float32 or bfloat16."""
+    """dtype the weights are trained in: auto (float32 master weights, and with them the optimizer
+    state; ``training.bf16`` runs the matmuls in bf16), float32 or bfloat16 (bf16 weights)."""
     lora: bool = False
     """Train LoRA adapters instead of all weights (peft)."""
     lora_r: int = 16
@@ -108,16 +109,17 @@ class TrainingConfig:
     """Log metrics every N steps."""
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])
     """tensorboard, wandb, trackio, or [] (metrics.jsonl is always written)."""
-    bf16: bool = False
-    """bf16 mixed precision for the optimisation (GPUs, and CPUs with native bf16: AMX or
-    AVX512-BF16; refused on other CPUs, where it is emulated and slower)."""
+    bf16: bool | Literal["auto"] = "auto"
+    """bf16 autocast for the optimisation's forward passes (policy and reference): matmuls in bf16,
+    reductions and the loss in fp32, the weights and the optimizer state in ``model.dtype``. auto:
+    on where bf16 is native (GPUs; CPUs with AMX or AVX512-BF16), off elsewhere; true is refused
+    where bf16 would be emulated (slower than fp32). Decided by
+    :func:`zerosearch.hardware.runtime_choices`."""
     compile: bool | Literal["auto"] = False
     """``torch.compile`` the decoder layers of the training and reference forward passes (inductor
     fuses each layer's norms, rotary embeddings, activations and residual adds; needs a C/C++
-    compiler on CPUs). The first micro-batches compile (about 20 s for SmolLM2 here); after that a
-    forward+backward of 8 rows of ~530 tokens took 10-13% less time on this project's CPU, and a
-    GRPO step's optimisation 7% less (median 64.6% against 60.5% of the fp32 matmul,
-    ``benchmarks/train_step.py``, 2026-11-22). Generation and saving use the plain layers. Only on
+    compiler on CPUs). The first micro-batches pay for compiling; generation and saving use the
+    plain layers (measurements: ``docs/performance.md``). Only on
     the plain LM-head path (``fused_lm_head`` off, a bias-free head, one process), without
     gradient checkpointing: true refuses to start otherwise, naming the reason; auto logs the reason
     and trains uncompiled (the CPU preset's setting). Off by default: tests and short runs would
@@ -128,9 +130,8 @@ class TrainingConfig:
     more model in memory); the loss still scores the sampled tokens with the policy, so the rollouts
     are slightly off-policy, as bf16 vLLM rollouts are on GPUs. auto: bf16 for an fp32 policy where
     bf16 runs natively (GPUs; CPUs with AMX or AVX512-BF16, where the copy also decodes through
-    ``zerosearch.decode_step``: about 1.6x the fp32 rollouts' tokens/s on this project's CPU,
-    benchmarks/train_step.py), the policy's own dtype elsewhere; float32 for exactly on-policy
-    rollouts. Ignored with vLLM."""
+    ``zerosearch.cpu.decode_step``), the policy's own dtype elsewhere; float32 for exactly
+    on-policy rollouts. Ignored with vLLM."""
     use_vllm: bool = False
     """Generate rollouts with TRL's vLLM integration."""
     vllm_mode: str = "colocate"
@@ -142,12 +143,21 @@ class TrainingConfig:
     group_by_length: bool = True
     """Split each generation batch into micro-batches of similar length (less padding). The
     gradient is unchanged for grpo, dr_grpo and dapo; bnpo weighs tokens per micro-batch."""
-    fused_lm_head: bool = False
-    """TRL's tiled LM head (saves memory with large vocabularies on GPUs; about 2x slower on a CPU)."""
+    fused_lm_head: bool | Literal["auto"] = "auto"
+    """TRL's tiled LM head (saves memory with large vocabularies on GPUs; slower on a CPU than the
+    plain head). auto: on GPUs, off on CPUs."""
+    cpu_tuning: bool = False
+    """Process-wide CPU memory tuning for long runs (:mod:`zerosearch.cpu`): glibc's malloc keeps
+    freed memory for the next step, and a callback hands it back when the machine runs short. The
+    CPU preset and the quickstart turn it on; never applied on a GPU."""
     generation_batch_size: int = 64
     """HF generate: most rows decoded together."""
     log_completions: bool = False
     """Print sample completions each logging step."""
+    mask_inserted_tokens: bool = True
+    """Leave the tokens the rollout inserted (``<information>`` blocks from the engine) out of the
+    loss, as the paper does: the policy is trained only on what it wrote. False trains on them too
+    (the loss-masking ablation; the paper reports masking helps)."""
 
 
 GENERATION_DTYPES = ("auto", "float32", "bfloat16")

@@ -19,11 +19,12 @@ import yaml
 from zerosearch.config import ConfigError
 from zerosearch.engines.base import EngineError, SearchRequest
 from zerosearch.engines.factory import build_engine
-from zerosearch.hardware import keep_freed_memory, memory_cap_callback
+from zerosearch.cpu import tune_process
+from zerosearch.hardware import RuntimeChoices, runtime_choices
 from zerosearch.models import resolve_model
 from zerosearch.protocol import STOP_STRINGS
 from zerosearch.qa import load_qa
-from zerosearch.runfolder import MetricsCallback, last_checkpoint
+from zerosearch.runfolder import MetricsCallback, prepare_resume
 from zerosearch.train.config import TrainConfig
 from zerosearch.train.trainer import StepTimer, ZeroSearchTrainer, make_reward_func
 
@@ -34,6 +35,21 @@ def check_engine(engine, kind: str) -> None:
                                             golden_answers=["yes"], topk=1, mode="useful")])
     if result.error and result.error_kind in ("unavailable", "timeout", "bad_request"):
         raise EngineError(f"the {kind} engine is not usable: {result.error}")
+
+
+def run_choices(cfg: TrainConfig, device: str | None = None,
+                bf16_native: bool | None = None) -> RuntimeChoices:
+    """The device-dependent settings of a run of ``cfg`` on ``device`` (None: CUDA when available,
+    else the CPU): :func:`zerosearch.hardware.runtime_choices` on the config's values
+    (``bf16_native`` overrides the hardware probe); a value the hardware cannot honour is a
+    ConfigError. A check that a GPU run gets no CPU tuning asks this with ``device="cuda"``."""
+    t = cfg.training
+    try:
+        return runtime_choices(device, dtype=cfg.model.dtype, bf16=t.bf16,
+                               fused_lm_head=t.fused_lm_head, cpu_tuning=t.cpu_tuning,
+                               bf16_native=bf16_native)
+    except ValueError as err:
+        raise ConfigError(f"training: {err}") from None
 
 
 def build_trainer(cfg: TrainConfig, log=print,
@@ -66,15 +82,12 @@ def build_trainer(cfg: TrainConfig, log=print,
         raise ConfigError(f"prompts_per_step x num_generations ({rollouts}) must be a multiple of "
                           f"micro_batch_size x processes ({t.micro_batch_size} x {world})")
     accumulation = rollouts // (t.micro_batch_size * world)
-    use_cuda = torch.cuda.is_available()
-    if t.bf16 and not use_cuda:
-        from zerosearch.hardware import bf16_is_fast
-
-        if not bf16_is_fast():
-            raise ConfigError("training.bf16 needs a GPU or a CPU with native bf16 (AMX / AVX512-BF16); "
-                             "this CPU would emulate it, slower than fp32")
-    dtype = {"auto": torch.bfloat16 if use_cuda else torch.float32, "float32": torch.float32,
-             "bfloat16": torch.bfloat16}[cfg.model.dtype]
+    choices = run_choices(cfg)
+    use_cuda = choices.device == "cuda"
+    if t.cpu_tuning and use_cuda:
+        log("training.cpu_tuning: ignored on a GPU")
+    callbacks = tune_process(choices, log)  # before the model is loaded: its memory is heap
+    dtype = getattr(torch, choices.weights_dtype)
     tokenizer = AutoTokenizer.from_pretrained(policy)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -85,6 +98,8 @@ def build_trainer(cfg: TrainConfig, log=print,
 
         peft_config = LoraConfig(r=cfg.model.lora_r, lora_alpha=cfg.model.lora_alpha,
                                  target_modules=cfg.model.lora_target_modules, task_type="CAUSAL_LM")
+    # the trainer reads plain values; config.yaml keeps what the user asked for
+    t = replace(t, bf16=choices.autocast, fused_lm_head=choices.fused_lm_head)
     compile_layers = False
     if t.compile:
         refusal = compile_refusal(model, t, cfg.model.gradient_checkpointing, use_cuda)
@@ -93,7 +108,6 @@ def build_trainer(cfg: TrainConfig, log=print,
         log(f"training.compile auto: off, {refusal}" if refusal else
             "training.compile: decoder layers compiled for the training and reference forward")
         compile_layers = refusal is None
-    # the trainer reads a plain bool; config.yaml keeps what the user asked for
     run_cfg = replace(cfg, training=replace(t, compile=compile_layers))
     value_model = None
     if a.name == "ppo":
@@ -128,7 +142,7 @@ def build_trainer(cfg: TrainConfig, log=print,
     trainer = ZeroSearchTrainer(
         model=model, reward_funcs=[make_reward_func(a.reward)], args=args, train_dataset=dataset,
         processing_class=tokenizer, peft_config=peft_config,
-        callbacks=[callback, memory_cap_callback()],
+        callbacks=[callback, *callbacks],
         zs_config=run_cfg, engine=engine, value_model=value_model)
     callback.timer = StepTimer(trainer)
     if on_progress is not None:  # the caller shows progress; no raw dict per log line
@@ -141,9 +155,7 @@ def build_trainer(cfg: TrainConfig, log=print,
 def train(cfg: TrainConfig, resume: bool = False, log=print,
           on_progress: Callable[[int, int, dict], None] | None = None) -> str:
     """Train and return the folder of the final model."""
-    if keep_freed_memory():
-        log("malloc keeps freed memory for reuse (hardware.keep_freed_memory)")
-    checkpoint = last_checkpoint(cfg.training.output_dir) if resume else None
+    checkpoint = prepare_resume(cfg.training.output_dir, log) if resume else None
     trainer = build_trainer(cfg, log=log, on_progress=on_progress)
     try:
         if checkpoint:

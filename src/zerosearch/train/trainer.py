@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import time
 from typing import Any
 
@@ -31,7 +30,8 @@ from trl import GRPOTrainer
 
 from zerosearch.engines.base import Engine
 from zerosearch.rewards import exact_match, f1_score, get_metric
-from zerosearch.rollout import RolloutTimings, Row, run_rollouts
+from zerosearch.rollout import RolloutTimings, Row
+from zerosearch.runfolder import AtomicCheckpoints
 from zerosearch.train.advantages import gae, masked_whiten, reinforce_pp_advantages, token_rewards
 from zerosearch.train.config import GENERATION_DTYPES, TrainConfig
 
@@ -47,7 +47,7 @@ def make_reward_func(name: str):
     return reward
 
 
-class ZeroSearchTrainer(GRPOTrainer):
+class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
     """GRPO / REINFORCE++ / PPO with search rollouts (see the module docstring)."""
 
     def __init__(self, *args, zs_config: TrainConfig, engine: Engine, value_model=None, **kwargs):
@@ -57,6 +57,9 @@ class ZeroSearchTrainer(GRPOTrainer):
         self._rows: list[Row] = []
         self._gen_copy = None  # the policy in training.generation_dtype, when that differs
         self._algo = zs_config.algorithm.name
+        self.autocast_bf16 = bool(zs_config.training.bf16)
+        """bf16 autocast in the log-prob forward passes (``training.bf16`` as resolved by
+        :func:`zerosearch.train.run.run_choices`); read at every forward, so it can be switched."""
         super().__init__(*args, rollout_func=self._rollout, **kwargs)
         self._kl_beta = self.beta
         if self._algo != "grpo":
@@ -87,7 +90,7 @@ class ZeroSearchTrainer(GRPOTrainer):
         return HFGenerator(model, self.processing_class, self.zs.training.generation_batch_size)
 
     def _rollout(self, prompts: list, trainer) -> dict[str, Any]:
-        from trl.models.utils import unwrap_model_for_generation
+        from zerosearch.integrations.trl_rollout import trainer_rollouts, trl_output
 
         rows = self._rows
         if len(rows) != len(prompts):
@@ -95,12 +98,8 @@ class ZeroSearchTrainer(GRPOTrainer):
         noise = self.noise_probability()
         seed = (self.zs.training.seed * 1_000_003 + self.state.global_step) * 1009 + self.accelerator.process_index
         timings = RolloutTimings()
-        tok = self.processing_class
-        eos = {tok.eos_token_id} | set(self.eos_token_ids if hasattr(self, "eos_token_ids") else [])
-        with unwrap_model_for_generation(self.model_wrapped, self.accelerator) as unwrapped:
-            trajs = run_rollouts(rows, self._generator(unwrapped), tok, self.engine, self.zs.rollout,
-                                 noise_prob=noise, rng=random.Random(seed), timings=timings,
-                                 eos_token_ids=sorted(i for i in eos if i is not None))
+        trajs = trainer_rollouts(self, rows, self.engine, self.zs.rollout, noise_prob=noise,
+                                 seed=seed, make_generator=self._generator, timings=timings)
         self.timings.generation_s += timings.generation_s
         self.timings.search_s += timings.search_s
         metric = get_metric(self.zs.algorithm.reward)
@@ -108,14 +107,7 @@ class ZeroSearchTrainer(GRPOTrainer):
         self._log_rollouts(trajs, noise, timings)
         if self.accelerator.num_processes > 1:
             self._log_process_batch(trajs, noise, seed)
-        for t in trajs:  # TRL cannot take an empty completion
-            if not t.completion_ids:
-                t.append([tok.eos_token_id], 0)
-        return {"prompt_ids": [t.prompt_ids for t in trajs],
-                "completion_ids": [t.completion_ids for t in trajs],
-                "logprobs": None,
-                "env_mask": [t.env_mask for t in trajs],
-                "zs_answer": [t.answer for t in trajs]}
+        return trl_output(trajs, self.processing_class, mask_inserted=self.zs.training.mask_inserted_tokens)
 
     def _log_process_batch(self, trajs, noise: float | None, seed: int) -> None:
         """Multi-process runs: each process appends what it rolled out to
@@ -134,7 +126,6 @@ class ZeroSearchTrainer(GRPOTrainer):
         n = max(len(trajs), 1)
         searches = sum(t.searches for t in trajs)
         stats = {
-            "zerosearch/noise_prob": noise if noise is not None else float("nan"),
             "zerosearch/f1": sum(f1_score(t.answer, t.row.golden_answers) for t in trajs) / n,
             "zerosearch/em": sum(exact_match(t.answer, t.row.golden_answers) for t in trajs) / n,
             "zerosearch/answered": sum(t.answer is not None for t in trajs) / n,
@@ -156,6 +147,8 @@ class ZeroSearchTrainer(GRPOTrainer):
             "time/generation_s": timings.generation_s,
             "time/search_s": timings.search_s,
         }
+        if noise is not None:  # a real engine has no noise: no key (a NaN makes TensorBoard warn)
+            stats["zerosearch/noise_prob"] = noise
         mode = "train" if self.model.training else "eval"
         for key, value in stats.items():
             self._metrics[mode][key].append(float(value))
@@ -248,13 +241,14 @@ class ZeroSearchTrainer(GRPOTrainer):
             ids, attn = input_ids[rows], attention_mask[rows]
             if self.zs.training.fused_lm_head:
                 first, last, keep = trim_columns(attn, logits_to_keep)
-                lp, ent, _ = parent(model, ids[:, first:last], attn[:, first:last], keep,
-                                    compute_entropy=compute_entropy)
+                with self.optimisation_autocast():
+                    lp, ent, _ = parent(model, ids[:, first:last], attn[:, first:last], keep,
+                                        compute_entropy=compute_entropy)
                 pad = logits_to_keep - keep
                 lp = torch.nn.functional.pad(lp, (0, pad))
                 ent = torch.nn.functional.pad(ent, (0, pad)) if compute_entropy else None
             else:
-                with self.accelerator.autocast():
+                with self.optimisation_autocast():
                     lp, ent = plain_token_logps(
                         model, ids, attn, logits_to_keep, self.temperature, compute_entropy,
                         entropy_grad=getattr(self, "_entropy_bonus_enabled", True),
@@ -265,6 +259,13 @@ class ZeroSearchTrainer(GRPOTrainer):
         back = torch.argsort(order)
         return (torch.cat(logps)[back], torch.cat(entropies)[back] if compute_entropy else None,
                 None)
+
+    def optimisation_autocast(self):
+        """bf16 autocast on the model's device while :attr:`autocast_bf16`, else a no-op (the
+        plain LM-head path calls the decoder directly, past any autocast wrapped around the
+        model's forward, so it needs its own)."""
+        device = next(self.model.parameters()).device.type
+        return torch.autocast(device, dtype=torch.bfloat16, enabled=self.autocast_bf16)
 
     # -- PPO critic ---------------------------------------------------------------------------
     def _value_forward(self, out, grad: bool) -> torch.Tensor:
@@ -293,10 +294,10 @@ class ZeroSearchTrainer(GRPOTrainer):
             self._value_opt.step()
         self._metrics["train"]["zerosearch/value_loss"].append(loss.item())
 
-    def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+    def save_checkpoint_extras(self, folder: str) -> None:
+        """The critic and its optimizer go into the staged checkpoint (PPO)."""
         if self.value_model is not None and self.accelerator.is_main_process:
-            path = os.path.join(self.args.output_dir, f"checkpoint-{self.state.global_step}", "value")
+            path = os.path.join(folder, "value")
             os.makedirs(path, exist_ok=True)
             self.accelerator.unwrap_model(self.value_model).save_pretrained(path)
             torch.save(self._value_opt.state_dict(), os.path.join(path, "optimizer.pt"))
@@ -316,7 +317,7 @@ class ZeroSearchTrainer(GRPOTrainer):
 def generation_dtype(setting: str, model) -> torch.dtype | None:
     """The dtype rollouts run in when it differs from ``model``'s (see
     ``TrainingConfig.generation_dtype``); None = generate with the model itself. ``auto``: bf16 for
-    an fp32 policy on hardware with native bf16 (:func:`zerosearch.hardware.inference_dtype`), the
+    an fp32 policy on hardware with native bf16 (:func:`zerosearch.hardware.runtime_choices`), the
     policy's own dtype otherwise."""
     from zerosearch.hardware import inference_dtype
 

@@ -1,5 +1,6 @@
 """One decoding step (one new token per row) of a Llama-family decoder, written out for the CPU.
 
+Used only on CPUs with native bf16 (:func:`zerosearch.hardware.runtime_choices`).
 :class:`zerosearch.decoding.KVDecoder` spends nearly all of a rollout in decoding steps of a few
 dozen rows. transformers' forward computes the right thing but, on a CPU, slower than it has to:
 ``nn.Linear`` passes its weight in the stored layout, which oneDNN re-lays out on every call,
@@ -35,11 +36,10 @@ def _packed_kernel(dtype: torch.dtype) -> tuple[str, object, object] | None:
     """(name, pack(weight, rows), linear(x, packed, bias)) for CPU weights of ``dtype``, or
     None where no packed GEMM is faster than plain ``F.linear``.
 
-    bfloat16 goes through oneDNN's packed weights (with them a SmolLM2 decoding step at batch 32 took
-    60 ms against 72 ms through the model's forward, ``benchmarks/train_step.py``, 2026-11-22).
-    float32 has none: MKL's packed GEMM is used only at the row count it was packed for (rows leave
-    the batch as they stop), and oneDNN's float32 path was no faster than ``F.linear`` in an ad-hoc
-    test.
+    bfloat16 goes through oneDNN's packed weights (faster than the model's forward at rollout
+    batch sizes; ``benchmarks/train_step.py`` times both). float32 has none: MKL's packed GEMM is
+    used only at the row count it was packed for (rows leave the batch as they stop), and oneDNN's
+    float32 path was no faster than ``F.linear``.
     """
     dnn = torch.ops.mkldnn
     if (dtype == torch.bfloat16 and hasattr(dnn, "_reorder_linear_weight")

@@ -1,0 +1,242 @@
+"""The learning benchmark at toy size (tiny random model, a tiny mini-world, one RL step): every arm
+runs, seeds change the outcome and reproduce it, the results file holds the numbers the runs wrote,
+the validation split is never trained on; and the loss-masking switch really puts the inserted
+tokens into the loss TRL computes."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from test_train import _bm25, _config, _scripted_loss_inputs
+from test_train import qa_file  # noqa: F401 (a fixture)
+from zerosearch.config import ConfigError
+from zerosearch.curriculum import CurriculumConfig
+from zerosearch.learning import ARMS, LearningConfig, run, run_dir, validate
+from zerosearch.miniworld import split_validation
+
+ROOT = Path(__file__).resolve().parents[1]
+TOY = {
+    "policy": "embedded:tiny-random", "simulator_base": "embedded:tiny-random", "topk": 2,
+    "world": {"people": 20, "works": 10, "organisations": 5, "cities": 6, "countries": 2, "distractors": 10},
+    "sim": {"questions": 16, "steps": 1, "batch_size": 2, "max_new_tokens": 16},
+    "warmup": {"steps": 1, "batch_size": 2, "max_traces": 4},
+    "rl": {"steps": 1, "prompts_per_step": 2, "num_generations": 2, "learning_rate": 1e-3},
+    "rollout": {"max_turns": 1, "max_turn_tokens": 10, "max_completion_tokens": 80, "max_obs_tokens": 40,
+                "topk": 2},
+    "eval_batch_size": 8,
+}
+TIME_KEYS = ("time/", "step_time", "train_runtime", "train_samples_per_second", "train_steps_per_second",
+             "memory")
+
+
+def _bench(tmp: Path, **kw) -> LearningConfig:
+    config = tmp / "toy.yaml"
+    config.write_text(yaml.safe_dump(TOY))
+    return LearningConfig(**{"output_dir": str(tmp / "bench"), "config": str(config), "eval_questions": 2,
+                             "val_questions": 3, **kw})
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory):
+    """Every arm with seed 0 (evaluated on test), then the zerosearch arm with seeds 0 and 1 (on test
+    and val)."""
+    tmp = tmp_path_factory.mktemp("learning")
+    run(_bench(tmp, arms=list(ARMS), seeds=[0], eval_splits=["test"]), lambda *a: None, command="toy all arms")
+    lc = _bench(tmp, arms=["zerosearch"], seeds=[0, 1], sim_gap=True)
+    results = run(lc, lambda *a: None, command="toy seeds")
+    return lc, results
+
+
+def _folder(lc, arm, seed):
+    return run_dir(Path(lc.output_dir), lc.start, "steps1-q2-g2-lr0.001", arm, seed)
+
+
+def _training_numbers(folder: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (folder / "rl" / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not any(t in k for t in TIME_KEYS)} for r in rows if "reward" in r]
+
+
+def test_every_arm_trains_and_is_evaluated_on_test_and_val(bench):
+    lc, _ = bench
+    out = Path(lc.output_dir)
+    for arm, spec in ARMS.items():
+        folder = _folder(lc, arm, 0)
+        assert (folder / "rl" / "final" / "config.json").exists(), arm
+        train_cfg = yaml.safe_load((folder / "rl" / "config.yaml").read_text())
+        assert train_cfg["algorithm"]["name"] == spec.algorithm
+        assert train_cfg["training"]["mask_inserted_tokens"] == spec.mask_inserted_tokens
+        assert train_cfg["engine"]["kind"] == spec.engine
+        if spec.simulator == "prompt":
+            assert train_cfg["engine"]["style"] == "prompt" and train_cfg["engine"]["model"] == TOY["simulator_base"]
+        if spec.simulator == "tuned":
+            assert train_cfg["engine"]["model"].endswith("sim/simulator/final")
+        report = json.loads((folder / "eval-test" / "results.json").read_text())
+        assert report["engine"]["engine"] == "bm25" and report["limit"] == 2, arm  # always real BM25
+        [row] = _metrics_rows(folder)
+        if spec.curriculum == "random":
+            expected = CurriculumConfig(0.0, 0.5, random=True, seed=0).at(0, 1)
+            assert row["zerosearch/noise_prob"] == pytest.approx(expected)
+            assert 0.0 <= expected <= 0.5
+    # the validation split: whole subjects of train.jsonl, never trained on
+    world = out / "world"
+    val = [json.loads(x) for x in (world / "val.jsonl").read_text().splitlines()]
+    fit = [json.loads(x) for x in (world / "train_minus_val.jsonl").read_text().splitlines()]
+    assert len(val) >= 3 and len(val) + len(fit) == len((world / "train.jsonl").read_text().splitlines())
+    assert not {r["metadata"]["subject"] for r in val} & {r["metadata"]["subject"] for r in fit}
+    train_cfg = yaml.safe_load((_folder(lc, "zerosearch", 0) / "rl" / "config.yaml").read_text())
+    assert train_cfg["data"]["train"].endswith("train_minus_val.jsonl")
+    sim_rows = [json.loads(x) for x in (out / "sim" / "collected.jsonl").read_text().splitlines()]
+    assert not {r["question"] for r in sim_rows} & {r["question"] for r in val}
+
+
+def _metrics_rows(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in (folder / "rl" / "metrics.jsonl").read_text().splitlines()
+            if '"reward"' in line]
+
+
+def _by_hops(pred: Path, questions: Path, hops: int):
+    meta = {json.loads(x)["id"]: json.loads(x)["metadata"]["hops"] for x in questions.read_text().splitlines()}
+    recs = [json.loads(x) for x in pred.read_text().splitlines()]
+    recs = [r for r in recs if meta[r["id"]] == hops]
+    if not recs:
+        return None, None
+    return (100 * sum(r["metrics"]["em"] for r in recs) / len(recs),
+            sum(r["stats"]["searches"] for r in recs) / len(recs))
+
+
+def test_results_file_holds_the_numbers_of_the_runs(bench):
+    lc, results = bench
+    out = Path(lc.output_dir)
+    on_disk = json.loads((out / "results.json").read_text())
+    assert on_disk["command"] == "toy seeds" and on_disk["test_questions"] == 2
+    assert on_disk["start"]["name"] == "untouched" and len(on_disk["start"]["em"]) == 2
+    start_report = json.loads((out / "runs" / "untouched" / "eval-test" / "results.json").read_text())
+    assert on_disk["start"]["em"] == [100 * start_report["average"]["em"]] * 2
+    assert set(on_disk["arms"]) == {"zerosearch"}
+    for arm, entry in on_disk["arms"].items():
+        assert entry["engine"] == "simulated" and entry["simulator"] == "tuned" and entry["algorithm"] == "grpo"
+        assert entry["curriculum"] == ARMS[arm].curriculum and entry["seeds"] == [0, 1]
+        for i, seed in enumerate((0, 1)):
+            folder = _folder(lc, arm, seed)
+            for split, numbers in (("test", entry), ("val", entry["val"])):
+                report = json.loads((folder / f"eval-{split}" / "results.json").read_text())
+                assert numbers["em"][i] == pytest.approx(100 * report["average"]["em"])
+                assert numbers["f1"][i] == pytest.approx(100 * report["average"]["f1"])
+                [pred] = (folder / f"eval-{split}" / "predictions").glob("*.jsonl")
+                for h in (1, 2, 3):
+                    em, searches = _by_hops(pred, out / "world" / f"{split}.jsonl", h)
+                    assert numbers[f"em_{h}hop"][i] == (pytest.approx(em) if em is not None else None)
+                    assert numbers[f"searches_{h}hop"][i] == (pytest.approx(searches) if searches is not None
+                                                              else None)
+            curve = _metrics_rows(folder)
+            assert [c["reward"] for c in entry["curves"][str(seed)]] == [r["reward"] for r in curve]
+            assert entry["step_s"][i] == pytest.approx(curve[0]["time/step_s"])
+        # the sim-to-real gap: the same policy evaluated with its simulator and with BM25
+        for i, seed in enumerate((0, 1)):
+            folder = _folder(lc, arm, seed)
+            sim_report = json.loads((folder / "eval-test-sim" / "results.json").read_text())
+            real_report = json.loads((folder / "eval-test" / "results.json").read_text())
+            assert sim_report["engine"]["engine"] == "simulated"
+            assert entry["sim_gap"]["em_sim"][i] == pytest.approx(100 * sim_report["average"]["em"])
+            assert entry["sim_gap"]["em_gap"][i] == pytest.approx(
+                100 * (sim_report["average"]["em"] - real_report["average"]["em"]))
+            assert 0 <= entry["sim_gap"]["agreement"][i] <= 100
+    md = (out / "results.md").read_text()
+    zs = on_disk["arms"]["zerosearch"]
+    assert f"| {', '.join(f'{v:.1f}' for v in zs['em'])} |" in md
+    assert "## Sim-to-real gap" in md
+    assert (out / "reward.png").stat().st_size > 0 and (out / "searches.png").stat().st_size > 0
+
+
+def test_seeds_change_the_outcome_and_the_same_seed_reproduces_it(bench):
+    lc, results = bench
+    s0, s1 = _folder(lc, "zerosearch", 0), _folder(lc, "zerosearch", 1)
+    assert _training_numbers(s0) != _training_numbers(s1)
+    # (the tiny random model scores 0 on every rollout, so GRPO's advantages and the update are 0
+    # and the final weights equal the start's for every seed; the rollouts are what differ)
+    weights = (s0 / "rl" / "final" / "model.safetensors").read_bytes()
+    # the same seed again, from scratch: the same training numbers, weights and evaluation
+    kept = s0.with_name("seed-0.first")
+    shutil.move(s0, kept)
+    again = run(_bench(Path(lc.output_dir).parent, arms=["zerosearch"], seeds=[0]), lambda *a: None)
+    assert _training_numbers(s0) == _training_numbers(kept)
+    assert (s0 / "rl" / "final" / "model.safetensors").read_bytes() == weights
+    for split in ("test", "val"):
+        [pred] = (s0 / f"eval-{split}" / "predictions").glob("*.jsonl")
+        assert pred.read_text() == (kept / f"eval-{split}" / "predictions" / pred.name).read_text()
+    assert again["arms"]["zerosearch"]["em"] == results["arms"]["zerosearch"]["em"][:1]
+
+
+def test_copy_to_and_bad_flags(bench, tmp_path):
+    lc, _ = bench
+    copy = tmp_path / "docs" / "results" / "miniworld_learning.json"
+    run(_bench(Path(lc.output_dir).parent, arms=["zerosearch"], seeds=[1], eval_splits=["val"],
+               copy_to=str(copy)), lambda *a: None, command="val only")
+    copied = json.loads(copy.read_text())
+    assert copied["command"] == "val only" and copied["test_questions"] == 0 and "em" not in copied["arms"]["zerosearch"]
+    assert copied["arms"]["zerosearch"]["val"]["em"] == \
+        [100 * json.loads((_folder(lc, "zerosearch", 1) / "eval-val" / "results.json").read_text())["average"]["em"]]
+    for bad, message in ((dict(arms=["zerosearch", "nope"]), "unknown arm"), (dict(seeds=[0, 0]), "distinct"),
+                         (dict(eval_splits=["dev"]), "unknown eval split"),
+                         (dict(val_questions=0), "needs --val-questions"), (dict(start="sft"), "unknown start")):
+        with pytest.raises(ConfigError, match=message):
+            validate(LearningConfig(**bad))
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "miniworld_learning.py"), "--quick", "--arms",
+                        "bm25", "-o", str(tmp_path / "x")], capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "--quick sets the arms and seeds" in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_warmup_start_is_made_once_from_the_training_questions(bench):
+    from zerosearch.learning import STARTS, quickstart_config
+
+    lc, _ = bench
+    cfg = quickstart_config(lc)
+    out = Path(lc.output_dir)
+    model = STARTS["warmup"][0](cfg, "1", out, lambda *a: None)
+    assert Path(model) == out / "warmup-1" and (out / "warmup-1" / "config.json").exists()
+    stamp = (out / "warmup-1" / "config.json").stat().st_mtime
+    assert STARTS["warmup"][0](cfg, "1", out, lambda *a: None) == model
+    assert (out / "warmup-1" / "config.json").stat().st_mtime == stamp
+    with pytest.raises(ConfigError, match="at least 1 step"):
+        STARTS["warmup"][0](cfg, "0", out, lambda *a: None)
+
+
+def test_split_validation_holds_out_whole_subjects():
+    rows = [{"id": f"q{i}", "metadata": {"subject": f"s{i // 3}"}} for i in range(30)]
+    rest, val = split_validation(rows, 7)
+    assert len(val) == 9 and len(rest) == 21  # three subjects of three questions
+    assert not {r["metadata"]["subject"] for r in rest} & {r["metadata"]["subject"] for r in val}
+    assert split_validation(rows, 7) == (rest, val)
+    with pytest.raises(ValueError, match="validation split"):
+        split_validation(rows, 30)
+
+
+def test_random_noise_is_uniform_in_the_range_and_seeded():
+    draws = [CurriculumConfig(0.1, 0.6, random=True, seed=s).at(i, 20) for s in (0, 1) for i in range(20)]
+    assert all(0.1 <= p <= 0.6 for p in draws) and len(set(draws)) == 40
+    assert CurriculumConfig(0.1, 0.6, random=True, seed=3).at(5, 20) == CurriculumConfig(
+        0.1, 0.6, random=True, seed=3).at(5, 20)
+    assert CurriculumConfig(0.1, 0.6, random=True, enabled=False).at(5, 20) == 0.1
+
+
+@pytest.mark.parametrize("masked", [True, False])
+def test_no_mask_puts_the_inserted_tokens_into_the_loss(tmp_path, qa_file, tiny_corpus, masked):  # noqa: F811
+    cfg = _config(tmp_path, qa_file, _bm25(tiny_corpus), "grpo", steps=1, mask_inserted_tokens=masked)
+    tok, seen = _scripted_loss_inputs(cfg)
+    assert seen
+    for batch in seen:
+        for ids, cmask, tmask in zip(batch["completion_ids"], batch["completion_mask"], batch["tool_mask"]):
+            n = int(cmask.sum())
+            trained = tok.decode([int(i) for i, m in zip(ids[:n], tmask[:n]) if m])
+            assert trained.startswith("<search>capital of Germany</search>")
+            if masked:
+                assert "<information>" not in trained and int(tmask[:n].sum()) < n
+            else:  # every completion token is in the loss, the engine's documents included
+                assert int(tmask[:n].sum()) == n
+                assert "<information>Doc 1: Berlin is the capital" in trained
