@@ -7,6 +7,7 @@ outputs are described in ``docs/learning.md``.
     python benchmarks/miniworld_learning.py --quick              # zerosearch and bm25, seeds 0,1,2
     python benchmarks/miniworld_learning.py                      # every arm, seeds 0,1,2
     python benchmarks/miniworld_learning.py --arms zerosearch --seeds 0 --eval-split val --learning-rate 2e-5
+    python benchmarks/miniworld_learning.py --start warmup:8 --start-only --eval-split val   # choose a start
 
 Writes ``<output-dir>/results.md``, ``results.json``, ``reward.png`` and ``searches.png``; a rerun
 resumes every stage and run, and a rerun with more arms or seeds adds runs beside the finished ones.
@@ -69,6 +70,8 @@ def main(
                                       "sim-to-real EM gap and answer agreement per seed."),
     copy_to: Optional[str] = typer.Option(D.copy_to, "--copy-to",
                                           help="Also copy results.json here (docs/results/miniworld_learning.json)."),
+    start_only: bool = typer.Option(D.start_only, "--start-only",
+                                    help="Make and evaluate the starting point only (no simulator, no RL)."),
 ):
     if quick and (arms or seeds):
         raise typer.BadParameter("--quick sets the arms and seeds; leave out --arms and --seeds")
@@ -80,7 +83,7 @@ def main(
         seeds=[0, 1, 2] if quick else (_seeds(seeds) if seeds else list(D.seeds)),
         start=start, steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
         learning_rate=learning_rate, eval_questions=eval_questions, val_questions=val_questions,
-        eval_splits=_list(eval_split), sim_gap=sim_gap, copy_to=copy_to)
+        eval_splits=_list(eval_split), sim_gap=sim_gap, copy_to=copy_to, start_only=start_only)
     progress, update = named_progress(28)
     try:
         with progress:

@@ -240,3 +240,14 @@ def test_no_mask_puts_the_inserted_tokens_into_the_loss(tmp_path, qa_file, tiny_
             else:  # every completion token is in the loss, the engine's documents included
                 assert int(tmask[:n].sum()) == n
                 assert "<information>Doc 1: Berlin is the capital" in trained
+
+
+def test_start_only_evaluates_the_start_and_trains_nothing(tmp_path):
+    lc = _bench(tmp_path, start="warmup:1", start_only=True, eval_splits=["val"])
+    res = run(lc, lambda *a: None, command="toy start only")
+    out = Path(lc.output_dir)
+    assert res["arms"] == {} and not (out / "sim").exists() and not list(out.glob("runs/*/steps*"))
+    assert (out / "runs" / "warmup-1" / "eval-val" / "results.json").exists()
+    val = (out / "world" / "val.jsonl").read_text().splitlines()
+    assert res["start"]["val"]["n"][0] == len(val) and 0 <= res["start"]["val"]["em"][0] <= 100
+    assert "| start |" in (out / "results.md").read_text()

@@ -191,6 +191,9 @@ class LearningConfig:
     give the same answer); one more evaluation per run."""
     copy_to: str | None = None
     """Also copy results.json there (e.g. docs/results/miniworld_learning.json)."""
+    start_only: bool = False
+    """Make and evaluate the starting point only (no simulator, no RL): for choosing a start on the
+    validation split before paying for RL runs."""
 
 
 def quickstart_config(lc: LearningConfig) -> QuickstartConfig:
@@ -266,7 +269,7 @@ def run(lc: LearningConfig, progress: Progress, command: str = "", log=lambda m:
     check_same_config(cfg)
     stage_world(cfg)
     limits = split_limits(cfg, lc)
-    arms = {name: ARMS[name] for name in lc.arms}
+    arms = {} if lc.start_only else {name: ARMS[name] for name in lc.arms}
     if any(a.simulator == "tuned" for a in arms.values()):
         stage_simulator(cfg, progress, log=log)
     name, arg = parse_start(lc.start)
@@ -294,6 +297,8 @@ def run(lc: LearningConfig, progress: Progress, command: str = "", log=lambda m:
                 stage_eval(cfg, "eval-test-sim", final, "search", labelled, out_root=folder, log=log,
                            split="test", limit=limits["test"], engine=arm_engine(arm, rl_cfg, seed))
             gc.collect()
+    if lc.start_only:
+        lc = replace(lc, arms=[])
     results = collect(lc, cfg, rl_cfg, start_model, limits, command)
     write_results(results, out, lc)
     return results
