@@ -73,7 +73,7 @@ def read_bandwidth(megabytes: int = 256, reps: int = 10) -> float:
 def baseline_mfu(model, tokenizer, peak: float, body: int, head: int, how: str) -> float:
     """MFU of one batch (32 distinct 200-token prompts, up to 64 sampled tokens each) against
     ``peak``; ``how``: ``generate`` or ``KVDecoder`` (which runs ``DecodeStep`` where it applies)."""
-    from zerosearch.decoding import KVDecoder
+    from zerosearch.generation.kv import KVDecoder
 
     ids = torch.randint(100, 20000, (32, 200))
     with torch.inference_mode():
@@ -102,7 +102,7 @@ def decode_step_seconds(model, batch: int, context: int = 300, steps: int = 8,
     the model's forward."""
     from transformers.cache_utils import Cache
 
-    from zerosearch.decoding import BufferLayer
+    from zerosearch.generation.kv import BufferLayer
 
     layers = []
     for layer in range(model.config.num_hidden_layers):
@@ -143,7 +143,7 @@ def rollout_comparison(model, model_bf16, tokenizer, cfg, body: int, head: int,
     ``generate`` and ``KVDecoder`` in fp32 and ``KVDecoder`` on bf16 weights, back to back: time,
     tokens/s and FLOPs of each (``main`` turns them into MFU)."""
     from zerosearch.engines.factory import build_engine
-    from zerosearch.generation import HFGenerator
+    from zerosearch.generation.hf import HFGenerator
     from zerosearch.qa import load_qa
     from zerosearch.rollout import RolloutTimings, run_rollouts
 
@@ -276,7 +276,7 @@ def main(steps: int = typer.Option(4, help="Steps per configuration (step 1 is r
                                         help="Also time generate / KVDecoder on one batch and the greedy rollouts."),
          shared: Path = typer.Option(SHARED, help="The shared data folder (qa/, corpus/)."),
          out: Optional[Path] = typer.Option(None, help="Default runs/bench/train_step.json.")):
-    from zerosearch.generation import generation_copy
+    from zerosearch.generation.hf import generation_copy
     from zerosearch.qa import load_qa
     from zerosearch.train.config import load_train_config
     from zerosearch.train.run import build_trainer

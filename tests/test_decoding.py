@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import zerosearch.decoding as decoding
-from zerosearch.decoding import KVDecoder, sample, supports
-from zerosearch.generation import HFGenerator
+import zerosearch.generation.kv as decoding
+from zerosearch.generation.kv import KVDecoder, sample, supports
+from zerosearch.generation.hf import HFGenerator
 from zerosearch.protocol import STOP_STRINGS
 
 
@@ -154,7 +154,7 @@ def test_in_process_simulator_backend_gives_generates_text():
 
 def _step_inputs(model, rows=4, filled=10, seed=0):
     """Buffer caches holding ``filled`` random columns, a left-padded mask and distinct positions."""
-    from zerosearch.decoding import BufferLayer
+    from zerosearch.generation.kv import BufferLayer
 
     cfg = model.config
     dim = cfg.hidden_size // cfg.num_attention_heads
@@ -251,7 +251,7 @@ def test_decode_step_refuses_other_families(tiny_model):
 
 
 def test_guard_bans_canonical_sequences():
-    from zerosearch.decoding import Guard, apply_guards
+    from zerosearch.generation.guard import Guard, apply_guards
 
     guard = Guard(["x"], [(5,), (7, 8, 9), (7, 3)], window=4)
     assert Guard.build(None, ["?!", ""]) is None  # nothing a document could spell
@@ -275,7 +275,7 @@ def test_kvdecoder_never_writes_an_avoided_string(model_tok, monkeypatch, canoni
     """Sampling (seeded) that must avoid a word it wrote unguarded: the guarded row no longer holds
     it, in any case or spelling. With ``canonical`` False the token-sequence masks are switched
     off, so redrawing alone must do it."""
-    from zerosearch.decoding import Guard
+    from zerosearch.generation.guard import Guard
 
     model, tok = model_tok
     contexts = _contexts(tok)
@@ -299,7 +299,7 @@ def test_kvdecoder_never_writes_an_avoided_string(model_tok, monkeypatch, canoni
 
 
 def test_generate_fallback_bans_canonical_sequences(model_tok):
-    from zerosearch.decoding import Guard, GuardProcessor
+    from zerosearch.generation.guard import Guard, GuardProcessor
 
     model, tok = model_tok
     contexts = _contexts(tok)
@@ -318,7 +318,7 @@ def test_generate_fallback_bans_canonical_sequences(model_tok):
 def test_backend_avoid_strings(tiny_model):
     """TransformersBackend.chat(avoid=…): the words a conversation must avoid do not occur in its
     output; the other conversation's output is unchanged."""
-    from zerosearch.decoding import Guard
+    from zerosearch.generation.guard import Guard
     from zerosearch.llm.base import GenerationParams
     from zerosearch.llm.transformers_backend import TransformersBackend
 

@@ -14,7 +14,7 @@ from zerosearch.rollout import RolloutConfig
 
 @pytest.fixture(scope="module")
 def policy(tiny_model):
-    from zerosearch.generation import load_policy
+    from zerosearch.generation.hf import load_policy
 
     return load_policy("embedded:tiny-random", "cpu")
 

@@ -101,7 +101,7 @@ def test_no_engine_means_answer_directly(tok):
 def test_real_rollout_with_the_tiny_model(tiny_model, tok):
     from transformers import AutoModelForCausalLM
 
-    from zerosearch.generation import HFGenerator
+    from zerosearch.generation.hf import HFGenerator
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     rows = [Row(f"Question {i}?", ["x"], i) for i in range(4)]

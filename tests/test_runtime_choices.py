@@ -26,7 +26,7 @@ def test_a_gpu_run_touches_neither_malloc_nor_the_onednn_decode_step(preset, spi
                                                                      monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from zerosearch import decoding
+    from zerosearch.generation import kv as decoding
     from zerosearch.cpu import tune_process
 
     cfg = load_train_config(preset)
@@ -46,7 +46,7 @@ def test_the_cpu_preset_turns_the_tuning_on_only_on_a_cpu(spies, tiny_model):
 
     import torch
 
-    from zerosearch import decoding
+    from zerosearch.generation import kv as decoding
     from zerosearch.cpu import tune_process
 
     cpu = run_choices(load_train_config("configs/cpu-smollm2.yaml"), device="cpu")

@@ -240,8 +240,8 @@ def test_policy_endpoint_rollouts_equal_the_in_process_ones(vllm, tiny_corpus):
     """Greedy multi-turn rollouts (searches, information blocks, answers) token for token: the
     policy served by vLLM (fp32) and the same model in process (fp32)."""
     from zerosearch.engines.factory import EngineConfig, build_engine
-    from zerosearch.generation import load_policy
-    from zerosearch.generation_endpoint import EndpointConfig, load_policy_endpoint
+    from zerosearch.generation.hf import load_policy
+    from zerosearch.generation.endpoint import EndpointConfig, load_policy_endpoint
     from zerosearch.rollout import RolloutConfig, Row, run_rollouts
 
     engine = build_engine(EngineConfig(kind="bm25", corpus=str(tiny_corpus), topk=2))
@@ -274,7 +274,7 @@ def test_eval_and_ask_with_the_policy_behind_vllm(vllm, tiny_corpus, qa_folder, 
     (greedy, fp32 on both sides); ``ask --policy-url`` answers through the same rollout."""
     from zerosearch.evaluate import EvalConfig, evaluate
     from zerosearch.engines.factory import EngineConfig, build_engine
-    from zerosearch.generation import load_policy
+    from zerosearch.generation.hf import load_policy
     from zerosearch.rollout import RolloutConfig
 
     engine_flags = ["--engine", "bm25", "--corpus", str(tiny_corpus), "--topk", "2"]

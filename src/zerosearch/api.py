@@ -48,12 +48,12 @@ def load_model(model: Any, tokenizer=None, device: str = "auto", dtype: str = "a
     """``(generator, tokenizer)`` for rollouts: a model name (``embedded:…``, hub id, local path)
     is loaded; a transformers model is wrapped as it is (pass its ``tokenizer``)."""
     if isinstance(model, (str, Path)):
-        from zerosearch.generation import load_policy
+        from zerosearch.generation.hf import load_policy
 
         return load_policy(str(model), device, dtype)
     if tokenizer is None:
         raise ValueError("pass the tokenizer with a model object: load_model(model, tokenizer)")
-    from zerosearch.generation import HFGenerator
+    from zerosearch.generation.hf import HFGenerator
 
     return HFGenerator(model, tokenizer), tokenizer
 

@@ -219,7 +219,7 @@ def eval_run(
         return
 
     from zerosearch.evaluate import EvalConfig, evaluate, resolve_dataset
-    from zerosearch.generation_endpoint import load_policy_anywhere
+    from zerosearch.generation.endpoint import load_policy_anywhere
 
     if not model or not output_dir:
         fail(ValueError("zerosearch eval needs --model and --output-dir"))
@@ -302,7 +302,7 @@ def ask(
     engine_cfg: EngineConfig = None,
 ):
     """Ask the search agent one question and watch it think, search and answer."""
-    from zerosearch.generation_endpoint import load_policy_anywhere
+    from zerosearch.generation.endpoint import load_policy_anywhere
     from zerosearch.rollout import Row, run_rollouts
 
     try:
@@ -401,7 +401,7 @@ def sim_collect(
         engine = _build(engine_cfg)
         generator = tokenizer = None
         if query_source == "policy":
-            from zerosearch.generation import load_policy
+            from zerosearch.generation.hf import load_policy
 
             generator, tokenizer = load_policy(policy)
         progress, update = _progress_bar("collect")

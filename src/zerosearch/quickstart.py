@@ -315,7 +315,7 @@ def stage_eval(cfg: QuickstartConfig, name: str, model: str, method: str, progre
         if report.get("limit") == limit:
             return report
     from zerosearch.evaluate import EvalConfig, evaluate  # slow imports: only when evaluating
-    from zerosearch.generation import load_policy
+    from zerosearch.generation.hf import load_policy
 
     test = Path(cfg.output_dir) / "world" / f"{split}.jsonl"
     if not test.exists():

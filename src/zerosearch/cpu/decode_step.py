@@ -1,7 +1,7 @@
 """One decoding step (one new token per row) of a Llama-family decoder, written out for the CPU.
 
 Used only on CPUs with native bf16 (:func:`zerosearch.hardware.runtime_choices`).
-:class:`zerosearch.decoding.KVDecoder` spends nearly all of a rollout in decoding steps of a few
+:class:`zerosearch.generation.kv.KVDecoder` spends nearly all of a rollout in decoding steps of a few
 dozen rows. transformers' forward computes the right thing but, on a CPU, slower than it has to:
 ``nn.Linear`` passes its weight in the stored layout, which oneDNN re-lays out on every call,
 grouped-query attention (given a mask) first copies
@@ -86,7 +86,7 @@ class DecodeStep:
 
     ``tokens`` and ``positions`` are ``(rows,)`` long tensors, ``mask`` a ``(rows, columns)`` 0/1
     tensor over the cache columns including the one written now, ``layers`` the
-    :class:`zerosearch.decoding.BufferLayer` of each decoder layer, whose ``rows`` and ``length`` say
+    :class:`zerosearch.generation.kv.BufferLayer` of each decoder layer, whose ``rows`` and ``length`` say
     which rows are active and where the new column goes (both updated like the model's forward
     would). ``kernel`` names the GEMM in use: ``onednn`` (packed) or ``torch`` (``F.linear``).
     """

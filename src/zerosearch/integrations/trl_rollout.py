@@ -28,14 +28,14 @@ def trainer_rollouts(trainer, rows: Sequence[Row], engine: Engine | None, cfg: R
                      ) -> list[Trajectory]:
     """Rollouts of ``rows`` with ``trainer``'s live policy (unwrapped for generation).
 
-    ``make_generator(model)`` builds the generator (default: :class:`~zerosearch.generation.HFGenerator`).
+    ``make_generator(model)`` builds the generator (default: :class:`~zerosearch.generation.hf.HFGenerator`).
     """
     from trl.models.utils import unwrap_model_for_generation
 
     tok = trainer.processing_class
     eos = {tok.eos_token_id} | set(getattr(trainer, "eos_token_ids", None) or [])
     if make_generator is None:
-        from zerosearch.generation import HFGenerator
+        from zerosearch.generation.hf import HFGenerator
 
         def make_generator(model):
             return HFGenerator(model, tok, generation_batch_size)

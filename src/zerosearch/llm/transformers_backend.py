@@ -2,7 +2,7 @@
 
 Callers from many threads (HTTP handlers, engine batches) submit conversations; one worker thread
 takes whatever is waiting (up to ``max_batch_size``, after waiting ``batch_wait_s`` for company),
-generates for the whole batch at once (:class:`zerosearch.decoding.KVDecoder` for plain
+generates for the whole batch at once (:class:`zerosearch.generation.kv.KVDecoder` for plain
 full-attention decoders: in-place KV cache, a finished document set leaves the batch at once; else a
 left-padded ``generate``), and hands each caller its text. This is what
 lets ``zerosearch serve --engine simulated --model embedded:smollm2-135m-instruct`` work on a CPU
@@ -54,7 +54,7 @@ class TransformersBackend:
                  seed: int | None = None):
         import torch
 
-        from zerosearch.decoding import KVDecoder, supports
+        from zerosearch.generation.kv import KVDecoder, supports
 
         self.model_name = model
         self.device = device
@@ -127,7 +127,7 @@ class TransformersBackend:
         """Generate synchronously for a batch (the worker's job; also usable directly). ``avoid``:
         per conversation, strings its output must not spell (see :meth:`KVDecoder.generate`; the
         ``generate`` fallback bans only their canonical token sequences)."""
-        from zerosearch.decoding import Guard, GuardProcessor
+        from zerosearch.generation.guard import Guard, GuardProcessor
 
         prompts = [self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
                    for c in conversations]

@@ -79,10 +79,10 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
 
     def _generator(self, model):
         if self.use_vllm:
-            from zerosearch.generation_vllm import TRLVLLMGenerator
+            from zerosearch.generation.trl_vllm import TRLVLLMGenerator
 
             return TRLVLLMGenerator(self)
-        from zerosearch.generation import HFGenerator, generation_copy
+        from zerosearch.generation.hf import HFGenerator, generation_copy
 
         dtype = generation_dtype(self.zs.training.generation_dtype, model)
         if dtype is not None:

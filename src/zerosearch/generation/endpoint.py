@@ -188,9 +188,9 @@ def load_policy_endpoint(model: str, cfg: EndpointConfig):
 def load_policy_anywhere(model: str, device: str = "auto", urls: Sequence[str] = (),
                          served_model: str | None = None):
     """(generator, tokenizer): the policy behind ``urls`` when any are given (``zerosearch eval /
-    ask --policy-url``), else loaded in process (:func:`zerosearch.generation.load_policy`)."""
+    ask --policy-url``), else loaded in process (:func:`zerosearch.generation.hf.load_policy`)."""
     if urls:
         return load_policy_endpoint(model, EndpointConfig(urls=list(urls), model=served_model))
-    from zerosearch.generation import load_policy
+    from zerosearch.generation.hf import load_policy
 
     return load_policy(model, device)

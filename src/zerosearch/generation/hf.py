@@ -2,7 +2,7 @@
 
 ``HFGenerator`` continues a batch of token contexts until the stop strings ``</search>`` /
 ``</answer>`` or EOS, on the CPU or one GPU. For plain full-attention decoders it runs
-:class:`zerosearch.decoding.KVDecoder` (in-place KV cache, stopped rows leave the batch, each turn
+:class:`zerosearch.generation.kv.KVDecoder` (in-place KV cache, stopped rows leave the batch, each turn
 reuses the previous turn's cache); other models go through transformers ``generate`` (left-padded,
 KV cache). During training it wraps the trainer's live model, so rollouts always come from the
 current policy; ``reset`` drops the kept caches (``run_rollouts`` calls it at both ends).
@@ -14,7 +14,7 @@ from typing import Sequence
 
 import torch
 
-from zerosearch.decoding import KVDecoder, supports
+from zerosearch.generation.kv import KVDecoder, supports
 from zerosearch.protocol import STOP_STRINGS
 from zerosearch.rollout import Generation
 
