@@ -22,7 +22,7 @@ def main(rows: int = typer.Option(4, help="Rows of the batch."),
     from transformers import AutoModelForCausalLM
 
     from zerosearch.models import resolve_model
-    from zerosearch.train.trainer import plain_token_logps
+    from zerosearch.train.logps import plain_token_logps
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(resolve_model("embedded:smollm2-135m-instruct"),

@@ -51,7 +51,7 @@ def test_masked_whiten_ignores_masked_entries():
 
 
 def test_trim_columns_keeps_every_real_column():
-    from zerosearch.train.trainer import trim_columns
+    from zerosearch.train.logps import trim_columns
 
     # prompt width 4 (left padded), completion width 5 (right padded)
     attn = torch.tensor([[0, 0, 1, 1, 1, 1, 0, 0, 0],
@@ -66,7 +66,7 @@ def test_plain_token_logps_match_trl_fused_head(tiny_model):
     from transformers import AutoModelForCausalLM
     from trl.trainer.utils import add_fused_lm_head
 
-    from zerosearch.train.trainer import plain_token_logps
+    from zerosearch.train.logps import plain_token_logps
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     add_fused_lm_head(model, temperature=0.7, outputs=("log_probs", "entropy"))
@@ -90,7 +90,7 @@ def test_plain_token_logps_match_trl_fused_head(tiny_model):
 
 
 def test_compact_rows_moves_real_tokens_left():
-    from zerosearch.train.trainer import compact_rows
+    from zerosearch.train.logps import compact_rows
 
     # prompt width 3 (left padded), completion width 3 (right padded)
     ids = torch.tensor([[0, 5, 6, 7, 8, 0],
@@ -109,7 +109,7 @@ def test_packed_token_logps_equal_each_row_alone(tiny_model):
     every real completion token gets the log-probability and entropy it has with its row alone."""
     from transformers import AutoModelForCausalLM
 
-    from zerosearch.train.trainer import plain_token_logps
+    from zerosearch.train.logps import plain_token_logps
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     torch.manual_seed(0)
@@ -130,7 +130,7 @@ def test_packed_token_logps_equal_each_row_alone(tiny_model):
 
 
 def test_reorder_rows_moves_every_per_row_entry_together():
-    from zerosearch.train.trainer import reorder_rows
+    from zerosearch.train.logps import reorder_rows
 
     batch = {"ids": torch.tensor([[1, 1], [2, 2], [3, 3]]), "adv": torch.tensor([0.1, 0.2, 0.3]),
              "names": ["a", "b", "c"], "num_items_in_batch": torch.tensor(7)}

@@ -19,7 +19,7 @@ TOLERANCES = {
 def _pass(model, ids, attn, keep, advantages, bf16: bool):
     """Log-probs and entropies of the completion columns, a policy-gradient loss over them (the
     advantage-weighted mean log-prob of real tokens, as GRPO's loss at ratio 1), its gradient."""
-    from zerosearch.train.trainer import plain_token_logps
+    from zerosearch.train.logps import plain_token_logps
 
     model.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):

@@ -81,7 +81,7 @@ def test_model_forward_fallback_gives_the_same_logps(tiny_model, monkeypatch):
     chosen-token head agree, gradients included."""
     from transformers import AutoModelForCausalLM
 
-    from zerosearch.train import trainer
+    from zerosearch.train import logps as trainer
 
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
     torch.manual_seed(0)
@@ -105,7 +105,7 @@ def test_compiled_layers_give_the_same_logps_and_gradients(tiny_model):
     two lengths (dynamic shapes); the model's own layers are left in place afterwards."""
     from transformers import AutoModelForCausalLM
 
-    from zerosearch.train import trainer
+    from zerosearch.train import logps as trainer
 
     from torch._dynamo.utils import counters
 
