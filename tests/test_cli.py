@@ -55,3 +55,15 @@ def test_config_file_and_flags_merge(tiny_corpus, tmp_path):
     assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 1
     r = zs("search", "capital", "--config", str(cfg), "--topk", "2")
     assert r.returncode == 0 and len(r.stdout.strip().splitlines()) == 2
+
+
+def test_eval_and_ask_default_to_the_training_rollout_budget():
+    import inspect
+
+    from zerosearch import cli
+    from zerosearch.rollout import RolloutConfig
+
+    for command in (cli.eval_run, cli.ask):
+        params = inspect.signature(command).parameters
+        assert params["max_turn_tokens"].default.default == RolloutConfig.max_turn_tokens
+        assert params["max_turns"].default.default == RolloutConfig.max_turns
