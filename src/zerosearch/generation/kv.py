@@ -119,8 +119,8 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tens
     """One token per row: argmax at temperature 0, else softmax sampling with nucleus ``top_p``.
 
     Draws by inverting each row's cumulative distribution (one uniform number a row) rather than
-    with ``torch.multinomial``, which on the CPU took about 1 ms a row over a 49k vocabulary: 35 ms
-    at batch 32, more than half a bf16 decoding step (2026-11-22, 2 cores; the inversion: 7 ms).
+    with ``torch.multinomial``, whose per-row cost over a large vocabulary is a sizeable part of a
+    small model's decoding step on a CPU (measured in ``docs/log.md``, 2026-11-22).
     """
     if temperature <= 0:
         return logits.argmax(-1)
@@ -251,8 +251,8 @@ class KVDecoder:
                          position_ids=positions.to(device), past_key_values=Cache(layers=layers),
                          use_cache=True, logits_to_keep=torch.tensor([block - 1], device=device))
         # (positions as a tensor: the head then reads a contiguous copy of the last hidden state;
-        # with ``logits_to_keep=1`` it gets a strided view, which bf16 ``F.linear`` on the CPU
-        # multiplied at about 1 GFLOP/s: 0.5-1 s a prefill for 8 rows, 2026-11-22)
+        # with ``logits_to_keep=1`` it gets a strided view, on which bf16 ``F.linear`` on the CPU
+        # falls off its fast path)
         logits = out.logits[:, -1]
         if len(unique) < len(contexts):  # copy each unique row's cache to its duplicates
             index = torch.tensor(inverse, device=device)

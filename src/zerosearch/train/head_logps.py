@@ -4,9 +4,8 @@ The policy loss needs, for each completion token, ``log softmax(h W^T / T)[token
 entropy of that distribution. Written with ordinary ops, every vocabulary-wide intermediate (the
 scaled logits, the log-softmax, the softmax for the entropy, and in the backward pass the zeros a
 ``gather`` scatters into and the stacked per-row log-sum-exp gradients) is a fresh tensor of
-positions x vocabulary floats: on a CPU those passes cost a quarter of a long micro-batch's
-forward and backward in a profile of ``benchmarks/train_step.py`` (2026-11-22), mostly first-touch
-page faults rather than arithmetic. :class:`ChosenTokenLogProbs` keeps one logits buffer: the
+positions x vocabulary floats, and on a CPU filling fresh memory (first-touch page faults) rather
+than arithmetic dominates such passes. :class:`ChosenTokenLogProbs` keeps one logits buffer: the
 forward reduces it row chunk by row chunk, and the backward turns that same buffer into the
 logits' gradient in place, then runs the two matmuls of the LM head's backward.
 
