@@ -120,7 +120,7 @@ def sample(logits: torch.Tensor, temperature: float, top_p: float) -> torch.Tens
 
     Draws by inverting each row's cumulative distribution (one uniform number a row) rather than
     with ``torch.multinomial``, whose per-row cost over a large vocabulary is a sizeable part of a
-    small model's decoding step on a CPU (measured in ``docs/log.md``, 2026-11-22).
+    small model's decoding step on a CPU (measured in ``docs/log.md``).
     """
     if temperature <= 0:
         return logits.argmax(-1)
