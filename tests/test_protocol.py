@@ -106,9 +106,8 @@ def test_extract_answer_never_reads_the_prompt_example():
     assert P.extract_answer("<answer>a</answer> later <answer>b</answer>") == "b"
 
 
-def test_information_block_format():
-    assert P.format_information(["first  doc", "second\ndoc"]) == (
-        "\n\n<information>Doc 1: first doc\nDoc 2: second doc</information>\n\n")
+def test_document_lines_for_prompts_collapse_whitespace():
+    assert P.format_documents(["first  doc", "second\ndoc"]) == "Doc 1: first doc\nDoc 2: second doc"
 
 
 def test_finetuned_simulator_prompt_is_byte_exact():

@@ -83,8 +83,3 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level")
     return data
-
-
-def to_dict(config: Any) -> dict[str, Any]:
-    """The YAML-ready form of a dataclass config."""
-    return dataclasses.asdict(config)

@@ -107,13 +107,9 @@ def extract_answer(response: str) -> str | None:
 
 
 def format_documents(texts: Sequence[str]) -> str:
-    """``Doc 1: …`` lines, one per document, in order."""
+    """``Doc 1: …`` lines, one per document, in order, each on one line (whitespace collapsed):
+    simulator targets, judge and RAG prompts, tool results."""
     return "\n".join(f"Doc {i}: {' '.join(t.split())}" for i, t in enumerate(texts, start=1))
-
-
-def format_information(texts: Sequence[str]) -> str:
-    """The block the environment appends after a search (loss-masked in training)."""
-    return f"\n\n<information>{format_documents(texts)}</information>\n\n"
 
 
 #: How retrieved documents are written for the policy: ``zerosearch`` = ``Doc 1: text`` (ZeroSearch's

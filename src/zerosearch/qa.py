@@ -1,4 +1,4 @@
-"""QA datasets as :class:`~zerosearch.rollout.Row` lists, from any of the layouts users have.
+"""QA datasets as :class:`Row` lists, from any of the layouts users have.
 
 - FlashRAG JSONL: ``{"id", "question", "golden_answers"}`` per line (a file, or a folder holding
   ``<split>.jsonl``);
@@ -13,10 +13,20 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 from zerosearch.jsonl import strict_rows
-from zerosearch.rollout import Row
+
+
+@dataclass
+class Row:
+    """One question with its gold answers; ``id`` travels with every search it causes."""
+
+    question: str
+    golden_answers: list[str]
+    id: str | int | None = None
+
 
 _QUESTION_RE = re.compile(r"Question:\s*(.*?)\s*$", re.DOTALL)
 

@@ -21,6 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
 
+from zerosearch.qa import Row  # noqa: F401  (re-exported: the rollout's input rows)
 from zerosearch.engines.base import Engine, SearchRequest, SearchResult
 from zerosearch.protocol import (DOC_FORMATS, INVALID_ACTION_MESSAGE, build_policy_prompt,
                                  extract_answer, information_block, parse_action,
@@ -68,15 +69,6 @@ class RolloutConfig:
         if self.eos_without_action not in ("continue", "end"):
             raise ValueError(f"rollout.eos_without_action: {self.eos_without_action!r} is not one of "
                              "continue, end")
-
-
-@dataclass
-class Row:
-    """One question with its gold answers; ``id`` travels with every search it causes."""
-
-    question: str
-    golden_answers: list[str]
-    id: str | int | None = None
 
 
 @dataclass
