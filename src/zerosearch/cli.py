@@ -139,8 +139,6 @@ def train(
     engine_cfg: EngineConfig = None,
 ):
     """Train a search policy with RL (GRPO / REINFORCE++ / PPO) against any engine."""
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
     from zerosearch.train.config import load_train_config
     from zerosearch.runfolder import last_checkpoint
     from zerosearch.train.run import train as run_training
@@ -157,17 +155,15 @@ def train(
             last_checkpoint(cfg.training.output_dir, log=lambda m: None)  # warnings come later
     except USER_ERRORS as err:
         fail(err)
-    progress = Progress(TextColumn("[bold]train[/]"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                        console=console)
-    task = progress.add_task("train", total=cfg.training.max_steps, info="")
+    progress, update = named_progress(5)
+    update("train", 0, cfg.training.max_steps)
 
     def on_progress(step: int, total: int, record: dict) -> None:
         if "reward" in record:
             info = (f"reward {record['reward']:.3f} · searches "
                     f"{record.get('zerosearch/searches_per_question', 0):.2f} · noise "
                     f"{record.get('zerosearch/noise_prob') or 0:.2f}")
-            progress.update(task, completed=step, info=info)
+            update("train", step, total, info)
 
     try:
         with progress:
@@ -366,13 +362,8 @@ def _judge_backend(judge_model: Optional[str], judge_url: Optional[str]):
 
 
 def _progress_bar(title: str):
-    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
-
-    progress = Progress(TextColumn(f"[bold]{title}[/]"), BarColumn(),
-                        TextColumn("{task.completed}/{task.total}"), TimeRemainingColumn(),
-                        console=console)
-    task = progress.add_task(title, total=None)
-    return progress, lambda done, total: progress.update(task, completed=done, total=total)
+    progress, update = named_progress(len(title))
+    return progress, lambda done, total: update(title, done, total)
 
 
 @sim_app.command("collect")
