@@ -54,3 +54,14 @@ def test_converted_smollm2_is_a_plain_trainable_model():
     # a leftover GGUF quantization_config made the Trainer refuse to fine-tune it
     assert "quantization_config" not in config and config["architectures"] == ["LlamaForCausalLM"]
     assert (path / "model.safetensors").stat().st_size > 500_000_000  # fp32, dequantised
+
+
+def test_topk_is_set_once_in_the_engine_section(tmp_path):
+    from zerosearch.train.config import load_train_config
+
+    preset = tmp_path / "p.yaml"
+    preset.write_text("engine:\n  kind: simulated\n  topk: 4\n")
+    assert load_train_config(preset).rollout.topk == 4
+    preset.write_text("engine:\n  kind: simulated\n  topk: 4\nrollout:\n  topk: 2\n")
+    with pytest.raises(ConfigError, match="rollout.topk is taken from engine.topk"):
+        load_train_config(preset)

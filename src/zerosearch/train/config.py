@@ -172,6 +172,8 @@ class TrainConfig:
     data: DataConfig = field(default_factory=DataConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    """Turn and token budgets; its ``topk`` always follows ``engine.topk`` (set documents per search
+    there, once)."""
     curriculum: CurriculumConfig = field(default_factory=CurriculumConfig)
     algorithm: AlgorithmConfig = field(default_factory=AlgorithmConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
@@ -201,6 +203,9 @@ class TrainConfig:
 def load_train_config(path: str | Path | None, overrides: dict[str, dict[str, Any]] | None = None) -> TrainConfig:
     """Read a YAML preset (or defaults), apply ``{section: {field: value}}`` overrides, validate."""
     data: dict[str, Any] = load_yaml(path) if path else {}
+    if isinstance(data.get("rollout"), dict) and "topk" in data["rollout"]:
+        raise ConfigError(f"{path}: rollout.topk is taken from engine.topk; set documents per search "
+                          "there (engine: topk: N) or with --topk")
     for section, values in (overrides or {}).items():
         data.setdefault(section, {})
         if not isinstance(data[section], dict):
