@@ -115,10 +115,9 @@ class Trajectory:
 
 @dataclass
 class Generation:
-    """The tokens a generator produced for one context, and their log-probabilities if known."""
+    """The tokens a generator produced for one context (the trainer recomputes their log-probs)."""
 
     ids: list[int]
-    logprobs: list[float] | None = None
 
 
 class PolicyGenerator(Protocol):

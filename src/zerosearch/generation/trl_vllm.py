@@ -30,11 +30,7 @@ class TRLVLLMGenerator:
         self.vllm.max_completion_length = max_new_tokens
         self.vllm.temperature, self.vllm.top_p = max(temperature, 1e-5), top_p
         try:
-            _, completion_ids, logprobs, _ = self.vllm.generate(list(contexts), None, 1)
+            _, completion_ids, _, _ = self.vllm.generate(list(contexts), None, 1)
         finally:
             self.vllm.max_completion_length, self.vllm.temperature, self.vllm.top_p = saved
-        out = []
-        for i, ids in enumerate(completion_ids):
-            lp = [row[0] if row else None for row in logprobs[i]] if logprobs else None
-            out.append(Generation(list(ids), lp))
-        return out
+        return [Generation(list(ids)) for ids in completion_ids]
