@@ -10,7 +10,7 @@ OUT=${OUT:-runs/eval/smollm2}
 CORPUS=${CORPUS:-../shared/data/corpus/wiki_passages.jsonl}
 ZS=.venv/bin/zerosearch
 TURN=${TURN:-64}
-COMMON=(--model embedded:smollm2-135m-instruct --max-turn-tokens "$TURN" --batch-size 32)
+COMMON=(--model embedded:smollm2-135m-instruct --data-dir ../shared/data/qa --max-turn-tokens "$TURN" --batch-size 32)
 [ -n "$LIMIT" ] && COMMON+=(--limit "$LIMIT")
 $ZS eval "${COMMON[@]}" --method direct --label "direct" -o "$OUT/direct"
 $ZS eval "${COMMON[@]}" --method rag --engine bm25 --corpus "$CORPUS" --topk 3 --label "rag (bm25, top-3)" -o "$OUT/rag"

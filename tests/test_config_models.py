@@ -65,3 +65,11 @@ def test_topk_is_set_once_in_the_engine_section(tmp_path):
     preset.write_text("engine:\n  kind: simulated\n  topk: 4\nrollout:\n  topk: 2\n")
     with pytest.raises(ConfigError, match="rollout.topk is taken from engine.topk"):
         load_train_config(preset)
+
+
+def test_training_without_questions_is_a_clear_error():
+    from zerosearch.train.config import load_train_config
+    from zerosearch.train.run import train
+
+    with pytest.raises(ConfigError, match="no training questions: set data.train"):
+        train(load_train_config(None, {"model": {"name": "embedded:tiny-random"}}), log=lambda m: None)

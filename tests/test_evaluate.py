@@ -92,6 +92,12 @@ def test_compare_merges_runs(policy, data_dir, tmp_path):
     assert (tmp_path / "merged" / "chart.png").exists()
 
 
+def test_a_dataset_name_without_a_data_dir_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="pass --data-dir FOLDER"):
+        resolve_dataset("nq", None, "test")
+
+
 def test_bad_dataset_names_list_what_exists(data_dir):
     with pytest.raises(FileNotFoundError, match="alpha, beta"):
         resolve_dataset("gamma", data_dir, "test")

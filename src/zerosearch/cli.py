@@ -189,7 +189,8 @@ def eval_run(
     datasets: str = typer.Option(",".join(("nq", "triviaqa", "popqa", "hotpotqa", "2wiki", "musique",
                                            "bamboogle")), "--datasets", "-d",
                                  help="Comma-separated dataset names (folders of --data-dir) or files."),
-    data_dir: str = typer.Option("../shared/data/qa", "--data-dir", help="Folder of QA datasets."),
+    data_dir: Optional[str] = typer.Option(None, "--data-dir",
+                                           help="Folder of QA datasets (<name>/test.jsonl or .parquet)."),
     split: str = typer.Option("test", "--split", help="Split file inside each dataset folder."),
     limit: Optional[int] = typer.Option(None, "--limit", help="First N questions per dataset."),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o",
@@ -370,7 +371,7 @@ def _progress_bar(title: str):
 @with_engine_options()
 def sim_collect(
     output: str = typer.Option("runs/sim/collected.jsonl", "--output", "-o", help="JSONL to append to."),
-    train_data: str = typer.Option("../shared/data/qa/train/hotpot_2wiki.jsonl", "--train-data",
+    train_data: str = typer.Option(..., "--train-data",
                                    help="QA questions."),
     limit: Optional[int] = typer.Option(None, "--limit", help="First N questions."),
     policy: str = typer.Option("embedded:smollm2-135m-instruct", "--policy", help="Collecting policy."),

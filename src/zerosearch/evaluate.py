@@ -60,8 +60,9 @@ class EvalConfig:
     """search, direct, cot or rag."""
     datasets: list[str] = field(default_factory=lambda: list(BENCHMARKS))
     """Benchmark names (folders of ``data_dir``) or paths to QA files."""
-    data_dir: str = "../shared/data/qa"
-    """Folder holding ``<dataset>/test.jsonl`` (FlashRAG) or ``<dataset>/test.parquet``."""
+    data_dir: str | None = None
+    """Folder holding ``<dataset>/test.jsonl`` (FlashRAG) or ``<dataset>/test.parquet``; needed
+    when ``datasets`` holds names rather than file paths."""
     split: str = "test"
     """Split file name inside each dataset folder."""
     limit: int | None = None
@@ -81,11 +82,14 @@ class EvalConfig:
     """Row name in tables (default ``method / model``)."""
 
 
-def resolve_dataset(name: str, data_dir: str | Path, split: str) -> Path:
+def resolve_dataset(name: str, data_dir: str | Path | None, split: str) -> Path:
     """A dataset name or path → its file, or an error listing what exists."""
     path = Path(name).expanduser()
     if path.exists():
         return path
+    if data_dir is None:
+        raise FileNotFoundError(f"dataset {name!r} is neither a file nor, without --data-dir, a name "
+                                f"to look up: pass --data-dir FOLDER (holding {name}/{split}.jsonl)")
     root = Path(data_dir).expanduser()
     candidate = root / name
     for suffix in (".jsonl", ".parquet"):

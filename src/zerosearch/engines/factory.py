@@ -108,7 +108,7 @@ class EngineConfig:
             kind = self.real
         if kind in ("bm25", "dense") and not self.corpus:
             raise EngineError(f"the {kind} engine needs a corpus: pass --corpus PATH "
-                              "(FlashRAG JSONL, e.g. ../shared/data/corpus/wiki_passages.jsonl)")
+                              "(FlashRAG JSONL: one {\"id\", \"contents\"} object a line)")
         if kind == "remote" and not self.remote_url:
             raise EngineError("the remote engine needs --remote-url http://HOST:PORT")
         if self.timeout_s <= 0 or self.deadline_s <= 0 or self.max_retries < 0:

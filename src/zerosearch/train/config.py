@@ -42,8 +42,9 @@ class ModelConfig:
 class DataConfig:
     """Training questions."""
 
-    train: str = "../shared/data/qa/train/hotpot_2wiki.jsonl"
-    """FlashRAG JSONL file or folder, ZeroSearch/Search-R1 parquet, or a hub id (online)."""
+    train: str = ""
+    """FlashRAG JSONL file or folder, ZeroSearch/Search-R1 parquet, or a hub id (online); required
+    (every preset in ``configs/`` sets one; ``--train-data`` overrides it)."""
     limit: int | None = None
     """Use only the first N questions (quick runs)."""
     shuffle_seed: int = 0

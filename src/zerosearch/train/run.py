@@ -63,6 +63,9 @@ def build_trainer(cfg: TrainConfig, log=print,
 
     cfg.validate()
     t, a, r = cfg.training, cfg.algorithm, cfg.rollout
+    if not cfg.data.train:
+        raise ConfigError("no training questions: set data.train in the preset or pass --train-data "
+                          "(a FlashRAG JSONL file, or a ZeroSearch / Search-R1 parquet)")
     rows = load_qa(cfg.data.train, limit=cfg.data.limit)
     if len(rows) < t.prompts_per_step:
         raise ConfigError(f"{cfg.data.train} has {len(rows)} questions; a step needs "
