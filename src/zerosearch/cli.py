@@ -15,6 +15,7 @@ from zerosearch.cli_engine import USER_ERRORS, console, fail, named_progress, wi
 from zerosearch.engines.base import SearchRequest
 from zerosearch.engines.factory import EngineConfig, build_engine
 from zerosearch.protocol import document_line
+from zerosearch.qa import BENCHMARKS
 from zerosearch.rollout import RolloutConfig
 from zerosearch.server import ServerConfig
 
@@ -186,8 +187,7 @@ def eval_run(
     ctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Policy model."),
     method: str = typer.Option("search", "--method", help="search, direct, cot or rag."),
-    datasets: str = typer.Option(",".join(("nq", "triviaqa", "popqa", "hotpotqa", "2wiki", "musique",
-                                           "bamboogle")), "--datasets", "-d",
+    datasets: str = typer.Option(",".join(BENCHMARKS), "--datasets", "-d",
                                  help="Comma-separated dataset names (folders of --data-dir) or files."),
     data_dir: Optional[str] = typer.Option(None, "--data-dir",
                                            help="Folder of QA datasets (<name>/test.jsonl or .parquet)."),

@@ -29,11 +29,10 @@ import torch
 from zerosearch.engines.base import Engine, SearchRequest
 from zerosearch.jsonl import append, read_finished
 from zerosearch.protocol import document_line, format_documents
-from zerosearch.qa import load_qa
+from zerosearch.qa import BENCHMARKS, load_qa
 from zerosearch.rewards import cover_em, exact_match, f1_score, normalize_answer
 from zerosearch.rollout import RolloutConfig, Row, Trajectory, run_rollouts
 
-BENCHMARKS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wiki", "musique", "bamboogle")
 METHODS = ("search", "direct", "cot", "rag")
 METRIC_KEYS = ("em", "cover_em", "f1", "rouge_l", "response_cover_em", "searches", "turns",
                "extraction_failure")

@@ -19,6 +19,10 @@ from typing import Any
 from zerosearch.jsonl import strict_rows
 
 
+BENCHMARKS = ("nq", "triviaqa", "popqa", "hotpotqa", "2wiki", "musique", "bamboogle")
+"""The seven QA benchmarks of the paper's tables, by their folder names."""
+
+
 @dataclass
 class Row:
     """One question with its gold answers; ``id`` travels with every search it causes."""
