@@ -250,4 +250,4 @@ def test_start_only_evaluates_the_start_and_trains_nothing(tmp_path):
     assert (out / "runs" / "warmup-1" / "eval-val" / "results.json").exists()
     val = (out / "world" / "val.jsonl").read_text().splitlines()
     assert res["start"]["val"]["n"][0] == len(val) and 0 <= res["start"]["val"]["em"][0] <= 100
-    assert "| start |" in (out / "results.md").read_text()
+    assert "| start |" in (out / "results.md").read_text() and not (out / "reward.png").exists()

@@ -471,6 +471,8 @@ def results_markdown(res: dict[str, Any]) -> str:
         lines += [f"| {name} | {_fmt(g['em_sim'])} | {_fmt(g['em_gap'])} | {_fmt(g['agreement'])} |"
                   for name, g in gaps]
         lines.append("")
+    if not res["arms"]:
+        return "\n".join(lines) + "\n"
     lines += ["## Training curves (mean over seeds)", "", "![reward per step](reward.png)", "",
               "![searches per question per step](searches.png)", "",
               "| arm | engine | simulator | noise | algorithm | inserted tokens in loss | mean s / step "
@@ -488,8 +490,14 @@ def write_results(res: dict[str, Any], out: Path, lc: LearningConfig) -> None:
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(res))
     curves = {name: arm["curve"] for name, arm in res["arms"].items()}
+    if not curves:  # --start-only: no training curves to draw
+        return _copy(out, lc)
     plot_curves(curves, "reward", "mean F1 reward (training rollouts)", out / "reward.png")
     plot_curves(curves, "searches", "searches per question (training rollouts)", out / "searches.png")
+    _copy(out, lc)
+
+
+def _copy(out: Path, lc: LearningConfig) -> None:
     if lc.copy_to:
         Path(lc.copy_to).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "results.json", lc.copy_to)
