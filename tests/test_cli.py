@@ -67,3 +67,15 @@ def test_eval_and_ask_default_to_the_training_rollout_budget():
         params = inspect.signature(command).parameters
         assert params["max_turn_tokens"].default.default == RolloutConfig.max_turn_tokens
         assert params["max_turns"].default.default == RolloutConfig.max_turns
+
+
+def test_eval_flags_take_default_and_help_from_evalconfig():
+    import inspect
+
+    from zerosearch import cli
+    from zerosearch.evaluate import EvalConfig
+
+    params = inspect.signature(cli.eval_run).parameters
+    assert params["batch_size"].default.default == EvalConfig.batch_size
+    assert params["split"].default.default == EvalConfig.split
+    assert params["batch_size"].default.help.startswith("Questions per batch")

@@ -11,10 +11,12 @@ import typer
 from rich.console import Console
 from rich.panel import Panel
 
-from zerosearch.cli_engine import USER_ERRORS, console, fail, named_progress, with_engine_options
+from zerosearch.cli_engine import (USER_ERRORS, console, fail, field_option, named_progress,
+                                   with_engine_options)
 from zerosearch.engines.base import SearchRequest
 from zerosearch.engines.factory import EngineConfig, build_engine
 from zerosearch.protocol import document_line
+from zerosearch.evaluate import EvalConfig
 from zerosearch.qa import BENCHMARKS
 from zerosearch.rollout import RolloutConfig
 from zerosearch.server import ServerConfig
@@ -186,24 +188,22 @@ app.add_typer(eval_app, name="eval")
 def eval_run(
     ctx: typer.Context,
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Policy model."),
-    method: str = typer.Option("search", "--method", help="search, direct, cot or rag."),
-    datasets: str = typer.Option(",".join(BENCHMARKS), "--datasets", "-d",
+    method: str = field_option(EvalConfig, "method", "--method"),
+    datasets: str = field_option(EvalConfig, "datasets", "--datasets", "-d", default=",".join(BENCHMARKS),
                                  help="Comma-separated dataset names (folders of --data-dir) or files."),
-    data_dir: Optional[str] = typer.Option(None, "--data-dir",
-                                           help="Folder of QA datasets (<name>/test.jsonl or .parquet)."),
-    split: str = typer.Option("test", "--split", help="Split file inside each dataset folder."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="First N questions per dataset."),
+    data_dir: Optional[str] = field_option(EvalConfig, "data_dir", "--data-dir"),
+    split: str = field_option(EvalConfig, "split", "--split"),
+    limit: Optional[int] = field_option(EvalConfig, "limit", "--limit"),
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o",
                                              help="Where predictions and results go."),
-    batch_size: int = typer.Option(32, "--batch-size", help="Questions per batch."),
-    max_turns: int = typer.Option(RolloutConfig.max_turns, "--max-turns",
-                                  help="search: most searches per question (training's default too)."),
-    max_turn_tokens: int = typer.Option(RolloutConfig.max_turn_tokens, "--max-turn-tokens",
-                                        help="Tokens per turn (training's default too)."),
-    policy_temperature: float = typer.Option(0.0, "--policy-temperature", help="0 = greedy."),
-    eval_seed: int = typer.Option(0, "--eval-seed", help="Seed for policy sampling (with --policy-temperature > 0)."),
-    label: Optional[str] = typer.Option(None, "--label", help="Row name in the table."),
-    policy_device: str = typer.Option("auto", "--policy-device", help="cpu, cuda or auto."),
+    batch_size: int = field_option(EvalConfig, "batch_size", "--batch-size"),
+    max_turns: int = field_option(RolloutConfig, "max_turns", "--max-turns"),
+    max_turn_tokens: int = field_option(RolloutConfig, "max_turn_tokens", "--max-turn-tokens"),
+    policy_temperature: float = typer.Option(EvalConfig().rollout.temperature, "--policy-temperature",
+                                             help="Policy sampling temperature (0 = greedy)."),
+    eval_seed: int = field_option(EvalConfig, "seed", "--eval-seed"),
+    label: Optional[str] = field_option(EvalConfig, "label", "--label"),
+    policy_device: str = field_option(EvalConfig, "device", "--policy-device"),
     policy_url: Optional[list[str]] = typer.Option(
         None, "--policy-url", help="OpenAI-compatible completions endpoint serving the policy "
         "(vLLM, SGLang; repeatable); --model then names its tokenizer."),
@@ -217,7 +217,7 @@ def eval_run(
     if ctx.invoked_subcommand:
         return
 
-    from zerosearch.evaluate import EvalConfig, evaluate, resolve_dataset
+    from zerosearch.evaluate import evaluate, resolve_dataset
     from zerosearch.generation.endpoint import load_policy_anywhere
 
     if not model or not output_dir:

@@ -8,8 +8,11 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import functools
 import inspect
+import textwrap
 from typing import Any, Callable, Optional
 
 import typer
@@ -42,6 +45,31 @@ def named_progress(width: int = 22):
         progress.update(tasks[name], completed=done, total=total, **({"info": info} if info else {}))
 
     return progress, update
+
+
+@functools.lru_cache(maxsize=None)
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring under each field of dataclass ``cls`` (its first sentence or line), by name."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body
+    docs = {}
+    for stmt, after in zip(body, body[1:]):
+        if (isinstance(stmt, ast.AnnAssign) and isinstance(stmt.target, ast.Name)
+                and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant)
+                and isinstance(after.value.value, str)):
+            docs[stmt.target.id] = " ".join(after.value.value.replace("``", "").split())
+    return docs
+
+
+def field_option(cls: type, name: str, *flags: str, default: Any = dataclasses.MISSING, **kwargs) -> Any:
+    """A typer option whose default and help come from field ``name`` of dataclass ``cls``, so the
+    flag, the YAML key and the code share one default and one description (TRL's scripts build
+    their flags from ``GRPOConfig`` the same way). ``default`` overrides the field's default."""
+    field = next(f for f in dataclasses.fields(cls) if f.name == name)
+    if default is dataclasses.MISSING:
+        default = field.default if field.default is not dataclasses.MISSING else field.default_factory()
+    kwargs.setdefault("help", field_docs(cls).get(name, ""))
+    return typer.Option(default, *flags, **kwargs)
 
 
 def fail(err: Exception) -> None:

@@ -24,8 +24,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-import torch
-
 from zerosearch.engines.base import Engine, SearchRequest
 from zerosearch.jsonl import append, read_finished
 from zerosearch.protocol import document_line, format_documents
@@ -186,6 +184,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
 def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_dir: str | Path,
              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) an evaluation; write predictions, results.json, table.md and chart.png."""
+    import torch  # here, so that the CLI can read EvalConfig without loading torch
+
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if cfg.method in ("search", "rag") and engine is None:
