@@ -15,8 +15,8 @@ from zerosearch.cli_engine import (USER_ERRORS, console, fail, field_option, nam
                                    with_engine_options)
 from zerosearch.engines.base import SearchRequest
 from zerosearch.engines.factory import EngineConfig, build_engine
-from zerosearch.protocol import document_line
 from zerosearch.evaluate import EvalConfig
+from zerosearch.protocol import document_line
 from zerosearch.qa import BENCHMARKS
 from zerosearch.rollout import RolloutConfig
 from zerosearch.server import ServerConfig

@@ -263,13 +263,15 @@ def _relabel(progress: Progress, who: str) -> Progress:
 def run(lc: LearningConfig, progress: Progress, command: str = "", log=lambda m: None) -> dict[str, Any]:
     """Every shared stage, every (arm, seed) run and evaluation; writes and returns the results."""
     validate(lc)
+    if lc.start_only:
+        lc = replace(lc, arms=[])
     cfg = quickstart_config(lc)
     out = Path(lc.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     check_same_config(cfg)
     stage_world(cfg)
     limits = split_limits(cfg, lc)
-    arms = {} if lc.start_only else {name: ARMS[name] for name in lc.arms}
+    arms = {name: ARMS[name] for name in lc.arms}
     if any(a.simulator == "tuned" for a in arms.values()):
         stage_simulator(cfg, progress, log=log)
     name, arg = parse_start(lc.start)
@@ -297,8 +299,6 @@ def run(lc: LearningConfig, progress: Progress, command: str = "", log=lambda m:
                 stage_eval(cfg, "eval-test-sim", final, "search", labelled, out_root=folder, log=log,
                            split="test", limit=limits["test"], engine=arm_engine(arm, rl_cfg, seed))
             gc.collect()
-    if lc.start_only:
-        lc = replace(lc, arms=[])
     results = collect(lc, cfg, rl_cfg, start_model, limits, command)
     write_results(results, out, lc)
     return results
@@ -490,14 +490,9 @@ def write_results(res: dict[str, Any], out: Path, lc: LearningConfig) -> None:
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(res))
     curves = {name: arm["curve"] for name, arm in res["arms"].items()}
-    if not curves:  # --start-only: no training curves to draw
-        return _copy(out, lc)
-    plot_curves(curves, "reward", "mean F1 reward (training rollouts)", out / "reward.png")
-    plot_curves(curves, "searches", "searches per question (training rollouts)", out / "searches.png")
-    _copy(out, lc)
-
-
-def _copy(out: Path, lc: LearningConfig) -> None:
+    if curves:  # none with --start-only
+        plot_curves(curves, "reward", "mean F1 reward (training rollouts)", out / "reward.png")
+        plot_curves(curves, "searches", "searches per question (training rollouts)", out / "searches.png")
     if lc.copy_to:
         Path(lc.copy_to).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "results.json", lc.copy_to)

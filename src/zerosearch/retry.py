@@ -175,6 +175,16 @@ def call(attempt: Callable[[float], Attempt[T]], policy: RetryPolicy,
                    time.perf_counter() - started)
 
 
+def server_root(url: str, endpoint: str) -> str:
+    """An OpenAI-compatible server's root URL from what a user may pass: the root itself, ``…/v1``
+    or the full ``…/v1/<endpoint>`` (``completions``, ``chat/completions``)."""
+    url = url.rstrip("/")
+    for suffix in (f"/{endpoint}", "/v1"):
+        if url.endswith(suffix):
+            url = url[: -len(suffix)]
+    return url.rstrip("/")
+
+
 def http_attempt(send: Callable[[float], "object"], where: str,
                  retry_status: frozenset[int] = frozenset({408, 429, 500, 502, 503, 504})
                  ) -> Callable[[float], Attempt]:

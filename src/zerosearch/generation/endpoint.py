@@ -27,6 +27,7 @@ from typing import Sequence
 
 import httpx
 
+from zerosearch import retry
 from zerosearch.protocol import STOP_STRINGS
 from zerosearch.rollout import Generation
 
@@ -58,14 +59,6 @@ class EndpointError(ValueError):
     :class:`zerosearch.engines.base.EngineError`, so the CLI reports it in one line)."""
 
 
-def _base(url: str) -> str:
-    url = url.rstrip("/")
-    for suffix in ("/completions", "/v1"):
-        if url.endswith(suffix):
-            url = url[: -len(suffix)]
-    return url.rstrip("/")
-
-
 class EndpointGenerator:
     """A :class:`zerosearch.rollout.PolicyGenerator` backed by ``POST /v1/completions``."""
 
@@ -73,7 +66,7 @@ class EndpointGenerator:
         if not cfg.urls:
             raise ValueError("the policy endpoint needs at least one URL (--policy-url)")
         self.cfg, self.tokenizer = cfg, tokenizer
-        self.urls = [_base(u) for u in cfg.urls]
+        self.urls = [retry.server_root(u, "completions") for u in cfg.urls]
         headers = {"Authorization": f"Bearer {cfg.api_key}"} if cfg.api_key else {}
         self._client = httpx.Client(headers=headers, timeout=httpx.Timeout(
             cfg.timeout_s, connect=min(cfg.timeout_s, 10.0)), limits=httpx.Limits(

@@ -30,7 +30,7 @@ class OpenAIBackend:
                  cooldown_s: float = 5.0):
         if not urls:
             raise ValueError("OpenAIBackend needs at least one endpoint URL")
-        self.urls = [self._base(u) for u in urls]
+        self.urls = [retry.server_root(u, "chat/completions") for u in urls]
         self.model = model
         self.policy = policy or retry.RetryPolicy()
         self.cooldown_s = cooldown_s
@@ -43,14 +43,6 @@ class OpenAIBackend:
         self._in_flight = {u: 0 for u in self.urls}
         self._down_until = {u: 0.0 for u in self.urls}
         self._rng = random.Random()
-
-    @staticmethod
-    def _base(url: str) -> str:
-        url = url.rstrip("/")
-        for suffix in ("/chat/completions", "/v1"):
-            if url.endswith(suffix):
-                url = url[: -len(suffix)]
-        return url.rstrip("/")
 
     def _pick(self) -> str:
         with self._lock:
