@@ -178,6 +178,9 @@ class LearningConfig:
     """Rollouts per question (None: the config's rl.num_generations)."""
     learning_rate: float | None = None
     """Policy learning rate (None: the config's rl.learning_rate)."""
+    temperature: float | None = None
+    """Policy sampling temperature of the training rollouts (None: the config's rl.temperature);
+    evaluation stays greedy."""
     eval_questions: int = 0
     """Test questions evaluated per run (0: all)."""
     val_questions: int = 100
@@ -208,14 +211,17 @@ def quickstart_config(lc: LearningConfig) -> QuickstartConfig:
 
 def rl_settings(cfg: QuickstartConfig, lc: LearningConfig) -> QuickstartConfig:
     """``cfg`` with the benchmark's RL budget in its rl section."""
-    pick = {k: getattr(lc, k) for k in ("steps", "prompts_per_step", "num_generations", "learning_rate")
-            if getattr(lc, k) is not None}
+    pick = {k: getattr(lc, k) for k in ("steps", "prompts_per_step", "num_generations", "learning_rate",
+                                        "temperature") if getattr(lc, k) is not None}
     return replace(cfg, rl=replace(cfg.rl, **pick))
 
 
 def settings_tag(cfg: QuickstartConfig) -> str:
+    """The run folder's name for an RL budget; the temperature is named only when it is not 1 (the
+    folders of earlier runs keep their names)."""
     rl = cfg.rl
-    return f"steps{rl.steps}-q{rl.prompts_per_step}-g{rl.num_generations}-lr{rl.learning_rate:g}"
+    tag = f"steps{rl.steps}-q{rl.prompts_per_step}-g{rl.num_generations}-lr{rl.learning_rate:g}"
+    return tag if rl.temperature == 1.0 else f"{tag}-t{rl.temperature:g}"
 
 
 def validate(lc: LearningConfig) -> None:
@@ -230,6 +236,8 @@ def validate(lc: LearningConfig) -> None:
         raise ConfigError(f"unknown eval split(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(SPLITS)}")
     if "val" in lc.eval_splits and lc.val_questions <= 0:
         raise ConfigError("--eval-split val needs --val-questions > 0")
+    if lc.temperature is not None and lc.temperature <= 0:
+        raise ConfigError(f"--temperature must be > 0 (rollouts sample), got {lc.temperature}")
     if lc.eval_questions < 0:
         raise ConfigError("--eval-questions must be >= 0 (0: all)")
     if lc.sim_gap and "test" not in lc.eval_splits:
