@@ -236,3 +236,53 @@ def test_web_engine_against_a_local_fake(monkeypatch):
         bad = build_engine(EngineConfig(kind="web", web_api_key="bad", web_url=url))
         [r] = bad.search([SearchRequest("eiffel")])
         assert r.error_kind == "bad_request" and "API key" in r.error
+
+
+class _FlakyCompletions(_JSONHandler):
+    """A completions endpoint that answers the given statuses first, then a continuation."""
+
+    statuses: list = []
+    calls = 0
+
+    def do_POST(self):
+        type(self).calls += 1
+        self.rfile.read(int(self.headers["content-length"]))
+        if self.statuses:
+            status = self.statuses.pop(0)
+            self.send_response(status)
+            self.send_header("content-length", "4")
+            self.end_headers()
+            self.wfile.write(b"nope")
+            return
+        self.send_json({"choices": [{"text": " x</answer>", "token_ids": [5, 6],
+                                     "finish_reason": "stop", "stop_reason": "</answer>"}]})
+
+
+def test_policy_endpoint_retries_5xx_and_fails_fast_on_4xx():
+    """EndpointGenerator retries through the shared retry helper: a 503 then a success costs one
+    retry; a 400 is final on the first attempt and names the status."""
+    from types import SimpleNamespace
+
+    from zerosearch import retry
+    from zerosearch.generation.endpoint import EndpointConfig, EndpointError, EndpointGenerator
+
+    tokenizer = SimpleNamespace(eos_token_id=2)
+    with _serving(_FlakyCompletions) as url:
+        gen = EndpointGenerator(EndpointConfig(urls=[url + "/v1"], model="m", backoff_s=0.01,
+                                               timeout_s=5), tokenizer)
+        try:
+            _FlakyCompletions.statuses, _FlakyCompletions.calls = [503], 0
+            before = retry.retries_spent()
+            [out] = gen.generate([[1, 2, 3]], 8, 0.0, 1.0)
+            assert out.ids == [5, 6] and _FlakyCompletions.calls == 2
+            assert retry.retries_spent() - before == 1
+            _FlakyCompletions.statuses, _FlakyCompletions.calls = [400], 0
+            with pytest.raises(EndpointError, match="HTTP 400"):
+                gen.generate([[1]], 8, 0.0, 1.0)
+            assert _FlakyCompletions.calls == 1
+            _FlakyCompletions.statuses, _FlakyCompletions.calls = [503, 503, 503], 0
+            with pytest.raises(EndpointError, match="503"):
+                gen.generate([[1]], 8, 0.0, 1.0)
+            assert _FlakyCompletions.calls == 3  # max_retries=2: three attempts, then the error
+        finally:
+            gen.close()

@@ -20,6 +20,8 @@ from zerosearch.protocol import document_line
 from zerosearch.qa import BENCHMARKS
 from zerosearch.rollout import RolloutConfig
 from zerosearch.server import ServerConfig
+from zerosearch.sim.tune import SimTrainConfig
+from zerosearch.train.config import AlgorithmConfig, DataConfig, ModelConfig, TrainingConfig
 
 _DOC_FORMAT_HELP = ("Document lines for the policy: zerosearch (Doc 1: text), search-r1 "
                     "(Doc 1(Title: \"T\") text) or auto (by the policy's name).")
@@ -130,18 +132,18 @@ def serve(
 def train(
     config: Optional[str] = typer.Option(None, "--config", "-c",
                                          help="YAML preset (configs/*.yaml); flags override it."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Policy model."),
-    algorithm: Optional[str] = typer.Option(None, "--algorithm", help="grpo, reinforce++ or ppo."),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="Optimizer steps."),
-    train_data: Optional[str] = typer.Option(None, "--train-data", help="QA training data."),
-    limit: Optional[int] = typer.Option(None, "--limit", help="Use the first N questions."),
-    output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o", help="Run folder."),
+    model: Optional[str] = field_option(ModelConfig, "name", "--model", "-m", default=None),
+    algorithm: Optional[str] = field_option(AlgorithmConfig, "name", "--algorithm", default=None),
+    max_steps: Optional[int] = field_option(TrainingConfig, "max_steps", "--max-steps", default=None),
+    train_data: Optional[str] = field_option(DataConfig, "train", "--train-data", default=None),
+    limit: Optional[int] = field_option(DataConfig, "limit", "--limit", default=None),
+    output_dir: Optional[str] = field_option(TrainingConfig, "output_dir", "--output-dir", "-o", default=None),
     resume: bool = typer.Option(False, "--resume", help="Continue from the last checkpoint."),
-    save_steps: Optional[int] = typer.Option(None, "--save-steps",
-                                             help="Checkpoint every N steps (training.save_steps)."),
+    save_steps: Optional[int] = field_option(TrainingConfig, "save_steps", "--save-steps", default=None),
     engine_cfg: EngineConfig = None,
 ):
-    """Train a search policy with RL (GRPO / REINFORCE++ / PPO) against any engine."""
+    """Train a search policy with RL (GRPO / REINFORCE++ / PPO) against any engine. Flags left out
+    take the preset's value (--config), else the dataclass default of train/config.py."""
     from zerosearch.train.config import load_train_config
     from zerosearch.runfolder import last_checkpoint
     from zerosearch.train.run import train as run_training
@@ -461,32 +463,25 @@ def sim_build(
 
 @sim_app.command("train")
 def sim_train(
-    data: str = typer.Option("runs/sim/sft", "--data", help="Folder from sim build (train.jsonl)."),
-    model: str = typer.Option("embedded:smollm2-135m-instruct", "--model", "-m", help="Base model."),
-    output_dir: str = typer.Option("runs/sim/simulator", "--output-dir", "-o", help="Run folder."),
-    epochs: float = typer.Option(2.0, "--epochs", help="Passes over the data."),
-    max_steps: int = typer.Option(-1, "--max-steps", help="Optimizer steps (-1: use epochs)."),
-    learning_rate: float = typer.Option(5e-5, "--learning-rate", help="Peak learning rate."),
-    batch_size: int = typer.Option(8, "--batch-size", help="Examples per step."),
-    lora: bool = typer.Option(False, "--lora", help="LoRA, merged at the end."),
-    bf16: Optional[bool] = typer.Option(None, "--bf16/--fp32",
-                                        help="Precision (default: bf16 where the hardware runs it natively)."),
-    save_steps: int = typer.Option(50, "--save-steps", help="Checkpoint every N steps (last two kept)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue from the newest checkpoint in -o."),
-    answer_weight: float = typer.Option(1.0, "--answer-weight",
-                                        help="Loss weight of gold-answer tokens in useful targets."),
-    noisy_unlikelihood: float = typer.Option(0.0, "--noisy-unlikelihood",
-                                             help="Weight of the unlikelihood of gold answers' first "
-                                                  "tokens in noisy targets (0: off)."),
-    noisy_contrast: bool = typer.Option(False, "--noisy-contrast/--no-noisy-contrast",
-                                        help="The same unlikelihood on each query's useful target "
-                                             "under its noisy prompt (needs a paired SFT set)."),
-    cpu_tuning: bool = typer.Option(False, "--cpu-tuning/--no-cpu-tuning",
-                                    help="CPU memory tuning for long runs (malloc keeps freed "
-                                         "memory; never on a GPU)."),
+    data: str = field_option(SimTrainConfig, "data", "--data"),
+    model: str = field_option(SimTrainConfig, "model", "--model", "-m"),
+    output_dir: str = field_option(SimTrainConfig, "output_dir", "--output-dir", "-o"),
+    epochs: float = field_option(SimTrainConfig, "epochs", "--epochs"),
+    max_steps: int = field_option(SimTrainConfig, "max_steps", "--max-steps"),
+    learning_rate: float = field_option(SimTrainConfig, "learning_rate", "--learning-rate"),
+    batch_size: int = field_option(SimTrainConfig, "batch_size", "--batch-size"),
+    lora: bool = field_option(SimTrainConfig, "lora", "--lora"),
+    bf16: Optional[bool] = field_option(SimTrainConfig, "bf16", "--bf16/--fp32"),
+    save_steps: int = field_option(SimTrainConfig, "save_steps", "--save-steps"),
+    resume: bool = field_option(SimTrainConfig, "resume", "--resume"),
+    answer_weight: float = field_option(SimTrainConfig, "answer_weight", "--answer-weight"),
+    noisy_unlikelihood: float = field_option(SimTrainConfig, "noisy_unlikelihood", "--noisy-unlikelihood"),
+    noisy_contrast: bool = field_option(SimTrainConfig, "noisy_contrast",
+                                        "--noisy-contrast/--no-noisy-contrast"),
+    cpu_tuning: bool = field_option(SimTrainConfig, "cpu_tuning", "--cpu-tuning/--no-cpu-tuning"),
 ):
     """Fine-tune the simulation LLM (completion-only loss); saves a servable checkpoint."""
-    from zerosearch.sim.tune import SimTrainConfig, train_simulator
+    from zerosearch.sim.tune import train_simulator
 
     try:
         final = train_simulator(SimTrainConfig(model=model, data=data, output_dir=output_dir,

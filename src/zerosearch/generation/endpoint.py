@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -47,7 +46,7 @@ class EndpointConfig:
     max_retries: int = 2
     """Retries of a failed request (connection error, 5xx) before the turn fails."""
     backoff_s: float = 1.0
-    """First retry delay; doubled on each further retry."""
+    """First retry delay; doubled on each further retry (with jitter, as every client here)."""
     max_concurrency: int = 64
     """Most requests in flight at once (over all endpoints)."""
     seed: int | None = None
@@ -74,6 +73,10 @@ class EndpointGenerator:
         self._pool = ThreadPoolExecutor(cfg.max_concurrency, thread_name_prefix="policy")
         self._lock = threading.Lock()
         self._in_flight = {u: 0 for u in self.urls}
+        self._policy = retry.RetryPolicy(
+            timeout_s=cfg.timeout_s, max_retries=cfg.max_retries, backoff_s=cfg.backoff_s,
+            max_backoff_s=cfg.backoff_s * 2 ** max(cfg.max_retries - 1, 0),
+            deadline_s=cfg.timeout_s * (cfg.max_retries + 1) + cfg.backoff_s * 2 ** (cfg.max_retries + 1))
         self.model = cfg.model or self._served_model()
         self.retokenised = 0
         """Continuations that came back as text only and were tokenised here."""
@@ -101,26 +104,26 @@ class EndpointGenerator:
             self._in_flight[url] -= 1
 
     def _post(self, body: dict) -> dict:
-        error = "no attempt made"
-        for attempt in range(self.cfg.max_retries + 1):
-            if attempt:
-                time.sleep(self.cfg.backoff_s * 2 ** (attempt - 1))
+        """One completion through :func:`zerosearch.retry.call`: each attempt goes to the endpoint
+        with the fewest requests in flight; transport errors, 408/429 and 5xx are retried with
+        back-off, any other 4xx fails at once; all attempts share one deadline."""
+        def attempt(timeout_s: float) -> retry.Attempt:
             url = self._pick()
             try:
-                response = self._client.post(f"{url}/v1/completions", json=body)
-            except httpx.HTTPError as err:
-                error = f"{url} unreachable or timed out: {err!r}"
-                continue
+                return retry.http_attempt(lambda t: self._client.post(
+                    f"{url}/v1/completions", json=body, timeout=httpx.Timeout(t, connect=min(t, 10.0))),
+                    url)(timeout_s)
             finally:
                 self._done(url)
-            if response.status_code >= 500 or response.status_code in (408, 429):
-                error = f"{url} answered HTTP {response.status_code}: {response.text[:200]}"
-                continue
-            if response.status_code >= 400:
-                raise EndpointError(f"{url} rejected the policy request (HTTP "
-                                    f"{response.status_code}): {response.text[:300]}")
-            return response.json()
-        raise EndpointError(f"policy generation failed after {self.cfg.max_retries} retries: {error}")
+
+        outcome = retry.call(attempt, self._policy)
+        if not outcome.ok:
+            raise EndpointError(f"policy generation failed: {outcome.error}")
+        try:
+            return outcome.value.json()
+        except ValueError as err:
+            raise EndpointError(f"the policy endpoint answered something that is not JSON: "
+                                f"{outcome.value.text[:200]}") from err
 
     def _one(self, context: list[int], max_new_tokens: int, temperature: float,
              top_p: float) -> Generation:
