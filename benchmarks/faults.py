@@ -619,7 +619,7 @@ def resume_eval(work: Path, corpus: Path, questions: Path) -> dict:
     qa.write_text("".join(line for _, line in zip(range(24), open(questions))))
     common = ["eval", "--model", "embedded:tiny-random", "--method", "search", "--engine", "bm25",
               "--corpus", str(corpus), "--datasets", str(qa), "--batch-size", "4",
-              "--max-turns", "2", "--max-turn-tokens", "24", "--policy-device", "cpu"]
+              "--max-turns", "2", "--max-turn-tokens", "24", "--device", "cpu"]
     ref = run_cmd([*PY, *common, "-o", str(work / "eval_ref")])
     pred = work / "eval_cut" / "predictions" / "eval_qa.jsonl"
     kills = [kill_when([*PY, *common, "-o", str(work / "eval_cut")], lambda: _lines(pred) >= 8)]

@@ -79,3 +79,29 @@ def test_eval_flags_take_default_and_help_from_evalconfig():
     assert params["batch_size"].default.default == EvalConfig.batch_size
     assert params["split"].default.default == EvalConfig.split
     assert params["batch_size"].default.help.startswith("Questions per batch")
+
+
+def _option_names(command) -> dict[str, tuple]:
+    import inspect
+
+    return {name: tuple(p.default.param_decls) for name, p in inspect.signature(command).parameters.items()
+            if getattr(p.default, "param_decls", None)}
+
+
+def test_policy_and_simulator_flags_need_no_prefix_and_never_collide():
+    """On commands with a policy, --temperature/--device/--seed are the policy's and the simulator's
+    are --sim-*; on commands without one, the plain names also reach the simulator."""
+    from zerosearch import cli
+
+    for command in (cli.eval_run, cli.ask):
+        names = _option_names(command)
+        assert "--temperature" in names["policy_temperature"] and "--device" in names["policy_device"]
+        assert names["temperature"] == ("--sim-temperature",) and names["device"] == ("--sim-device",)
+        every = [n for decls in names.values() for n in decls]
+        assert len(every) == len(set(every)), "a flag name is taken twice"
+    assert "--seed" in _option_names(cli.eval_run)["eval_seed"]
+    for command in (cli.serve, cli.search, cli.sim_fidelity):
+        names = _option_names(command)
+        assert set(names["temperature"]) == {"--sim-temperature", "--temperature"}
+        assert set(names["seed"]) == {"--sim-seed", "--seed"}
+    assert _option_names(cli.train)["temperature"] == ("--sim-temperature",)

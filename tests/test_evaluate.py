@@ -142,7 +142,7 @@ def test_rag_puts_the_retrieved_documents_in_the_prompt(tiny_corpus):
 def test_ask_shows_the_trace_and_json(tiny_corpus):
     base = [sys.executable, "-m", "zerosearch.cli", "ask", "Which city is the capital of Germany?",
             "--model", "embedded:tiny-random", "--engine", "bm25", "--corpus", str(tiny_corpus),
-            "--max-turns", "1", "--max-turn-tokens", "8", "--policy-device", "cpu"]
+            "--max-turns", "1", "--max-turn-tokens", "8", "--device", "cpu"]
     r = subprocess.run(base, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "▸ generation" in r.stdout and "answer:" in r.stdout

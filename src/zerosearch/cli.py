@@ -37,7 +37,7 @@ def _build(cfg: EngineConfig):
 
 
 @app.command()
-@with_engine_options(model_alias=True)
+@with_engine_options(no_policy=True)
 def search(
     query: str = typer.Argument(..., help="The search query."),
     question: str = typer.Option("", "--question", "-q", help="The question being answered "
@@ -82,7 +82,7 @@ def search(
 
 
 @app.command()
-@with_engine_options(model_alias=True)
+@with_engine_options(no_policy=True)
 def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
     port: int = typer.Option(6001, "--port", help="TCP port."),
@@ -201,11 +201,12 @@ def eval_run(
     batch_size: int = field_option(EvalConfig, "batch_size", "--batch-size"),
     max_turns: int = field_option(RolloutConfig, "max_turns", "--max-turns"),
     max_turn_tokens: int = field_option(RolloutConfig, "max_turn_tokens", "--max-turn-tokens"),
-    policy_temperature: float = typer.Option(EvalConfig().rollout.temperature, "--policy-temperature",
+    policy_temperature: float = typer.Option(EvalConfig().rollout.temperature, "--temperature",
+                                             "--policy-temperature",
                                              help="Policy sampling temperature (0 = greedy)."),
-    eval_seed: int = field_option(EvalConfig, "seed", "--eval-seed"),
+    eval_seed: int = field_option(EvalConfig, "seed", "--seed", "--eval-seed"),
     label: Optional[str] = field_option(EvalConfig, "label", "--label"),
-    policy_device: str = field_option(EvalConfig, "device", "--policy-device"),
+    policy_device: str = field_option(EvalConfig, "device", "--device", "--policy-device"),
     policy_url: Optional[list[str]] = typer.Option(
         None, "--policy-url", help="OpenAI-compatible completions endpoint serving the policy "
         "(vLLM, SGLang; repeatable); --model then names its tokenizer."),
@@ -291,8 +292,9 @@ def ask(
     max_turns: int = typer.Option(RolloutConfig.max_turns, "--max-turns", help="Most searches."),
     max_turn_tokens: int = typer.Option(RolloutConfig.max_turn_tokens, "--max-turn-tokens",
                                         help="Tokens per turn (training's default too)."),
-    policy_temperature: float = typer.Option(0.0, "--policy-temperature", help="0 = greedy."),
-    policy_device: str = typer.Option("auto", "--policy-device", help="cpu, cuda or auto."),
+    policy_temperature: float = typer.Option(0.0, "--temperature", "--policy-temperature",
+                                             help="Policy sampling temperature (0 = greedy)."),
+    policy_device: str = typer.Option("auto", "--device", "--policy-device", help="cpu, cuda or auto."),
     policy_url: Optional[list[str]] = typer.Option(
         None, "--policy-url", help="OpenAI-compatible completions endpoint serving the policy "
         "(vLLM, SGLang; repeatable); --model then names its tokenizer."),
@@ -498,7 +500,7 @@ def sim_train(
 
 
 @sim_app.command("fidelity")
-@with_engine_options()
+@with_engine_options(no_policy=True)
 def sim_fidelity(
     simulator: list[str] = typer.Option(..., "--simulator",
                                         help="STYLE@MODEL, e.g. finetuned@runs/sim/simulator/final or "

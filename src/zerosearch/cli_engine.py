@@ -98,7 +98,7 @@ _FLAGS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
      "Model name to request from the endpoints (default: ask /v1/models)."),
     ("api_key", "api_key", Optional[str], ("--api-key",),
      "Bearer key for the endpoints or the remote server."),
-    ("temperature", "temperature", Optional[float], ("--temperature",), "Simulator temperature."),
+    ("temperature", "temperature", Optional[float], ("--sim-temperature",), "Simulator temperature."),
     ("noisy_guard", "noisy_guard", Optional[bool], ("--noisy-guard/--no-noisy-guard",),
      "Simulator: noisy documents may not spell a gold answer (banned while decoding)."),
     ("max_new_tokens", "max_new_tokens", Optional[int], ("--max-new-tokens",),
@@ -107,11 +107,12 @@ _FLAGS: list[tuple[str, str, Any, tuple[str, ...], str]] = [
     ("max_retries", "max_retries", Optional[int], ("--max-retries",), "Bounded back-end retries."),
     ("deadline", "deadline_s", Optional[float], ("--deadline",),
      "Bound on all attempts of one back-end request (s)."),
-    ("device", "device", Optional[str], ("--device",), "In-process model device (cpu, cuda)."),
+    ("device", "device", Optional[str], ("--sim-device",),
+     "Device of the in-process simulator or encoder (cpu, cuda)."),
     ("dtype", "dtype", Optional[str], ("--dtype",), "In-process dtype: auto, float32, bfloat16."),
     ("max_batch_size", "max_batch_size", Optional[int], ("--max-batch-size",),
      "In-process back end: most requests generated together."),
-    ("seed", "seed", Optional[int], ("--seed",), "Seed for useful/noisy draws and sampling."),
+    ("seed", "seed", Optional[int], ("--sim-seed",), "Seed of the engine's useful/noisy draws and sampling."),
     ("web_api_key", "web_api_key", Optional[str], ("--web-api-key",),
      "SerpAPI key (or $SERPAPI_API_KEY)."),
     ("web_url", "web_url", Optional[str], ("--web-url",), "SerpAPI-compatible endpoint."),
@@ -145,11 +146,18 @@ def engine_config(config_path: str | None, flags: dict[str, Any]) -> EngineConfi
     return from_dict(EngineConfig, section, "engine")
 
 
-def with_engine_options(model_alias: bool = False) -> Callable:
+# Short names of simulator flags, for commands that run no policy (serve, search, sim collect /
+# fidelity): there ``--model`` or ``--temperature`` cannot be mistaken for the policy's.
+_NO_POLICY_ALIASES = {"sim_model": ("--model", "-m"), "temperature": ("--temperature",),
+                      "device": ("--device",), "seed": ("--seed",)}
+
+
+def with_engine_options(no_policy: bool = False) -> Callable:
     """Add the engine flags to a typer command; it receives ``engine_cfg: EngineConfig``.
 
-    ``model_alias`` also accepts ``--model`` for the simulator (on ``serve``/``search``, where there
-    is no policy model to confuse it with).
+    The simulator's flags are ``--sim-*`` so that a command with a policy (train, eval, ask) keeps
+    the plain ``--model``, ``--temperature``, ``--device`` and ``--seed`` for the policy;
+    ``no_policy`` also accepts the plain names for the simulator (:data:`_NO_POLICY_ALIASES`).
     """
 
     def decorate(fn: Callable) -> Callable:
@@ -157,8 +165,8 @@ def with_engine_options(model_alias: bool = False) -> Callable:
         own = [p for p in signature.parameters.values() if p.name != "engine_cfg"]
         extra = []
         for flag, _, annotation, names, help_text in _FLAGS:
-            if flag == "sim_model" and model_alias:
-                names = names + ("--model", "-m")
+            if no_policy:
+                names = names + _NO_POLICY_ALIASES.get(flag, ())
             extra.append(inspect.Parameter(
                 flag, inspect.Parameter.KEYWORD_ONLY, annotation=annotation,
                 default=typer.Option(None, *names, help=help_text, rich_help_panel=_PANEL)))
