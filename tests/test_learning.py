@@ -183,7 +183,8 @@ def test_copy_to_and_bad_flags(bench, tmp_path):
         [100 * json.loads((_folder(lc, "zerosearch", 1) / "eval-val" / "results.json").read_text())["average"]["em"]]
     for bad, message in ((dict(arms=["zerosearch", "nope"]), "unknown arm"), (dict(seeds=[0, 0]), "distinct"),
                          (dict(eval_splits=["dev"]), "unknown eval split"),
-                         (dict(val_questions=0), "needs --val-questions"), (dict(start="sft"), "unknown start")):
+                         (dict(val_questions=0), "needs --val-questions"), (dict(start="sft"), "unknown start"),
+                         (dict(temperature=0.0), "--temperature must be > 0")):
         with pytest.raises(ConfigError, match=message):
             validate(LearningConfig(**bad))
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "miniworld_learning.py"), "--quick", "--arms",
@@ -251,3 +252,16 @@ def test_start_only_evaluates_the_start_and_trains_nothing(tmp_path):
     val = (out / "world" / "val.jsonl").read_text().splitlines()
     assert res["start"]["val"]["n"][0] == len(val) and 0 <= res["start"]["val"]["em"][0] <= 100
     assert "| start |" in (out / "results.md").read_text() and not (out / "reward.png").exists()
+
+
+def test_temperature_reaches_the_rollouts_and_names_the_run_folder():
+    from zerosearch.learning import quickstart_config, rl_settings, settings_tag
+    from zerosearch.quickstart import rl_train_config, simulator_config
+
+    base = quickstart_config(LearningConfig())
+    assert settings_tag(rl_settings(base, LearningConfig())) == settings_tag(base)
+    assert "-t" not in settings_tag(base)  # folders of runs at temperature 1 keep their names
+    cooled = rl_settings(base, LearningConfig(temperature=0.7))
+    assert settings_tag(cooled).endswith("-t0.7") and cooled.rl.temperature == 0.7
+    train_cfg = rl_train_config(cooled, "m", simulator_config(cooled), cooled.rl.curriculum, Path("x"))
+    assert train_cfg.rollout.temperature == 0.7
