@@ -20,6 +20,7 @@ from zerosearch.protocol import document_line
 from zerosearch.qa import BENCHMARKS
 from zerosearch.rollout import RolloutConfig
 from zerosearch.server import ServerConfig
+from zerosearch.sim.collect import CollectConfig
 from zerosearch.sim.tune import SimTrainConfig
 from zerosearch.train.config import AlgorithmConfig, DataConfig, ModelConfig, TrainingConfig
 
@@ -84,28 +85,15 @@ def search(
 @app.command()
 @with_engine_options(no_policy=True)
 def serve(
-    host: str = typer.Option("127.0.0.1", "--host", help="Bind address (loopback by default)."),
-    port: int = typer.Option(6001, "--port", help="TCP port."),
-    token: Optional[str] = typer.Option(None, "--token", envvar="ZEROSEARCH_TOKEN",
-                                        help="Require this bearer token."),
-    max_batch: int = typer.Option(ServerConfig.max_batch, "--max-batch",
-                                  help="Most queries in one call."),
-    noise_prob: Optional[float] = typer.Option(ServerConfig.noise_prob, "--noise-prob",
-                                               help="/retrieve, simulated engine: probability of "
-                                               "noisy documents when the client sends none "
-                                               "(changeable with POST /noise)."),
-    request_timeout: Optional[float] = typer.Option(
-        None, "--request-timeout", help="Upper bound on one call (s), retries included; then 504 "
-        "and its back-end work is cancelled. [default: ServerConfig.request_timeout_s, 60]"),
-    header_timeout: Optional[float] = typer.Option(
-        None, "--header-timeout", help="Close a connection whose request headers take longer (s). "
-        "[default: ServerConfig.header_timeout_s, 10]"),
-    body_timeout: Optional[float] = typer.Option(
-        None, "--body-timeout", help="408 when a request body takes longer (s). "
-        "[default: ServerConfig.body_timeout_s, 30]"),
-    max_connections: Optional[int] = typer.Option(
-        None, "--max-connections", help="Most open connections; more are closed at once. "
-        "[default: ServerConfig.max_connections, 512]"),
+    host: str = field_option(ServerConfig, "host", "--host"),
+    port: int = field_option(ServerConfig, "port", "--port"),
+    token: Optional[str] = field_option(ServerConfig, "token", "--token", envvar="ZEROSEARCH_TOKEN"),
+    max_batch: int = field_option(ServerConfig, "max_batch", "--max-batch"),
+    noise_prob: Optional[float] = field_option(ServerConfig, "noise_prob", "--noise-prob"),
+    request_timeout: float = field_option(ServerConfig, "request_timeout_s", "--request-timeout"),
+    header_timeout: float = field_option(ServerConfig, "header_timeout_s", "--header-timeout"),
+    body_timeout: float = field_option(ServerConfig, "body_timeout_s", "--body-timeout"),
+    max_connections: int = field_option(ServerConfig, "max_connections", "--max-connections"),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
@@ -113,11 +101,10 @@ def serve(
     from zerosearch.server import serve as run_server
 
     try:
-        given = {"request_timeout_s": request_timeout, "header_timeout_s": header_timeout,
-                 "body_timeout_s": body_timeout, "max_connections": max_connections}
         server_cfg = ServerConfig(host=host, port=port, token=token, max_batch=max_batch,
                                   default_topk=engine_cfg.topk, noise_prob=noise_prob,
-                                  **{k: v for k, v in given.items() if v is not None})
+                                  request_timeout_s=request_timeout, header_timeout_s=header_timeout,
+                                  body_timeout_s=body_timeout, max_connections=max_connections)
         server_cfg.validate()
         engine = _build(engine_cfg)
     except USER_ERRORS as err:
@@ -379,24 +366,26 @@ def sim_collect(
                                    help="QA questions."),
     limit: Optional[int] = typer.Option(None, "--limit", help="First N questions."),
     policy: str = typer.Option("embedded:smollm2-135m-instruct", "--policy", help="Collecting policy."),
-    query_source: str = typer.Option("policy", "--query-source",
-                                     help="policy (its own searches) or question (question = query)."),
-    max_turns: int = typer.Option(3, "--max-turns", help="Policy searches per question."),
-    batch_size: int = typer.Option(16, "--batch-size", help="Questions per batch."),
+    query_source: str = field_option(CollectConfig, "query_source", "--query-source"),
+    max_turns: int = typer.Option(CollectConfig().rollout.max_turns, "--max-turns",
+                                  help="Policy searches per question."),
+    batch_size: int = field_option(CollectConfig, "batch_size", "--batch-size"),
     config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
     engine_cfg: EngineConfig = None,
 ):
     """Run a policy against a real engine and record every (query, documents) pair. Resumable."""
+    from dataclasses import replace
+
     from zerosearch.qa import load_qa
-    from zerosearch.sim.collect import CollectConfig, collect
+    from zerosearch.sim.collect import collect
 
     try:
         if engine_cfg.kind == "simulated":
             raise ValueError("collect from a real engine: --engine bm25, dense, web or remote")
         rows = load_qa(train_data, limit=limit)
         cfg = CollectConfig(query_source=query_source, batch_size=batch_size,
-                            rollout=RolloutConfig(max_turns=max_turns, temperature=0.7,
-                                                  topk=engine_cfg.topk))
+                            rollout=replace(CollectConfig().rollout, max_turns=max_turns,
+                                            topk=engine_cfg.topk))
         engine = _build(engine_cfg)
         generator = tokenizer = None
         if query_source == "policy":
