@@ -85,8 +85,9 @@ def main(
         arms=list(QUICK_ARMS) if quick else (_list(arms) if arms else list(D.arms)),
         seeds=[0, 1, 2] if quick else (_seeds(seeds) if seeds else list(D.seeds)),
         start=start, steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
-        learning_rate=learning_rate, temperature=temperature, eval_questions=eval_questions, val_questions=val_questions,
-        eval_splits=_list(eval_split), sim_gap=sim_gap, copy_to=copy_to, start_only=start_only)
+        learning_rate=learning_rate, temperature=temperature, eval_questions=eval_questions,
+        val_questions=val_questions, eval_splits=_list(eval_split), sim_gap=sim_gap, copy_to=copy_to,
+        start_only=start_only)
     progress, update = named_progress(28)
     try:
         with progress:

@@ -146,8 +146,8 @@ def engine_config(config_path: str | None, flags: dict[str, Any]) -> EngineConfi
     return from_dict(EngineConfig, section, "engine")
 
 
-# Short names of simulator flags, for commands that run no policy (serve, search, sim collect /
-# fidelity): there ``--model`` or ``--temperature`` cannot be mistaken for the policy's.
+# Short names of simulator flags, for commands that run no policy (serve, search, sim fidelity):
+# there ``--model`` or ``--temperature`` cannot be mistaken for the policy's.
 _NO_POLICY_ALIASES = {"sim_model": ("--model", "-m"), "temperature": ("--temperature",),
                       "device": ("--device",), "seed": ("--seed",)}
 
