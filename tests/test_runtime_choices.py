@@ -53,9 +53,13 @@ def test_the_cpu_preset_turns_the_tuning_on_only_on_a_cpu(spies, tiny_model):
     assert cpu.keep_freed_memory and cpu.memory_cap and not cpu.fused_lm_head
     assert tune_process(cpu, log=lambda m: None) == ["cap"] and spies == ["malloc", "memory cap"]
     spies.clear()
-    # a GPU preset run on a CPU asks for no memory tuning (cpu_tuning is off there)
-    gpu_preset = run_choices(load_train_config("configs/qwen2.5-3b-base-grpo.yaml"), device="cpu")
+    # a GPU preset run on a CPU asks for no memory tuning (cpu_tuning is off there); its bf16
+    # needs a CPU with native bf16, and on one without it the error names the problem
+    gpu_cfg = load_train_config("configs/qwen2.5-3b-base-grpo.yaml")
+    gpu_preset = run_choices(gpu_cfg, device="cpu", bf16_native=True)
     assert tune_process(gpu_preset, log=lambda m: None) == [] and spies == []
+    with pytest.raises(ConfigError, match="native bf16"):
+        run_choices(gpu_cfg, device="cpu", bf16_native=False)
     model = AutoModelForCausalLM.from_pretrained(tiny_model).to(torch.bfloat16)
     decoding.KVDecoder(model, AutoTokenizer.from_pretrained(tiny_model))
     assert spies == (["decode step"] if cpu.decode_step else [])  # CPUs with native bf16 only
