@@ -105,3 +105,64 @@ def test_policy_and_simulator_flags_need_no_prefix_and_never_collide():
         assert set(names["temperature"]) == {"--sim-temperature", "--temperature"}
         assert set(names["seed"]) == {"--sim-seed", "--seed"}
     assert _option_names(cli.train)["temperature"] == ("--sim-temperature",)
+
+
+def test_no_command_takes_a_flag_name_twice():
+    from zerosearch import cli
+
+    for command in (cli.search, cli.serve, cli.train, cli.eval_run, cli.ask, cli.sim_collect,
+                    cli.sim_fidelity, cli.quickstart):
+        every = [n for decls in _option_names(command).values() for n in decls]
+        assert len(every) == len(set(every)), (command.__name__, sorted(every))
+
+
+def test_every_config_file_is_read_by_sections_and_given_flags_win(tiny_corpus, tmp_path,
+                                                                   monkeypatch):
+    """One kind of --config file: eval takes a train preset's engine and rollout budget (not its
+    sampling temperature), serve its server section; a flag typed on the command line wins."""
+    import json
+
+    from typer.testing import CliRunner
+
+    import zerosearch.evaluate
+    import zerosearch.generation.endpoint
+    import zerosearch.server
+    from zerosearch import cli
+
+    preset = tmp_path / "preset.yaml"
+    preset.write_text(f"engine:\n  kind: bm25\n  corpus: {tiny_corpus}\n  topk: 2\n"
+                      "rollout:\n  max_turns: 2\n  max_turn_tokens: 77\n  max_obs_tokens: 99\n"
+                      "  temperature: 1.0\n"
+                      "server:\n  port: 7123\n  max_query_chars: 300\n")
+    qa = tmp_path / "qa.jsonl"
+    qa.write_text(json.dumps({"question": "capital of Germany?", "golden_answers": ["Berlin"]}) + "\n")
+    seen = {}
+    monkeypatch.setattr(zerosearch.generation.endpoint, "load_policy_anywhere",
+                        lambda *a, **k: (None, None))
+    monkeypatch.setattr(zerosearch.evaluate, "evaluate",
+                        lambda cfg, *a, **k: seen.setdefault("eval", []).append(cfg))
+    monkeypatch.setattr(zerosearch.server, "serve",
+                        lambda engine, cfg, **k: seen.setdefault("serve", []).append(cfg))
+    runner = CliRunner()
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "table.md").write_text("")
+    for extra in ([], ["--max-turn-tokens", "50"]):
+        r = runner.invoke(cli.app, ["eval", "-m", "x", "-o", str(out), "-d", str(qa), "--config",
+                                    str(preset), *extra])
+        assert r.exit_code == 0, r.output
+    given, flagged = seen["eval"]
+    assert (given.rollout.max_turns, given.rollout.max_turn_tokens, given.rollout.max_obs_tokens) == (2, 77, 99)
+    assert given.rollout.temperature == 0.0 and given.rollout.topk == 2  # greedy; the engine's topk
+    assert flagged.rollout.max_turn_tokens == 50 and flagged.rollout.max_obs_tokens == 99
+    for extra in ([], ["--port", "7999"]):
+        r = runner.invoke(cli.app, ["serve", "--config", str(preset), *extra])
+        assert r.exit_code == 0, r.output
+    from_file, flagged = seen["serve"]
+    assert (from_file.port, from_file.max_query_chars, from_file.default_topk) == (7123, 300, 2)
+    assert flagged.port == 7999 and flagged.max_query_chars == 300
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("server:\n  portt: 1\n")
+    r = runner.invoke(cli.app, ["serve", "--engine", "bm25", "--corpus", str(tiny_corpus), "--config",
+                                str(bad)])
+    assert r.exit_code == 2 and "server: unknown key(s) portt" in " ".join(r.output.split())

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 from zerosearch.cli_engine import (USER_ERRORS, console, fail, field_option, named_progress,
-                                   with_engine_options)
+                                   section_config, with_engine_options)
 from zerosearch.engines.base import SearchRequest
 from zerosearch.engines.factory import EngineConfig, build_engine
 from zerosearch.evaluate import EvalConfig
@@ -26,6 +26,22 @@ from zerosearch.train.config import AlgorithmConfig, DataConfig, ModelConfig, Tr
 
 _DOC_FORMAT_HELP = ("Document lines for the policy: zerosearch (Doc 1: text), search-r1 "
                     "(Doc 1(Title: \"T\") text) or auto (by the policy's name).")
+
+_ENGINE_CONFIG_HELP = "YAML file (a train preset works): its engine: section; flags given win."
+_POLICY_CONFIG_HELP = ("YAML file (a train preset works): its engine: section and the rollout "
+                       "budget of its rollout: section (turns, tokens, document lines; not the "
+                       "sampling temperature); flags given win.")
+
+
+def _rollout_budget(ctx: typer.Context, config: Optional[str], engine_cfg: EngineConfig) -> RolloutConfig:
+    """The policy's rollout for eval and ask: the ``rollout:`` section of ``--config`` (so a run
+    evaluated with its training preset gets the training budget) with the flags given on top; the
+    temperature is the command's own (greedy unless ``--temperature``), the topk the engine's."""
+    return section_config(ctx, config, "rollout", RolloutConfig,
+                          {"max_turns": "max_turns", "max_turn_tokens": "max_turn_tokens",
+                           "temperature": "policy_temperature", "doc_format": "doc_format"},
+                          ignore=("temperature",), topk=engine_cfg.topk)
+
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="ZeroSearch: train LLMs to search with RL while an LLM plays the search engine.")
@@ -49,7 +65,7 @@ def search(
     noise_prob: Optional[float] = typer.Option(None, "--noise-prob",
                                                help="Simulated: probability of noisy documents."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help=_ENGINE_CONFIG_HELP),
     engine_cfg: EngineConfig = None,
 ):
     """Search once and print the documents as Doc i: lines."""
@@ -85,6 +101,7 @@ def search(
 @app.command()
 @with_engine_options(no_policy=True)
 def serve(
+    ctx: typer.Context,
     host: str = field_option(ServerConfig, "host", "--host"),
     port: int = field_option(ServerConfig, "port", "--port"),
     token: Optional[str] = field_option(ServerConfig, "token", "--token", envvar="ZEROSEARCH_TOKEN"),
@@ -94,22 +111,26 @@ def serve(
     header_timeout: float = field_option(ServerConfig, "header_timeout_s", "--header-timeout"),
     body_timeout: float = field_option(ServerConfig, "body_timeout_s", "--body-timeout"),
     max_connections: int = field_option(ServerConfig, "max_connections", "--max-connections"),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
+    config: Optional[str] = typer.Option(
+        None, "--config", "-c", help="YAML file: its engine: and server: sections (the server's "
+        "limits without a flag too: max_query_chars, max_topk, max_body_bytes…); flags given win."),
     engine_cfg: EngineConfig = None,
 ):
     """Serve an engine over HTTP: /search, /retrieve (Search-R1 API), /noise, /health, /metrics."""
     from zerosearch.server import serve as run_server
 
     try:
-        server_cfg = ServerConfig(host=host, port=port, token=token, max_batch=max_batch,
-                                  default_topk=engine_cfg.topk, noise_prob=noise_prob,
-                                  request_timeout_s=request_timeout, header_timeout_s=header_timeout,
-                                  body_timeout_s=body_timeout, max_connections=max_connections)
+        server_cfg = section_config(ctx, config, "server", ServerConfig, {
+            "host": "host", "port": "port", "token": "token", "max_batch": "max_batch",
+            "noise_prob": "noise_prob", "request_timeout_s": "request_timeout",
+            "header_timeout_s": "header_timeout", "body_timeout_s": "body_timeout",
+            "max_connections": "max_connections"}, default_topk=engine_cfg.topk)
         server_cfg.validate()
         engine = _build(engine_cfg)
     except USER_ERRORS as err:
         fail(err)
-    console.print(f"[green]serving the {engine_cfg.kind} engine on http://{host}:{port}[/] "
+    console.print(f"[green]serving the {engine_cfg.kind} engine on "
+                  f"http://{server_cfg.host}:{server_cfg.port}[/] "
                   "(POST /search, POST /retrieve, GET|POST /noise, GET /health, GET /metrics)")
     run_server(engine, server_cfg, log=lambda m: console.print(f"[yellow]{m}[/]"))
 
@@ -200,7 +221,7 @@ def eval_run(
     policy_served_model: Optional[str] = typer.Option(
         None, "--policy-served-model", help="Model name at --policy-url (default: its /v1/models)."),
     doc_format: str = typer.Option(RolloutConfig.doc_format, "--doc-format", help=_DOC_FORMAT_HELP),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help=_POLICY_CONFIG_HELP),
     engine_cfg: EngineConfig = None,
 ):
     """Evaluate a policy: EM / cover-EM / F1 / ROUGE-L per dataset, resumable."""
@@ -215,10 +236,8 @@ def eval_run(
     try:
         cfg = EvalConfig(model=model, method=method, datasets=[d for d in datasets.split(",") if d],
                          data_dir=data_dir, split=split, limit=limit, batch_size=batch_size,
-                         seed=eval_seed, label=label, device=policy_device, rollout=RolloutConfig(
-                             max_turns=max_turns, max_turn_tokens=max_turn_tokens,
-                             temperature=policy_temperature, topk=engine_cfg.topk,
-                             doc_format=doc_format))
+                         seed=eval_seed, label=label, device=policy_device,
+                         rollout=_rollout_budget(ctx, config, engine_cfg))
         if limit is not None and limit < 1:
             raise ValueError(f"--limit must be at least 1 (or left out for every question), got {limit}")
         for name in cfg.datasets:
@@ -274,12 +293,13 @@ def eval_compare(
 @app.command()
 @with_engine_options()
 def ask(
+    ctx: typer.Context,
     question: str = typer.Argument(..., help="The question."),
     model: str = typer.Option("embedded:smollm2-135m-instruct", "--model", "-m", help="Policy model."),
-    max_turns: int = typer.Option(RolloutConfig.max_turns, "--max-turns", help="Most searches."),
-    max_turn_tokens: int = typer.Option(RolloutConfig.max_turn_tokens, "--max-turn-tokens",
-                                        help="Tokens per turn (training's default too)."),
-    policy_temperature: float = typer.Option(0.0, "--temperature", "--policy-temperature",
+    max_turns: int = field_option(RolloutConfig, "max_turns", "--max-turns"),
+    max_turn_tokens: int = field_option(RolloutConfig, "max_turn_tokens", "--max-turn-tokens"),
+    policy_temperature: float = typer.Option(EvalConfig().rollout.temperature, "--temperature",
+                                             "--policy-temperature",
                                              help="Policy sampling temperature (0 = greedy)."),
     policy_device: str = typer.Option("auto", "--device", "--policy-device", help="cpu, cuda or auto."),
     policy_url: Optional[list[str]] = typer.Option(
@@ -289,7 +309,7 @@ def ask(
         None, "--policy-served-model", help="Model name at --policy-url (default: its /v1/models)."),
     doc_format: str = typer.Option(RolloutConfig.doc_format, "--doc-format", help=_DOC_FORMAT_HELP),
     as_json: bool = typer.Option(False, "--json", help="Print the whole trajectory as JSON."),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help=_POLICY_CONFIG_HELP),
     engine_cfg: EngineConfig = None,
 ):
     """Ask the search agent one question and watch it think, search and answer."""
@@ -297,6 +317,7 @@ def ask(
     from zerosearch.rollout import Row, run_rollouts
 
     try:
+        rollout = _rollout_budget(ctx, config, engine_cfg)
         engine = _build(engine_cfg)
         with console.status("loading the policy…"):
             generator, tokenizer = load_policy_anywhere(model, policy_device, policy_url or [],
@@ -322,10 +343,7 @@ def ask(
         out.print(f"[{styles.get(kind, 'white')}]▸ {kind}[/] {text}", highlight=False)
 
     try:
-        [traj] = run_rollouts([Row(question, [])], generator, tokenizer, engine,
-                              RolloutConfig(max_turns=max_turns, max_turn_tokens=max_turn_tokens,
-                                            temperature=policy_temperature, topk=engine_cfg.topk,
-                                            doc_format=doc_format),
+        [traj] = run_rollouts([Row(question, [])], generator, tokenizer, engine, rollout,
                               on_event=show, eos_token_ids=[tokenizer.eos_token_id])
     finally:
         engine.close()
@@ -370,7 +388,7 @@ def sim_collect(
     max_turns: int = typer.Option(CollectConfig().rollout.max_turns, "--max-turns",
                                   help="Policy searches per question."),
     batch_size: int = field_option(CollectConfig, "batch_size", "--batch-size"),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help=_ENGINE_CONFIG_HELP),
     engine_cfg: EngineConfig = None,
 ):
     """Run a policy against a real engine and record every (query, documents) pair. Resumable."""
@@ -503,7 +521,7 @@ def sim_fidelity(
     judge_model: Optional[str] = typer.Option(None, "--judge-model", help="LLM judge."),
     judge_url: Optional[str] = typer.Option(None, "--judge-url", help="Judge endpoint."),
     output_dir: str = typer.Option("runs/sim/fidelity", "--output-dir", "-o", help="Report folder."),
-    config: Optional[str] = typer.Option(None, "--config", help="YAML config (engine section)."),
+    config: Optional[str] = typer.Option(None, "--config", "-c", help=_ENGINE_CONFIG_HELP),
     engine_cfg: EngineConfig = None,
 ):
     """Measure simulators against the real engine: format, controllability, overlap, cost."""

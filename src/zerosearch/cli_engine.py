@@ -146,6 +146,30 @@ def engine_config(config_path: str | None, flags: dict[str, Any]) -> EngineConfi
     return from_dict(EngineConfig, section, "engine")
 
 
+def section_config(ctx: typer.Context, config_path: str | None, section: str, cls: type,
+                   flags: dict[str, str], ignore: tuple[str, ...] = (), **fixed: Any) -> Any:
+    """Dataclass ``cls`` from the ``section:`` of the ``--config`` YAML, overlaid by the flags the
+    user gave (on the command line or through the environment).
+
+    Every command's ``--config`` is one kind of file: a YAML whose sections the command reads (a
+    train preset works everywhere). A flag left out keeps the section's value, else its own default
+    (the field's). ``flags`` maps field name to the command's parameter name; ``ignore`` lists keys of
+    the section this command does not take (eval takes the training rollout's budget, never its
+    sampling temperature); ``fixed`` fields are set by the command itself.
+    """
+    values: dict[str, Any] = {}
+    if config_path:
+        values = {k: v for k, v in dict(load_yaml(config_path).get(section) or {}).items()
+                  if k not in ignore}
+    given = ("COMMANDLINE", "ENVIRONMENT")  # by name: typer vendors its own click
+    for field_name, param in flags.items():
+        source = ctx.get_parameter_source(param)
+        if field_name not in values or getattr(source, "name", None) in given:
+            values[field_name] = ctx.params[param]
+    values.update(fixed)
+    return from_dict(cls, values, section)
+
+
 # Short names of simulator flags, for commands that run no policy (serve, search, sim fidelity):
 # there ``--model`` or ``--temperature`` cannot be mistaken for the policy's.
 _NO_POLICY_ALIASES = {"sim_model": ("--model", "-m"), "temperature": ("--temperature",),
