@@ -70,11 +70,13 @@ def vllm(vllm_python_path, model_dir, tmp_path_factory):
 
 
 def _sim(vllm_urls, *flags):
-    """``zerosearch serve`` over vLLM; unless the test sets them, attempts get 60 s and calls 180 s
-    (the 15 s default is for GPU servers: a 2-core CPU vLLM serving 12 sampled 120-token requests at
-    once can take longer, and a timeout here would test the machine, not the path)."""
+    """``zerosearch serve`` over vLLM; unless the test sets them, attempts get 60 s and calls 180 s,
+    and the service waits as long for a call (the 15 s and 60 s defaults are for GPU servers: a 2-core
+    CPU vLLM serving 12 sampled 120-token requests at once can take longer, and a timeout here would
+    test the machine, not the path)."""
     urls = [a for u in vllm_urls for a in ("--backend-url", f"{u}/v1")]
-    patience = [] if "--timeout" in flags else ["--timeout", "60", "--deadline", "180"]
+    patience = [] if "--timeout" in flags else ["--timeout", "60", "--deadline", "180",
+                                                "--request-timeout", "190"]
     return zerosearch_serve("--engine", "simulated", *urls, "--seed", "0", *patience, *flags)
 
 
