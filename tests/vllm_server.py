@@ -34,12 +34,18 @@ class VLLMServer:
     """``python -m vllm.entrypoints.openai.api_server`` serving ``model`` on ``port``."""
 
     def __init__(self, python: str, model: str, port: int, log_path: Path, name: str = "policy",
-                 dtype: str = "float32", startup_s: float = 420.0, extra: tuple[str, ...] = ()):
+                 dtype: str = "float32", startup_s: float = 420.0, extra: tuple[str, ...] = (),
+                 omp_cpus: str | None = None):
+        """``omp_cpus`` pins the engine's OpenMP threads (``VLLM_CPU_OMP_THREADS_BIND``, e.g. "1");
+        None keeps vLLM's automatic binding, which on a 2-core machine puts every server's threads
+        on core 0 (core 1 is reserved for the schedulers), so two servers would fight over it."""
         self.port, self.name, self.url = port, name, f"http://127.0.0.1:{port}"
         self.log_path = log_path
         env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": os.environ.get("VLLM_CPU_KVCACHE_SPACE", "1"),
                "VLLM_LOGGING_LEVEL": "WARNING", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1",
                "HF_HUB_OFFLINE": "1"}
+        if omp_cpus is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = omp_cpus
         env.pop("PYTHONPATH", None)  # the vLLM venv must not see the project's packages
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
