@@ -1,11 +1,13 @@
 """Run today's ``tests/test_faults.py`` against the code from before the fault work (issue 23).
 
 Each test there reproduces one defect of the audit, so each must fail on the code the audit read.
-That code's interfaces differ from today's in five places the tests reach through (no retry module,
-no ``uvicorn_config``, ``OpenAIBackend`` without a ``policy``, ``read_finished`` without a ``log``, ``generation`` a module, not a
-package); this script bridges exactly those with adapters that keep the old behaviour (the old
-uvicorn settings, the old retry knobs, the old defaults), so a test fails on what the old code *does*,
-not on a missing name. It writes every test's outcome and first assertion line as JSON.
+That code's interfaces differ from today's in six places the tests reach through: no retry module,
+no ``uvicorn_config``, ``ServerConfig`` without the edge and health fields, ``OpenAIBackend``
+without a ``policy``, ``read_finished`` without a ``log``, and ``generation`` a module, not a
+package. This script bridges exactly those with adapters that keep the old behaviour (the old
+uvicorn settings, the new config fields present but never read, the old retry knobs and defaults),
+so a test fails on what the old code *does*, not on a missing name. It writes every test's outcome
+and first assertion line as JSON.
 
     python benchmarks/faults_on_old_code.py                  # fced711: the parent of the fault work
     python benchmarks/faults_on_old_code.py -o docs/results/faults_tests_on_old_code.json
@@ -70,7 +72,8 @@ def old_tree(commit: str, into: Path) -> Path:
     generation = pkg / "generation.py"
     (pkg / "generation").mkdir()
     generation.rename(pkg / "generation" / "__init__.py")
-    (pkg / "generation" / "hf.py").write_text("from zerosearch.generation import HFGenerator, load_policy  # noqa\n")
+    (pkg / "generation" / "hf.py").write_text(
+        "from zerosearch.generation import HFGenerator, load_policy  # noqa\n")
     with open(pkg / "server.py", "a") as f:
         f.write(_SERVER)
     _substitute(pkg / "server.py", "    request_timeout_s: float = 300.0\n",
@@ -99,13 +102,16 @@ def main(commit: str = typer.Option("fced711", "--commit", help="The code before
     for name, body in zip(parts[1::2], parts[2::2]):
         first = next((line[1:].strip() for line in body.splitlines() if line.startswith("E ")), "")
         reasons[name] = first[:300]
-    result = {"commit": commit, "command": "python benchmarks/faults_on_old_code.py", "date":
-              time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "seconds": round(time.monotonic() - started, 1),
-              "failed": sum(v != "PASSED" for v in outcomes.values()), "passed": sum(v == "PASSED" for v in outcomes.values()),
+    if not outcomes:
+        raise SystemExit(f"pytest reported no test (exit {proc.returncode}):\n"
+                         f"{log[-3000:]}{proc.stderr[-2000:]}")
+    failed = sum(v != "PASSED" for v in outcomes.values())
+    result = {"commit": commit, "command": "python benchmarks/faults_on_old_code.py",
+              "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+              "seconds": round(time.monotonic() - started, 1),
+              "failed": failed, "passed": len(outcomes) - failed,
               "tests": {name: {"outcome": outcome, "first_error": reasons.get(name, "")}
                         for name, outcome in outcomes.items()}}
-    if not outcomes:
-        raise SystemExit(f"pytest reported no test (exit {proc.returncode}):\n{log[-3000:]}{proc.stderr[-2000:]}")
     text = json.dumps(result, indent=2)
     print(text)
     if output:

@@ -157,8 +157,9 @@ def test_load_balancing_over_two_servers_with_one_crashing(vllm, vllm_python_pat
     """Both servers take requests; after one is killed mid-run the other serves everything, every
     call still succeeds within its bounds, and the dead one is tried again only after the
     cool-down (a few retried calls spread over time, not a retry on every call)."""
-    # the shared server's engine threads sit on core 0 (vLLM's automatic binding); this one's on
-    # core 1, so neither starves the other (both on core 0, one served nothing for minutes)
+    # vLLM's automatic binding puts the shared server's engine threads on the first cores and leaves
+    # the last one to the schedulers; this one's go on the last core, so neither starves the other
+    # (both automatic: on 2 cores both on core 0, and one served nothing for minutes)
     cpus = os.sched_getaffinity(0)
     second = VLLMServer(vllm_python_path, model_dir, free_port(), tmp_path / "server-b.log",
                         omp_cpus=str(max(cpus)) if len(cpus) > 1 else None)
