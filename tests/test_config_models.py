@@ -73,3 +73,41 @@ def test_training_without_questions_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="no training questions: set data.train"):
         train(load_train_config(None, {"model": {"name": "embedded:tiny-random"}}), log=lambda m: None)
+
+
+def test_a_section_given_in_part_keeps_the_default_its_field_declares():
+    """A YAML that sets one key of a nested section changes that key only: the rest stays what the
+    enclosing config declares (quickstart budgets, greedy evaluation), not the section class's
+    defaults."""
+    from zerosearch.evaluate import EvalConfig
+    from zerosearch.quickstart import QuickstartConfig
+
+    cfg = from_dict(QuickstartConfig, {"rollout": {"max_turns": 3}, "warmup": {"steps": 10},
+                                       "rl": {"curriculum": {"p_end": 0.8}}, "sim": {"tune": {"max_steps": 7}}})
+    default = QuickstartConfig()
+    assert cfg.rollout.max_turns == 3 and cfg.rollout.max_turn_tokens == default.rollout.max_turn_tokens == 48
+    assert cfg.warmup.steps == 10 and cfg.warmup.batch_size == default.warmup.batch_size == 4
+    assert cfg.rl.curriculum.p_end == 0.8 and cfg.rl.curriculum.p_start == 0.0
+    assert cfg.sim.tune.max_steps == 7 and cfg.sim.tune.learning_rate == default.sim.tune.learning_rate
+    assert cfg.sim.tune.cpu_tuning and cfg.sim.tune.max_length == 512
+    evaluation = from_dict(EvalConfig, {"rollout": {"max_turns": 2}})
+    assert evaluation.rollout.temperature == 0.0 and evaluation.rollout.max_turns == 2
+    # the defaults themselves are fresh objects, never shared between two loads
+    assert from_dict(QuickstartConfig, {}).rollout is not from_dict(QuickstartConfig, {}).rollout
+
+
+def test_quickstart_simulator_tuning_is_one_sim_train_config(tmp_path):
+    """The quickstart's simulator stage runs `sim train`'s own SimTrainConfig (``sim.tune``); it
+    fills in only the base model, data, output folder and seed, and refuses a YAML that sets them."""
+    from zerosearch.quickstart import QuickstartConfig, simulator_tuning
+
+    cfg = from_dict(QuickstartConfig, {"output_dir": str(tmp_path), "seed": 3, "simulator_base": "m",
+                                       "sim": {"tune": {"max_steps": 9, "answer_weight": 10.0}}})
+    tune = simulator_tuning(cfg)
+    assert (tune.model, tune.seed, tune.max_steps, tune.answer_weight) == ("m", 3, 9, 10.0)
+    assert tune.data == str(tmp_path / "sim" / "sft" / "train.jsonl")
+    assert tune.output_dir == str(tmp_path / "sim" / "simulator")
+    with pytest.raises(ConfigError, match="sim.tune.model"):
+        simulator_tuning(from_dict(QuickstartConfig, {"sim": {"tune": {"model": "other"}}}))
+    with pytest.raises(ConfigError, match="unknown key.*steps"):
+        from_dict(QuickstartConfig, {"sim": {"steps": 5}})

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOY = {
     "policy": "embedded:tiny-random", "simulator_base": "embedded:tiny-random", "topk": 2,
     "world": {"people": 20, "works": 10, "organisations": 5, "cities": 6, "countries": 2, "distractors": 10},
-    "sim": {"questions": 16, "steps": 1, "batch_size": 2, "max_new_tokens": 16},
+    "sim": {"questions": 16, "tune": {"max_steps": 1, "batch_size": 2}, "max_new_tokens": 16},
     "warmup": {"steps": 1, "batch_size": 2, "max_traces": 4},
     "rl": {"steps": 1, "prompts_per_step": 2, "num_generations": 2, "learning_rate": 1e-3},
     "rollout": {"max_turns": 1, "max_turn_tokens": 10, "max_completion_tokens": 80, "max_obs_tokens": 40,

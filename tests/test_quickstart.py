@@ -16,7 +16,7 @@ from zerosearch.warmup import build_traces
 TOY = {
     "policy": "embedded:tiny-random", "simulator_base": "embedded:tiny-random", "topk": 2,
     "world": {"people": 20, "works": 10, "organisations": 5, "cities": 6, "countries": 2, "distractors": 10},
-    "sim": {"questions": 24, "steps": 2, "batch_size": 2, "max_new_tokens": 24},
+    "sim": {"questions": 24, "tune": {"max_steps": 2, "batch_size": 2}, "max_new_tokens": 24},
     "warmup": {"steps": 2, "batch_size": 2, "max_traces": 8},
     "rl": {"steps": 2, "prompts_per_step": 2, "num_generations": 2},
     "rollout": {"max_turns": 1, "max_turn_tokens": 12, "max_completion_tokens": 120, "max_obs_tokens": 60,

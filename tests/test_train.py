@@ -293,4 +293,4 @@ def test_quickstart_presets_load():
     assert paths
     for path in paths:
         cfg = from_dict(QuickstartConfig, load_yaml(path))
-        assert cfg.sim.steps > 0 and cfg.sim.max_new_tokens > 0
+        assert cfg.sim.tune.max_steps > 0 and cfg.sim.max_new_tokens > 0

@@ -55,18 +55,40 @@ def _coerce(value: Any, annotation: Any, where: str) -> Any:
     return value
 
 
-def from_dict(cls: type[T], data: dict[str, Any], where: str = "") -> T:
-    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError."""
+def _section_default(base: Any, f: dataclasses.Field) -> Any:
+    """What a nested section starts from: the enclosing default's value, else the field's own
+    default (``default_factory`` included)."""
+    if base is not None:
+        return getattr(base, f.name)
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return None if f.default is dataclasses.MISSING else f.default
+
+
+def from_dict(cls: type[T], data: dict[str, Any], where: str = "", base: T | None = None) -> T:
+    """Build dataclass ``cls`` from ``data``; unknown keys and wrong types raise ConfigError.
+
+    A key left out keeps its default, at every depth: a nested section given in part keeps the
+    rest of the default its field declares (``field(default_factory=lambda: RolloutConfig(
+    temperature=0.0))`` stays greedy when a YAML sets only ``rollout.max_turns``), not the section
+    class's own defaults. ``base`` is that default for ``cls`` itself."""
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
     if unknown:
         prefix = f"{where}: " if where else ""
         raise ConfigError(f"{prefix}unknown key(s) {', '.join(unknown)}; valid keys: "
-                          f"{', '.join(sorted(names))}")
-    values = {k: _coerce(v, hints[k], f"{where}.{k}" if where else k) for k, v in data.items()}
+                          f"{', '.join(sorted(fields))}")
+    values = {}
+    for k, v in data.items():
+        sub = f"{where}.{k}" if where else k
+        default = _section_default(base, fields[k]) if dataclasses.is_dataclass(hints[k]) else None
+        if isinstance(v, dict) and isinstance(default, hints[k]):
+            values[k] = from_dict(hints[k], v, sub, base=default)
+        else:
+            values[k] = _coerce(v, hints[k], sub)
     try:
-        return cls(**values)
+        return dataclasses.replace(base, **values) if base is not None else cls(**values)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"{where or cls.__name__}: {err}") from None
 

@@ -28,11 +28,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from zerosearch.config import ConfigError
 from zerosearch.curriculum import CurriculumConfig
 from zerosearch.engines.factory import EngineConfig, build_engine
 from zerosearch.miniworld import FIT_FILE, VAL_FILE, MiniWorldConfig, write_validation_split, write_world
 from zerosearch.report import LABELS, write_quickstart_report
 from zerosearch.rollout import RolloutConfig
+from zerosearch.sim.tune import SimTrainConfig
 from zerosearch.warmup import WarmupConfig
 
 if TYPE_CHECKING:
@@ -42,18 +44,22 @@ Progress = Callable[[str, int, int, str], None]
 """progress(stage, done, total, info): drives the CLI's bars."""
 
 
+def _quickstart_tuning() -> SimTrainConfig:
+    return SimTrainConfig(max_steps=20, batch_size=4, learning_rate=1e-4, max_length=512, cpu_tuning=True)
+
+
 @dataclass
 class SimStageConfig:
-    """The short simulation-tuning pass."""
+    """The short simulation-tuning pass: which data it collects and builds, the fine-tuning
+    itself (``tune``), and how the tuned simulator samples during RL."""
 
     questions: int = 300
     """Training questions whose BM25 results become simulator SFT data."""
-    steps: int = 20
-    """Simulator SFT optimizer steps."""
-    batch_size: int = 4
-    """SFT examples per step."""
-    learning_rate: float = 1e-4
-    """SFT learning rate (small models need far more than the paper's 1e-6)."""
+    tune: SimTrainConfig = field(default_factory=_quickstart_tuning)
+    """The simulator's fine-tuning (``zerosearch sim train``'s settings: ``max_steps``,
+    ``learning_rate``, ``batch_size``, ``answer_weight``, ``noisy_unlikelihood``, ...). The stage
+    sets its ``model`` (``simulator_base``), ``data``, ``output_dir`` and ``seed``; giving one of
+    those here is an error."""
     max_doc_words: int = 30
     """Words kept per document in the SFT targets (mini-world passages are about 20 words)."""
     temperature: float = 0.7
@@ -66,13 +72,6 @@ class SimStageConfig:
     paired: bool = False
     """Each collected query gives a useful and a noisy example where its documents allow
     (``sim.build.paired_examples``), instead of one example in the mode of its label."""
-    answer_weight: float = 1.0
-    """Loss weight of the gold-answer tokens in useful targets (``SimTrainConfig.answer_weight``)."""
-    noisy_unlikelihood: float = 0.0
-    """Unlikelihood weight on the gold answer's first tokens in noisy targets
-    (``SimTrainConfig.noisy_unlikelihood``)."""
-    noisy_contrast: bool = False
-    """The unlikelihood also on useful targets under noisy prompts (``SimTrainConfig.noisy_contrast``)."""
     answer_first: bool = False
     """Useful targets put the documents holding a gold answer first (``sim.build.build``)."""
     answer_lead: int | None = None
@@ -170,13 +169,31 @@ def train_questions(cfg: QuickstartConfig) -> Path:
     return world / (FIT_FILE if cfg.val_questions else "train.jsonl")
 
 
+STAGE_SET = ("model", "data", "output_dir", "seed")
+"""The ``sim.tune`` fields the quickstart sets itself."""
+
+
+def simulator_tuning(cfg: QuickstartConfig) -> SimTrainConfig:
+    """``sim.tune`` with the fields the stage owns filled in: the base model, the SFT set it built,
+    its output folder and the run's seed. A YAML that sets one of those gets an error, not a value
+    silently replaced."""
+    default = SimTrainConfig()
+    given = [name for name in STAGE_SET if getattr(cfg.sim.tune, name) != getattr(default, name)]
+    if given:
+        raise ConfigError(f"sim.tune.{given[0]} is set by the quickstart (the simulator base is "
+                         f"simulator_base, the seed is seed); remove it from sim.tune")
+    sim = Path(cfg.output_dir) / "sim"
+    return replace(cfg.sim.tune, model=cfg.simulator_base, data=str(sim / "sft" / "train.jsonl"),
+                   output_dir=str(sim / "simulator"), seed=cfg.seed)
+
+
 def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str:
     """Collect from BM25, label, build, fine-tune; returns the simulator folder."""
     from zerosearch.qa import load_qa
     from zerosearch.sim.build import build
     from zerosearch.sim.collect import CollectConfig, collect
     from zerosearch.sim.label import label
-    from zerosearch.sim.tune import SimTrainConfig, train_simulator
+    from zerosearch.sim.tune import train_simulator
 
     sim = Path(cfg.output_dir) / "sim"
     final = sim / "simulator" / "final"
@@ -197,13 +214,8 @@ def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str
                   0.1, cfg.seed, answer_first=cfg.sim.answer_first, answer_lead=cfg.sim.answer_lead,
                   paired=cfg.sim.paired)
     log(f"simulator SFT set: {json.dumps(stats)}")
-    return train_simulator(SimTrainConfig(
-        model=cfg.simulator_base, data=str(sim / "sft" / "train.jsonl"), output_dir=str(sim / "simulator"),
-        max_steps=cfg.sim.steps, learning_rate=cfg.sim.learning_rate, batch_size=cfg.sim.batch_size,
-        max_length=512, seed=cfg.seed, answer_weight=cfg.sim.answer_weight,
-        noisy_unlikelihood=cfg.sim.noisy_unlikelihood, noisy_contrast=cfg.sim.noisy_contrast,
-        cpu_tuning=True), log=log,
-        progress=lambda d, t, info: progress("sim: fine-tune", d, t, info))
+    return train_simulator(simulator_tuning(cfg), log=log,
+                           progress=lambda d, t, info: progress("sim: fine-tune", d, t, info))
 
 
 def stage_fidelity(cfg: QuickstartConfig, progress: Progress) -> dict[str, Any]:

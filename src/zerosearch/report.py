@@ -198,7 +198,7 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
         *[f"| {k} | {v:.0f} |" for k, v in stages.items()],
         f"| **total** | **{sum(stages.values()):.0f}** |", "",
         "## Training", "",
-        f"- Simulator: `{cfg.simulator_base}` fine-tuned for {cfg.sim.steps} steps on "
+        f"- Simulator: `{cfg.simulator_base}` fine-tuned for {cfg.sim.tune.max_steps} steps on "
         f"{cfg.sim.questions} questions' BM25 results"
         + _sft_summary(sim_stats) + ".",
         _fidelity_line(out / "sim" / "fidelity" / "fidelity.json"),
