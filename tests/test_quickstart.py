@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from zerosearch.engines.factory import EngineConfig, build_engine
@@ -95,3 +96,26 @@ def test_bad_quickstart_configs_fail_before_any_work(tmp_path):
     (tmp_path / "qs" / "config.json").write_text(json.dumps({"policy": "something-else"}))
     r = _zs("quickstart", "-o", str(tmp_path / "qs"), "--rl-steps", "1")
     assert r.returncode != 0 and "different" in r.stderr and "policy" in r.stderr
+
+
+def test_a_run_folder_from_before_sim_tune_resumes_with_the_same_settings(tmp_path):
+    """A config.json written when the sim section held its fine-tuning keys itself (steps,
+    batch_size, ...) is the same configuration as today's ``sim.tune``: the folder resumes; a
+    different setting is still refused."""
+    import dataclasses
+
+    from zerosearch.quickstart import QuickstartConfig, check_same_config
+
+    cfg = QuickstartConfig(output_dir=str(tmp_path))
+    old = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    tune = old["sim"].pop("tune")
+    old["sim"].update(steps=tune["max_steps"], batch_size=tune["batch_size"],
+                      learning_rate=tune["learning_rate"], answer_weight=tune["answer_weight"],
+                      noisy_unlikelihood=tune["noisy_unlikelihood"], noisy_contrast=tune["noisy_contrast"])
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    check_same_config(cfg)
+    assert "tune" in json.loads((tmp_path / "config.json").read_text())["sim"]
+    old["sim"]["steps"] += 1
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="different sim"):
+        check_same_config(cfg)

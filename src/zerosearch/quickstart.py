@@ -356,13 +356,30 @@ def eval_runs(cfg: QuickstartConfig, start: str, trained: str) -> list[tuple[str
     return runs
 
 
+LEGACY_SIM_TUNE = {"steps": "max_steps", "batch_size": "batch_size", "learning_rate": "learning_rate",
+                   "answer_weight": "answer_weight", "noisy_unlikelihood": "noisy_unlikelihood",
+                   "noisy_contrast": "noisy_contrast"}
+"""Fine-tuning keys the ``sim`` section held itself before it held ``sim.tune`` (old key: new key)."""
+
+
+def _upgrade(before: dict[str, Any]) -> dict[str, Any]:
+    """A ``config.json`` written before ``sim.tune`` existed, in today's layout, so a run folder
+    made then resumes when its settings are the same."""
+    sim = before.get("sim")
+    if not isinstance(sim, dict) or "tune" in sim:
+        return before
+    tune = asdict(_quickstart_tuning())
+    tune.update({new: sim.pop(old) for old, new in LEGACY_SIM_TUNE.items() if old in sim})
+    return {**before, "sim": {**sim, "tune": tune}}
+
+
 def check_same_config(cfg: QuickstartConfig) -> None:
     """A rerun resumes only the same configuration: finished stages would otherwise be reused with
     settings they were not made with. Different settings need another output folder."""
     path = Path(cfg.output_dir) / "config.json"
     now = json.loads(json.dumps(asdict(cfg)))
     if path.exists():
-        before = json.loads(path.read_text())
+        before = _upgrade(json.loads(path.read_text()))
         changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
         if changed:
             raise ValueError(f"{cfg.output_dir} holds a quickstart with different {', '.join(changed)}; "
