@@ -42,7 +42,7 @@ def bm25(tmp_path_factory):
 def simulated(tiny_model):
     server = zerosearch_serve("--engine", "simulated", "--model", "embedded:tiny-random",
                               "--max-new-tokens", "8", "--max-batch-size", "512", "--seed", "0",
-                              "--topk", "2", "--noise-prob", "0.0")
+                              "--topk", "2", "--noise-prob", "0.0", "--request-timeout", "300")
     yield server
     server.kill()
 
