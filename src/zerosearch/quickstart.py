@@ -368,9 +368,10 @@ def _upgrade(before: dict[str, Any]) -> dict[str, Any]:
     sim = before.get("sim")
     if not isinstance(sim, dict) or "tune" in sim:
         return before
-    tune = asdict(_quickstart_tuning())
-    tune.update({new: sim.pop(old) for old, new in LEGACY_SIM_TUNE.items() if old in sim})
-    return {**before, "sim": {**sim, "tune": tune}}
+    tune = {**asdict(_quickstart_tuning()),
+            **{LEGACY_SIM_TUNE[k]: v for k, v in sim.items() if k in LEGACY_SIM_TUNE}}
+    rest = {k: v for k, v in sim.items() if k not in LEGACY_SIM_TUNE}
+    return {**before, "sim": {**rest, "tune": tune}}
 
 
 def check_same_config(cfg: QuickstartConfig) -> None:
