@@ -62,6 +62,8 @@ def main(
     temperature: Optional[float] = typer.Option(D.temperature, "--temperature",
                                                 help="Sampling temperature of the training rollouts "
                                                      "(default: config rl.temperature)."),
+    beta: Optional[float] = typer.Option(D.beta, "--beta",
+                                         help="KL coefficient to the starting policy (default: config rl.beta)."),
     eval_questions: int = typer.Option(D.eval_questions, "--eval-questions",
                                        help="Test questions per evaluation (0: all)."),
     val_questions: int = typer.Option(D.val_questions, "--val-questions",
@@ -85,7 +87,7 @@ def main(
         arms=list(QUICK_ARMS) if quick else (_list(arms) if arms else list(D.arms)),
         seeds=[0, 1, 2] if quick else (_seeds(seeds) if seeds else list(D.seeds)),
         start=start, steps=steps, prompts_per_step=prompts_per_step, num_generations=num_generations,
-        learning_rate=learning_rate, temperature=temperature, eval_questions=eval_questions,
+        learning_rate=learning_rate, temperature=temperature, beta=beta, eval_questions=eval_questions,
         val_questions=val_questions, eval_splits=_list(eval_split), sim_gap=sim_gap, copy_to=copy_to,
         start_only=start_only)
     progress, update = named_progress(28)

@@ -265,3 +265,17 @@ def test_temperature_reaches_the_rollouts_and_names_the_run_folder():
     assert settings_tag(cooled).endswith("-t0.7") and cooled.rl.temperature == 0.7
     train_cfg = rl_train_config(cooled, "m", simulator_config(cooled), cooled.rl.curriculum, Path("x"))
     assert train_cfg.rollout.temperature == 0.7
+
+
+def test_beta_reaches_the_trainer_and_names_the_run_folder():
+    from zerosearch.learning import quickstart_config, rl_settings, settings_tag
+    from zerosearch.quickstart import rl_train_config, simulator_config
+
+    base = quickstart_config(LearningConfig())
+    assert "-b" not in settings_tag(base)  # folders of runs at the default KL keep their names
+    tight = rl_settings(base, LearningConfig(beta=0.04, temperature=0.7))
+    assert settings_tag(tight).endswith("-t0.7-b0.04") and tight.rl.beta == 0.04
+    train_cfg = rl_train_config(tight, "m", simulator_config(tight), tight.rl.curriculum, Path("x"))
+    assert train_cfg.algorithm.beta == 0.04
+    with pytest.raises(ConfigError, match="--beta must be >= 0"):
+        validate(LearningConfig(beta=-0.1))

@@ -40,7 +40,7 @@ from zerosearch.config import ConfigError
 from zerosearch.curriculum import CurriculumConfig
 from zerosearch.engines.factory import EngineConfig
 from zerosearch.jsonl import read_finished
-from zerosearch.quickstart import (Progress, QuickstartConfig, bm25_config, check_same_config,
+from zerosearch.quickstart import (Progress, QuickstartConfig, RLStageConfig, bm25_config, check_same_config,
                                    rl_train_config, simulator_config, stage_eval, stage_rl,
                                    stage_simulator, stage_warmup, stage_world)
 from zerosearch.report import plot_curves, rl_curve, stats_by_hops
@@ -181,6 +181,10 @@ class LearningConfig:
     temperature: float | None = None
     """Policy sampling temperature of the training rollouts (None: the config's rl.temperature);
     evaluation stays greedy."""
+    beta: float | None = None
+    """KL coefficient to the starting policy (None: the config's rl.beta). In a step whose every
+    rollout scores 0 the KL term is the only gradient, so it is what pulls a policy that has lost
+    the action format back towards the start."""
     eval_questions: int = 0
     """Test questions evaluated per run (0: all)."""
     val_questions: int = 100
@@ -212,16 +216,20 @@ def quickstart_config(lc: LearningConfig) -> QuickstartConfig:
 def rl_settings(cfg: QuickstartConfig, lc: LearningConfig) -> QuickstartConfig:
     """``cfg`` with the benchmark's RL budget in its rl section."""
     pick = {k: getattr(lc, k) for k in ("steps", "prompts_per_step", "num_generations", "learning_rate",
-                                        "temperature") if getattr(lc, k) is not None}
+                                        "temperature", "beta") if getattr(lc, k) is not None}
     return replace(cfg, rl=replace(cfg.rl, **pick))
 
 
 def settings_tag(cfg: QuickstartConfig) -> str:
-    """The run folder's name for an RL budget; the temperature is named only when it is not 1 (the
-    folders of earlier runs keep their names)."""
+    """The run folder's name for an RL budget; the temperature is named only when it is not 1 and the
+    KL coefficient only when it is not RLStageConfig's (the folders of earlier runs keep their names)."""
     rl = cfg.rl
     tag = f"steps{rl.steps}-q{rl.prompts_per_step}-g{rl.num_generations}-lr{rl.learning_rate:g}"
-    return tag if rl.temperature == 1.0 else f"{tag}-t{rl.temperature:g}"
+    if rl.temperature != 1.0:
+        tag += f"-t{rl.temperature:g}"
+    if rl.beta != RLStageConfig.beta:
+        tag += f"-b{rl.beta:g}"
+    return tag
 
 
 def validate(lc: LearningConfig) -> None:
@@ -236,6 +244,8 @@ def validate(lc: LearningConfig) -> None:
         raise ConfigError(f"unknown eval split(s) {', '.join(bad) or '(none given)'}; choose from {', '.join(SPLITS)}")
     if "val" in lc.eval_splits and lc.val_questions <= 0:
         raise ConfigError("--eval-split val needs --val-questions > 0")
+    if lc.beta is not None and lc.beta < 0:
+        raise ConfigError(f"--beta must be >= 0 (a KL coefficient), got {lc.beta}")
     if lc.temperature is not None and lc.temperature <= 0:
         raise ConfigError(f"--temperature must be > 0 (rollouts sample), got {lc.temperature}")
     if lc.eval_questions < 0:
