@@ -52,7 +52,7 @@ def main(
                                                       "0,1,2."),
     start: str = typer.Option(D.start, "--start", help=f"Starting point: {', '.join(STARTS)} "
                                                        "(warmup:N = N warm-up steps)."),
-    steps: Optional[int] = typer.Option(D.steps, "--steps", help="RL steps per run (default: config rl.steps)."),
+    steps: Optional[int] = typer.Option(D.steps, "--steps", help="RL steps per run (default: config rl.training.max_steps)."),
     prompts_per_step: Optional[int] = typer.Option(D.prompts_per_step, "--prompts-per-step",
                                                    help="Questions per step (default: config)."),
     num_generations: Optional[int] = typer.Option(D.num_generations, "--num-generations",

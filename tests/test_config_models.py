@@ -111,3 +111,32 @@ def test_quickstart_simulator_tuning_is_one_sim_train_config(tmp_path):
         simulator_tuning(from_dict(QuickstartConfig, {"sim": {"tune": {"model": "other"}}}))
     with pytest.raises(ConfigError, match="unknown key.*steps"):
         from_dict(QuickstartConfig, {"sim": {"steps": 5}})
+
+
+def test_quickstart_rl_stage_is_train_s_own_algorithm_and_training_sections(tmp_path):
+    """The quickstart's RL stage runs `zerosearch train`'s own AlgorithmConfig and TrainingConfig
+    (``rl.algorithm``, ``rl.training``); it fills in only the output folder and seed, refuses a YAML
+    that sets them, and a micro-batch of 0 (the quickstart's) is the whole step however it is sized."""
+    from zerosearch.quickstart import QuickstartConfig, rl_train_config, simulator_config
+
+    cfg = from_dict(QuickstartConfig, {"output_dir": str(tmp_path), "seed": 3,
+                                       "rl": {"training": {"max_steps": 9, "prompts_per_step": 3},
+                                              "algorithm": {"num_generations": 5, "beta": 0.02}}})
+    train = rl_train_config(cfg, "m", simulator_config(cfg), cfg.rl.curriculum, tmp_path / "rl")
+    t, a = train.training, train.algorithm
+    assert (t.max_steps, t.prompts_per_step, t.seed, t.output_dir) == (9, 3, 3, str(tmp_path / "rl"))
+    assert (a.num_generations, a.beta, a.name, a.reward) == (5, 0.02, "grpo", "f1")
+    assert t.micro_batch_size == 0 and t.cpu_tuning and t.learning_rate == QuickstartConfig().rl.training.learning_rate
+    arm = rl_train_config(cfg, "m", simulator_config(cfg), cfg.rl.curriculum, tmp_path / "rl",
+                          algorithm="ppo", mask_inserted_tokens=False, seed=7)
+    assert (arm.algorithm.name, arm.training.mask_inserted_tokens, arm.training.seed) == ("ppo", False, 7)
+    assert cfg.rl.algorithm.name == "grpo"  # the arm's choice does not leak back into the config
+    for owned in ({"output_dir": "elsewhere"}, {"seed": 5}):
+        bad = from_dict(QuickstartConfig, {"rl": {"training": owned}})
+        with pytest.raises(ConfigError, match=f"rl.training.{next(iter(owned))}"):
+            rl_train_config(bad, "m", simulator_config(bad), bad.rl.curriculum, tmp_path / "rl")
+    with pytest.raises(ConfigError, match="unknown key.*steps"):
+        from_dict(QuickstartConfig, {"rl": {"steps": 5}})
+    with pytest.raises(ConfigError, match="micro_batch_size must be >= 0"):
+        rl_train_config(from_dict(QuickstartConfig, {"rl": {"training": {"micro_batch_size": -1}}}),
+                        "m", simulator_config(cfg), cfg.rl.curriculum, tmp_path / "rl")

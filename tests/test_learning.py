@@ -25,7 +25,8 @@ TOY = {
     "world": {"people": 20, "works": 10, "organisations": 5, "cities": 6, "countries": 2, "distractors": 10},
     "sim": {"questions": 16, "tune": {"max_steps": 1, "batch_size": 2}, "max_new_tokens": 16},
     "warmup": {"steps": 1, "batch_size": 2, "max_traces": 4},
-    "rl": {"steps": 1, "prompts_per_step": 2, "num_generations": 2, "learning_rate": 1e-3},
+    "rl": {"training": {"max_steps": 1, "prompts_per_step": 2, "learning_rate": 1e-3},
+           "algorithm": {"num_generations": 2}},
     "rollout": {"max_turns": 1, "max_turn_tokens": 10, "max_completion_tokens": 80, "max_obs_tokens": 40,
                 "topk": 2},
     "eval_batch_size": 8,
@@ -274,7 +275,7 @@ def test_beta_reaches_the_trainer_and_names_the_run_folder():
     base = quickstart_config(LearningConfig())
     assert "-b" not in settings_tag(base)  # folders of runs at the default KL keep their names
     tight = rl_settings(base, LearningConfig(beta=0.04, temperature=0.7))
-    assert settings_tag(tight).endswith("-t0.7-b0.04") and tight.rl.beta == 0.04
+    assert settings_tag(tight).endswith("-t0.7-b0.04") and tight.rl.algorithm.beta == 0.04
     train_cfg = rl_train_config(tight, "m", simulator_config(tight), tight.rl.curriculum, Path("x"))
     assert train_cfg.algorithm.beta == 0.04
     with pytest.raises(ConfigError, match="--beta must be >= 0"):

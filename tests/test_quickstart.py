@@ -19,7 +19,7 @@ TOY = {
     "world": {"people": 20, "works": 10, "organisations": 5, "cities": 6, "countries": 2, "distractors": 10},
     "sim": {"questions": 24, "tune": {"max_steps": 2, "batch_size": 2}, "max_new_tokens": 24},
     "warmup": {"steps": 2, "batch_size": 2, "max_traces": 8},
-    "rl": {"steps": 2, "prompts_per_step": 2, "num_generations": 2},
+    "rl": {"training": {"max_steps": 2, "prompts_per_step": 2}, "algorithm": {"num_generations": 2}},
     "rollout": {"max_turns": 1, "max_turn_tokens": 12, "max_completion_tokens": 120, "max_obs_tokens": 60,
                 "topk": 2},
     "eval_questions": 4, "eval_batch_size": 4,
@@ -118,4 +118,27 @@ def test_a_run_folder_from_before_sim_tune_resumes_with_the_same_settings(tmp_pa
     old["sim"]["steps"] += 1
     (tmp_path / "config.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match="different sim"):
+        check_same_config(cfg)
+
+
+def test_a_run_folder_from_before_rl_training_resumes_with_the_same_settings(tmp_path):
+    """A config.json written when the rl section held its budget keys itself (steps,
+    prompts_per_step, num_generations, learning_rate, beta) is the same configuration as today's
+    ``rl.training`` / ``rl.algorithm``: the folder resumes; a different setting is still refused."""
+    import dataclasses
+
+    from zerosearch.quickstart import QuickstartConfig, check_same_config
+
+    cfg = QuickstartConfig(output_dir=str(tmp_path))
+    old = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    training, algorithm = old["rl"].pop("training"), old["rl"].pop("algorithm")
+    old["rl"].update(steps=training["max_steps"], prompts_per_step=training["prompts_per_step"],
+                     learning_rate=training["learning_rate"], num_generations=algorithm["num_generations"],
+                     beta=algorithm["beta"])
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    check_same_config(cfg)
+    assert "training" in json.loads((tmp_path / "config.json").read_text())["rl"]
+    old["rl"]["beta"] *= 2
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="different rl"):
         check_same_config(cfg)

@@ -629,7 +629,7 @@ def quickstart(
         if warmup_steps is not None:
             cfg.warmup.steps = warmup_steps
         if rl_steps is not None:
-            cfg.rl.steps = rl_steps
+            cfg.rl.training.max_steps = rl_steps
     except USER_ERRORS as err:
         fail(err)
     progress, update = named_progress()

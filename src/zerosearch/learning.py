@@ -171,18 +171,18 @@ class LearningConfig:
     start: str = "untouched"
     """Starting point: a key of :data:`STARTS`, optionally ``:ARG`` (``warmup:24``)."""
     steps: int | None = None
-    """RL steps per run (None: the config's rl.steps)."""
+    """RL steps per run (None: the config's rl.training.max_steps)."""
     prompts_per_step: int | None = None
-    """Questions per step (None: the config's rl.prompts_per_step)."""
+    """Questions per step (None: the config's rl.training.prompts_per_step)."""
     num_generations: int | None = None
-    """Rollouts per question (None: the config's rl.num_generations)."""
+    """Rollouts per question (None: the config's rl.algorithm.num_generations)."""
     learning_rate: float | None = None
-    """Policy learning rate (None: the config's rl.learning_rate)."""
+    """Policy learning rate (None: the config's rl.training.learning_rate)."""
     temperature: float | None = None
     """Policy sampling temperature of the training rollouts (None: the config's rl.temperature);
     evaluation stays greedy."""
     beta: float | None = None
-    """KL coefficient to the starting policy (None: the config's rl.beta). In a step whose every
+    """KL coefficient to the starting policy (None: the config's rl.algorithm.beta). In a step whose every
     rollout scores 0 the KL term is the only gradient, so it is what pulls a policy that has lost
     the action format back towards the start."""
     eval_questions: int = 0
@@ -215,20 +215,26 @@ def quickstart_config(lc: LearningConfig) -> QuickstartConfig:
 
 def rl_settings(cfg: QuickstartConfig, lc: LearningConfig) -> QuickstartConfig:
     """``cfg`` with the benchmark's RL budget in its rl section."""
-    pick = {k: getattr(lc, k) for k in ("steps", "prompts_per_step", "num_generations", "learning_rate",
-                                        "temperature", "beta") if getattr(lc, k) is not None}
-    return replace(cfg, rl=replace(cfg.rl, **pick))
+    def given(**fields):
+        return {k: v for k, v in fields.items() if v is not None}
+
+    rl = cfg.rl
+    return replace(cfg, rl=replace(
+        rl, **given(temperature=lc.temperature),
+        training=replace(rl.training, **given(max_steps=lc.steps, prompts_per_step=lc.prompts_per_step,
+                                              learning_rate=lc.learning_rate)),
+        algorithm=replace(rl.algorithm, **given(num_generations=lc.num_generations, beta=lc.beta))))
 
 
 def settings_tag(cfg: QuickstartConfig) -> str:
     """The run folder's name for an RL budget; the temperature is named only when it is not 1 and the
-    KL coefficient only when it is not RLStageConfig's (the folders of earlier runs keep their names)."""
-    rl = cfg.rl
-    tag = f"steps{rl.steps}-q{rl.prompts_per_step}-g{rl.num_generations}-lr{rl.learning_rate:g}"
-    if rl.temperature != 1.0:
-        tag += f"-t{rl.temperature:g}"
-    if rl.beta != RLStageConfig.beta:
-        tag += f"-b{rl.beta:g}"
+    KL coefficient only when it is not the quickstart's (the folders of earlier runs keep their names)."""
+    t, a = cfg.rl.training, cfg.rl.algorithm
+    tag = f"steps{t.max_steps}-q{t.prompts_per_step}-g{a.num_generations}-lr{t.learning_rate:g}"
+    if cfg.rl.temperature != 1.0:
+        tag += f"-t{cfg.rl.temperature:g}"
+    if a.beta != RLStageConfig().algorithm.beta:
+        tag += f"-b{a.beta:g}"
     return tag
 
 
@@ -303,7 +309,7 @@ def run(lc: LearningConfig, progress: Progress, command: str = "", log=lambda m:
     for arm_name, arm in arms.items():
         for seed in lc.seeds:
             folder = run_dir(out, lc.start, tag, arm_name, seed)
-            curriculum = NOISE[arm.curriculum](rl_cfg.rl.curriculum, rl_cfg.rl.steps, seed)
+            curriculum = NOISE[arm.curriculum](rl_cfg.rl.curriculum, rl_cfg.rl.training.max_steps, seed)
             train_cfg = rl_train_config(rl_cfg, start_model, arm_engine(arm, rl_cfg, seed), curriculum,
                                         folder / "rl", algorithm=arm.algorithm,
                                         mask_inserted_tokens=arm.mask_inserted_tokens, seed=seed)
@@ -394,7 +400,7 @@ def collect(lc: LearningConfig, cfg: QuickstartConfig, rl_cfg: QuickstartConfig,
                                  "mask_inserted_tokens": arm.mask_inserted_tokens, "about": arm.about,
                                  "seeds": list(lc.seeds)}
         if arm.curriculum == "fixed":
-            entry["fixed_noise"] = mean_noise(rl_cfg.rl.curriculum, rl_cfg.rl.steps)
+            entry["fixed_noise"] = mean_noise(rl_cfg.rl.curriculum, rl_cfg.rl.training.max_steps)
         evals = {s: [] for s in limits}
         curves, step_s, rl_s = [], [], []
         for seed in lc.seeds:
@@ -422,13 +428,14 @@ def collect(lc: LearningConfig, cfg: QuickstartConfig, rl_cfg: QuickstartConfig,
                       "curves": {str(s): c for s, c in zip(lc.seeds, curves)}})
         arms[arm_name] = entry
     rl = rl_cfg.rl
+    t, a = rl.training, rl.algorithm
     return {
         "command": command, "machine": machine(), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "test_questions": limits.get("test", 0), "val_questions": limits.get("val", 0),
-        "settings": {"policy": cfg.policy, "simulator_base": cfg.simulator_base, "steps": rl.steps,
-                     "prompts_per_step": rl.prompts_per_step, "num_generations": rl.num_generations,
-                     "learning_rate": rl.learning_rate, "beta": rl.beta, "temperature": rl.temperature,
-                     "curriculum": asdict(rl.curriculum), "reward": "f1", "seeds": list(lc.seeds),
+        "settings": {"policy": cfg.policy, "simulator_base": cfg.simulator_base, "steps": t.max_steps,
+                     "prompts_per_step": t.prompts_per_step, "num_generations": a.num_generations,
+                     "learning_rate": t.learning_rate, "beta": a.beta, "temperature": rl.temperature,
+                     "curriculum": asdict(rl.curriculum), "reward": a.reward, "seeds": list(lc.seeds),
                      "rollout": asdict(cfg.rollout), "topk": cfg.topk, "runs": f"runs/{lc.start.replace(':', '-')}/{tag}"},
         "start": start, "arms": arms,
     }

@@ -35,6 +35,7 @@ from zerosearch.miniworld import FIT_FILE, VAL_FILE, MiniWorldConfig, write_vali
 from zerosearch.report import LABELS, write_quickstart_report
 from zerosearch.rollout import RolloutConfig
 from zerosearch.sim.tune import SimTrainConfig
+from zerosearch.train.config import AlgorithmConfig, TrainingConfig
 from zerosearch.warmup import WarmupConfig
 
 if TYPE_CHECKING:
@@ -79,24 +80,34 @@ class SimStageConfig:
     ``max_doc_words``)."""
 
 
+def _quickstart_algorithm() -> AlgorithmConfig:
+    return AlgorithmConfig(num_generations=4, beta=0.001, reward="f1")
+
+
+def _quickstart_training() -> TrainingConfig:
+    # micro_batch_size 0: a step's rollouts in one backward pass, the fastest on a CPU at this size;
+    # generation_batch_size: every rollout of a step of up to 16 decoded together
+    return TrainingConfig(max_steps=6, prompts_per_step=2, micro_batch_size=0, generation_batch_size=16,
+                          learning_rate=5e-6, save_steps=2, save_total_limit=1, report_to=[], cpu_tuning=True)
+
+
 @dataclass
 class RLStageConfig:
-    """The short RL run (GRPO, simulated engine, curriculum)."""
+    """The short RL run (GRPO, simulated engine, curriculum): ``zerosearch train``'s own algorithm
+    and training sections, the noise schedule, and the rollouts' sampling temperature."""
 
-    steps: int = 6
-    """Optimizer steps."""
-    prompts_per_step: int = 2
-    """Questions per step."""
-    num_generations: int = 4
-    """Rollouts per question (the GRPO group)."""
-    learning_rate: float = 5e-6
-    """Policy learning rate."""
-    beta: float = 0.001
-    """KL coefficient to the reference policy."""
+    algorithm: AlgorithmConfig = field(default_factory=_quickstart_algorithm)
+    """The RL algorithm and its loss (``zerosearch train``'s ``algorithm`` section: ``name``,
+    ``num_generations``, ``beta``, ``reward``, ...). The learning benchmark's arms set ``name``."""
+    training: TrainingConfig = field(default_factory=_quickstart_training)
+    """Optimisation and checkpoints (``zerosearch train``'s ``training`` section: ``max_steps``,
+    ``prompts_per_step``, ``learning_rate``, ``save_steps``, ...). The stage sets ``output_dir`` and
+    ``seed``; giving one of those here is an error. The learning benchmark's arms set
+    ``mask_inserted_tokens``."""
     curriculum: CurriculumConfig = field(default_factory=lambda: CurriculumConfig(p_start=0.0, p_end=0.5))
     """Noise schedule of the simulated engine."""
     temperature: float = 1.0
-    """Policy sampling temperature during rollouts."""
+    """Policy sampling temperature during rollouts (evaluation is greedy: ``rollout.temperature``)."""
 
 
 @dataclass
@@ -263,31 +274,37 @@ def stage_warmup(cfg: QuickstartConfig, progress: Progress, log=print,
         engine.close()
 
 
+RL_STAGE_SET = ("output_dir", "seed")
+"""The ``rl.training`` fields the quickstart sets itself."""
+
+
 def rl_train_config(cfg: QuickstartConfig, start_model: str, engine: EngineConfig,
-                    curriculum: CurriculumConfig, output_dir: str | Path, algorithm: str = "grpo",
-                    mask_inserted_tokens: bool = True, seed: int | None = None) -> "TrainConfig":
-    """The TrainConfig of an RL run on the mini-world (shared with the learning benchmark, whose
-    arms vary the ``algorithm``, the loss masking of inserted tokens and the ``seed``: data order,
-    sampling and noise draws; default ``cfg.seed``)."""
-    from zerosearch.train.config import (AlgorithmConfig, DataConfig, ModelConfig, TrainConfig,
-                                         TrainingConfig)
+                    curriculum: CurriculumConfig, output_dir: str | Path, algorithm: str | None = None,
+                    mask_inserted_tokens: bool | None = None, seed: int | None = None) -> "TrainConfig":
+    """The TrainConfig of an RL run on the mini-world: ``rl.algorithm`` and ``rl.training`` with the
+    fields the stage owns filled in (shared with the learning benchmark, whose arms set the
+    ``algorithm`` name, the loss masking of inserted tokens and the ``seed``: data order, sampling and
+    noise draws; None keeps ``rl``'s and ``cfg.seed``). A YAML that sets a stage-owned field gets an
+    error, not a value silently replaced."""
+    from zerosearch.train.config import DataConfig, ModelConfig, TrainConfig
 
     rl = cfg.rl
+    default = TrainingConfig()
+    given = [name for name in RL_STAGE_SET if getattr(rl.training, name) != getattr(default, name)]
+    if given:
+        raise ConfigError(f"rl.training.{given[0]} is set by the quickstart (the output folder is "
+                          f"output_dir/rl, the seed is seed); remove it from rl.training")
     seed = cfg.seed if seed is None else seed
-    rollouts = rl.prompts_per_step * rl.num_generations
     rollout = RolloutConfig(**{**asdict(cfg.rollout), "temperature": rl.temperature, "topk": cfg.topk})
+    training = replace(rl.training, output_dir=str(output_dir), seed=seed)
+    if mask_inserted_tokens is not None:
+        training = replace(training, mask_inserted_tokens=mask_inserted_tokens)
     train_cfg = TrainConfig(
         model=ModelConfig(name=start_model, dtype="float32"),
         data=DataConfig(train=str(train_questions(cfg)), shuffle_seed=seed),
         engine=engine, rollout=rollout, curriculum=curriculum,
-        algorithm=AlgorithmConfig(name=algorithm, num_generations=rl.num_generations, beta=rl.beta,
-                                  reward="f1"),
-        training=TrainingConfig(output_dir=str(output_dir), max_steps=rl.steps,
-                                prompts_per_step=rl.prompts_per_step, micro_batch_size=rollouts,
-                                learning_rate=rl.learning_rate, seed=seed,
-                                save_steps=max(1, rl.steps // 4), save_total_limit=1, report_to=[],
-                                generation_batch_size=rollouts, cpu_tuning=True,
-                                mask_inserted_tokens=mask_inserted_tokens))
+        algorithm=rl.algorithm if algorithm is None else replace(rl.algorithm, name=algorithm),
+        training=training)
     train_cfg.validate()
     return train_cfg
 
@@ -362,16 +379,30 @@ LEGACY_SIM_TUNE = {"steps": "max_steps", "batch_size": "batch_size", "learning_r
 """Fine-tuning keys the ``sim`` section held itself before it held ``sim.tune`` (old key: new key)."""
 
 
+LEGACY_RL = {"steps": ("training", "max_steps"), "prompts_per_step": ("training", "prompts_per_step"),
+             "learning_rate": ("training", "learning_rate"), "num_generations": ("algorithm", "num_generations"),
+             "beta": ("algorithm", "beta")}
+"""Keys the ``rl`` section held itself before it held ``rl.training`` and ``rl.algorithm``
+(old key: (section, new key))."""
+
+
 def _upgrade(before: dict[str, Any]) -> dict[str, Any]:
-    """A ``config.json`` written before ``sim.tune`` existed, in today's layout, so a run folder
-    made then resumes when its settings are the same."""
-    sim = before.get("sim")
-    if not isinstance(sim, dict) or "tune" in sim:
-        return before
-    tune = {**asdict(_quickstart_tuning()),
-            **{LEGACY_SIM_TUNE[k]: v for k, v in sim.items() if k in LEGACY_SIM_TUNE}}
-    rest = {k: v for k, v in sim.items() if k not in LEGACY_SIM_TUNE}
-    return {**before, "sim": {**rest, "tune": tune}}
+    """A ``config.json`` written before ``sim.tune`` or ``rl.training`` existed, in today's layout,
+    so a run folder made then resumes when its settings are the same."""
+    sim, rl = before.get("sim"), before.get("rl")
+    if isinstance(sim, dict) and "tune" not in sim:
+        tune = {**asdict(_quickstart_tuning()),
+                **{LEGACY_SIM_TUNE[k]: v for k, v in sim.items() if k in LEGACY_SIM_TUNE}}
+        rest = {k: v for k, v in sim.items() if k not in LEGACY_SIM_TUNE}
+        before = {**before, "sim": {**rest, "tune": tune}}
+    if isinstance(rl, dict) and "training" not in rl:
+        sections = {"training": asdict(_quickstart_training()), "algorithm": asdict(_quickstart_algorithm())}
+        for key, (section, name) in LEGACY_RL.items():
+            if key in rl:
+                sections[section][name] = rl[key]
+        rest = {k: v for k, v in rl.items() if k not in LEGACY_RL}
+        before = {**before, "rl": {**rest, **sections}}
+    return before
 
 
 def check_same_config(cfg: QuickstartConfig) -> None:

@@ -203,8 +203,9 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
         + _sft_summary(sim_stats) + ".",
         _fidelity_line(out / "sim" / "fidelity" / "fidelity.json"),
         f"- Format warm-up: {warm}.",
-        f"- RL: GRPO, {cfg.rl.steps} steps x {cfg.rl.prompts_per_step} questions x "
-        f"{cfg.rl.num_generations} rollouts, F1 reward, against the fine-tuned *simulated* engine; "
+        f"- RL: {cfg.rl.algorithm.name.upper()}, {cfg.rl.training.max_steps} steps x "
+        f"{cfg.rl.training.prompts_per_step} questions x {cfg.rl.algorithm.num_generations} rollouts, "
+        f"{cfg.rl.algorithm.reward.upper()} reward, against the fine-tuned *simulated* engine; "
         f"noise probability {cfg.rl.curriculum.p_start} -> {cfg.rl.curriculum.p_end} "
         f"(base {cfg.rl.curriculum.base}).", "",
         "![reward and noise probability per step](reward.png)", "",

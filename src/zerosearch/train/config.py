@@ -93,7 +93,8 @@ class TrainingConfig:
     prompts_per_step: int = 64
     """Questions per step (paper: 64); each gets num_generations rollouts."""
     micro_batch_size: int = 16
-    """Rollouts per forward/backward pass (gradient accumulation fills the step)."""
+    """Rollouts per forward/backward pass (gradient accumulation fills the step); 0: each process's
+    share of the step in one pass, whatever the step's size."""
     learning_rate: float = 1e-6
     """Policy learning rate (paper: 1e-6)."""
     warmup_ratio: float = 0.0
@@ -194,7 +195,9 @@ class TrainConfig:
             raise ConfigError(f"training.generation_dtype {t.generation_dtype!r} is not one of "
                               f"{', '.join(GENERATION_DTYPES)}")
         rollouts = t.prompts_per_step * a.num_generations
-        if rollouts % t.micro_batch_size:
+        if t.micro_batch_size < 0:
+            raise ConfigError(f"training.micro_batch_size must be >= 0 (0: the whole step), got {t.micro_batch_size}")
+        if t.micro_batch_size and rollouts % t.micro_batch_size:
             raise ConfigError(f"training.micro_batch_size ({t.micro_batch_size}) must divide "
                               f"prompts_per_step x num_generations ({rollouts})")
         if self.rollout.topk != self.engine.topk:

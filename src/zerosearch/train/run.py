@@ -81,10 +81,11 @@ def build_trainer(cfg: TrainConfig, log=print,
     if refusal:
         raise ConfigError(refusal)
     rollouts = t.prompts_per_step * a.num_generations
-    if rollouts % (t.micro_batch_size * world):
+    micro = t.micro_batch_size or rollouts // world  # 0: one pass per process and step
+    if not micro or rollouts % (micro * world):
         raise ConfigError(f"prompts_per_step x num_generations ({rollouts}) must be a multiple of "
-                          f"micro_batch_size x processes ({t.micro_batch_size} x {world})")
-    accumulation = rollouts // (t.micro_batch_size * world)
+                          f"micro_batch_size x processes ({t.micro_batch_size or 'the whole step'} x {world})")
+    accumulation = rollouts // (micro * world)
     choices = run_choices(cfg)
     use_cuda = choices.device == "cuda"
     if t.cpu_tuning and use_cuda:
@@ -121,7 +122,7 @@ def build_trainer(cfg: TrainConfig, log=print,
         output_dir=t.output_dir, max_steps=t.max_steps, learning_rate=t.learning_rate,
         lr_scheduler_type="constant_with_warmup" if t.warmup_ratio else "constant",
         warmup_steps=t.warmup_ratio, max_grad_norm=t.max_grad_norm, seed=t.seed,
-        per_device_train_batch_size=t.micro_batch_size, gradient_accumulation_steps=accumulation,
+        per_device_train_batch_size=micro, gradient_accumulation_steps=accumulation,
         steps_per_generation=accumulation, num_iterations=1, num_generations=a.num_generations,
         max_completion_length=r.max_completion_tokens, temperature=max(r.temperature, 1e-5),
         top_p=r.top_p, beta=a.beta, epsilon=a.epsilon, loss_type=a.loss_type,
