@@ -115,6 +115,64 @@ def test_noisy_guard_sends_the_answers_of_noisy_rows_only():
     assert guarded.describe()["noisy_guard"] is True
 
 
+class _RedrawBackend:
+    """Answers each call with the next of ``rounds`` (one output per conversation of the call)."""
+
+    def __init__(self, rounds):
+        self.rounds, self.calls = list(rounds), []
+
+    def chat(self, conversations, params, avoid=None):
+        self.calls.append((len(conversations), avoid))
+        outputs = self.rounds.pop(0)
+        assert len(outputs) == len(conversations)
+        return [Completion(t, latency_s=1.0) for t in outputs]
+
+    def describe(self):
+        return {"backend": "redraw"}
+
+    def close(self):
+        pass
+
+
+def test_spells_answer_reads_text_as_answer_matching_does():
+    from zerosearch.engines.simulated import spells_answer
+
+    assert spells_answer("It lies on the Seine, in PARIS.", ["Paris"])
+    assert spells_answer("the Amazon\nRiver basin", ["Amazon River"])
+    assert spells_answer("Parisian cafés", ["paris"])  # a word that starts with it gives it away
+    assert not spells_answer("a comparison of cities", ["Paris"])
+    assert not spells_answer("Amazon forests", ["Amazon River"])
+    assert not spells_answer("anything", ["", "the"])
+
+
+def test_noisy_guard_redraws_a_leaking_output_and_drops_what_still_leaks():
+    from zerosearch.engines.simulated import GUARD_REDRAWS
+
+    reqs = [SearchRequest("q1", "Q1?", ["Paris"], mode="noisy", topk=2, row_id=0),
+            SearchRequest("q2", "Q2?", ["Paris"], mode="useful", topk=2, row_id=1),
+            SearchRequest("q3", "Q3?", ["Nile"], mode="noisy", topk=2, row_id=2)]
+    # row 0 leaks once then comes back clean; useful row 1 may name it; row 2 is clean at once
+    backend = _RedrawBackend([["Doc 1: In Paris.\nDoc 2: Lyon.", "Doc 1: Paris.", "Doc 1: Rome."],
+                              ["Doc 1: Lyon.\nDoc 2: Nice."]])
+    r = SimulatedEngine(backend, noisy_guard=True).search(reqs)
+    assert backend.calls[1] == (1, [["Paris", "paris", "PARIS"]])  # only the leaking row again
+    assert [d.text for d in r[0].documents] == ["Lyon.", "Nice."] and r[0].latency_s == 2.0
+    assert [d.text for d in r[1].documents] == ["Paris."] and [d.text for d in r[2].documents] == ["Rome."]
+    # an output that leaks every time: its leaking documents are dropped (a shortfall) ...
+    leaky = ["Doc 1: PARIS, France.\nDoc 2: Lyon."]
+    backend = _RedrawBackend([leaky] * (GUARD_REDRAWS + 1))
+    r = SimulatedEngine(backend, noisy_guard=True).search(reqs[:1])[0]
+    assert len(backend.calls) == GUARD_REDRAWS + 1
+    assert [d.text for d in r.documents] == ["Lyon."] and r.shortfall == 1 and r.ok
+    # ... and when none is left the result says why
+    backend = _RedrawBackend([["Doc 1: paris."]] * (GUARD_REDRAWS + 1))
+    r = SimulatedEngine(backend, noisy_guard=True).search(reqs[:1])[0]
+    assert r.error_kind == "bad_output" and "spelled a gold answer" in r.error and not r.documents
+    # without the guard nothing is read twice
+    backend = _RedrawBackend([leaky])
+    assert SimulatedEngine(backend).search(reqs[:1])[0].documents[0].text == "PARIS, France."
+
+
 class _JSONHandler(BaseHTTPRequestHandler):
     """A quiet local fake of an HTTP API that answers JSON."""
 

@@ -10,6 +10,10 @@ The simulation LLM reads the gold answers in both modes, and a small one often w
 noisy documents anyway (a film question whose answer is "American" gets "a 1922 American silent
 film"): noise that gives the answer away. ``noisy_guard`` forbids it while decoding: in noisy mode
 the back end bans the token sequences that spell each gold answer (:func:`answer_surface_forms`).
+A ban on token sequences cannot cover every tokenisation (vLLM's ``bad_words`` and transformers'
+``generate`` see only the canonical ones), so the engine also reads what came back: a noisy output
+with a document that still spells an answer is drawn again, up to :data:`GUARD_REDRAWS` times, and
+the documents that spell one after that are dropped (a shortfall; an error when none is left).
 Useful mode is untouched.
 """
 
@@ -18,6 +22,7 @@ from __future__ import annotations
 import random
 import string
 import threading
+from dataclasses import replace
 
 from typing import Any, Sequence
 
@@ -25,10 +30,13 @@ from zerosearch.engines.base import Document, SearchRequest, SearchResult, draw_
 from zerosearch.llm.base import GenerationParams, LLMBackend
 from zerosearch.protocol import (GOLD_STYLES, finetuned_sim_messages, parse_documents,
                                  prompt_sim_messages)
+from zerosearch.rewards import normalize_answer
 
 STYLES = ("finetuned", "prompt")
 _ARTICLES = ("a ", "an ", "the ")
 _EDGE = string.punctuation + string.whitespace + "“”‘’«»"
+GUARD_REDRAWS = 3
+"""Fresh draws of a guarded noisy output whose documents still spell a gold answer."""
 
 
 def answer_surface_forms(answers: Sequence[str]) -> list[str]:
@@ -52,6 +60,15 @@ def answer_surface_forms(answers: Sequence[str]) -> list[str]:
         for form in (core, core.lower(), core[0].upper() + core[1:], words, core.upper()):
             forms[form] = None
     return list(forms)
+
+
+def spells_answer(text: str, answers: Sequence[str]) -> bool:
+    """Whether a word of ``text`` starts one of ``answers`` as answer matching reads both (lower
+    case, no punctuation or articles, runs of spaces as one): the rule the in-process decoder
+    applies token by token, so "Paris," and "PARIS" count and "comparison" does not."""
+    phrases = [p for p in (normalize_answer(a) for a in answers) if p]
+    padded = " " + normalize_answer(text)
+    return any(" " + p in padded for p in phrases)
 
 
 class SimulatedEngine:
@@ -88,31 +105,58 @@ class SimulatedEngine:
         with self._rng_lock:
             modes = [draw_mode(r, self._rng) for r in requests]
         conversations = [self.messages(r, m) for r, m in zip(requests, modes)]
-        if self.noisy_guard:
-            avoid = [answer_surface_forms(r.golden_answers) if m == "noisy" else []
-                     for r, m in zip(requests, modes)]
-            completions = self.backend.chat(conversations, self.params, avoid=avoid)
-        else:
+        if not self.noisy_guard:
             completions = self.backend.chat(conversations, self.params)
+            return [self._result(r, m, c, self._parse(r, c)) for r, m, c in
+                    zip(requests, modes, completions)]
+        avoid = [answer_surface_forms(r.golden_answers) if m == "noisy" else []
+                 for r, m in zip(requests, modes)]
+        completions = list(self.backend.chat(conversations, self.params, avoid=avoid))
+        docs = [self._parse(r, c) for r, c in zip(requests, completions)]
+        for _ in range(GUARD_REDRAWS):
+            again = [i for i, d in enumerate(docs)
+                     if avoid[i] and any(spells_answer(t, avoid[i]) for t in d)]
+            if not again:
+                break
+            redrawn = self.backend.chat([conversations[i] for i in again], self.params,
+                                        avoid=[avoid[i] for i in again])
+            for i, c in zip(again, redrawn):  # a failed or empty redraw keeps what it would replace
+                spent = completions[i].latency_s + c.latency_s
+                fresh = self._parse(requests[i], c)
+                if fresh:
+                    completions[i], docs[i] = c, fresh
+                completions[i] = replace(completions[i], latency_s=spent)
         results = []
-        for request, mode, completion in zip(requests, modes, completions):
-            if completion.text is None:
-                results.append(failed(request, self.name, completion.error or "no completion",
-                                      completion.error_kind or "internal", mode=mode,
-                                      latency_s=completion.latency_s, retries=completion.retries))
-                continue
-            docs = parse_documents(completion.text, request.topk)
-            if not docs:
-                results.append(failed(request, self.name,
-                                      f"simulator output held no documents: {completion.text[:200]!r}",
-                                      "bad_output", mode=mode, latency_s=completion.latency_s,
-                                      retries=completion.retries))
-                continue
-            results.append(SearchResult(
-                query=request.query, documents=[Document(text=d) for d in docs], engine=self.name,
-                topk=request.topk, mode=mode, latency_s=completion.latency_s,
-                retries=completion.retries, row_id=request.row_id))
+        for request, mode, completion, found, words in zip(requests, modes, completions, docs, avoid):
+            kept = [t for t in found if not (words and spells_answer(t, words))]
+            if found and not kept:
+                results.append(failed(
+                    request, self.name, f"every noisy document spelled a gold answer after "
+                    f"{GUARD_REDRAWS} redraws (noisy guard)", "bad_output", mode=mode,
+                    latency_s=completion.latency_s, retries=completion.retries))
+            else:
+                results.append(self._result(request, mode, completion, kept))
         return results
+
+    @staticmethod
+    def _parse(request: SearchRequest, completion) -> list[str]:
+        return parse_documents(completion.text, request.topk) if completion.text is not None else []
+
+    def _result(self, request: SearchRequest, mode: str, completion, docs: list[str]) -> SearchResult:
+        """The result of one completion whose output parsed into ``docs``."""
+        if completion.text is None:
+            return failed(request, self.name, completion.error or "no completion",
+                          completion.error_kind or "internal", mode=mode,
+                          latency_s=completion.latency_s, retries=completion.retries)
+        if not docs:
+            return failed(request, self.name,
+                          f"simulator output held no documents: {completion.text[:200]!r}",
+                          "bad_output", mode=mode, latency_s=completion.latency_s,
+                          retries=completion.retries)
+        return SearchResult(
+            query=request.query, documents=[Document(text=d) for d in docs], engine=self.name,
+            topk=request.topk, mode=mode, latency_s=completion.latency_s,
+            retries=completion.retries, row_id=request.row_id)
 
     def describe(self) -> dict[str, Any]:
         return {"engine": self.name, "style": self.style, **self.backend.describe(),
