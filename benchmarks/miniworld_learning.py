@@ -63,7 +63,7 @@ def main(
                                                 help="Sampling temperature of the training rollouts "
                                                      "(default: config rl.temperature)."),
     beta: Optional[float] = typer.Option(D.beta, "--beta",
-                                         help="KL coefficient to the starting policy (default: config rl.beta)."),
+                                         help="KL coefficient to the starting policy (default: config rl.algorithm.beta)."),
     eval_questions: int = typer.Option(D.eval_questions, "--eval-questions",
                                        help="Test questions per evaluation (0: all)."),
     val_questions: int = typer.Option(D.val_questions, "--val-questions",
