@@ -20,6 +20,11 @@ import os
 
 import typer
 
+from zerosearch.cli_engine import field_option
+from zerosearch.curriculum import CurriculumConfig
+from zerosearch.rollout import RolloutConfig
+from zerosearch.train.config import AlgorithmConfig
+
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
@@ -35,12 +40,14 @@ def main(
     sim_url: str = typer.Option(None, "--sim-url", help="Served simulator: an OpenAI-compatible /v1 "
                                                         "URL (--engine simulated) or a zerosearch "
                                                         "server (--engine remote)."),
-    noise_start: float = typer.Option(0.0, "--noise-start", help="Curriculum: noise at the first step."),
-    noise_end: float = typer.Option(0.5, "--noise-end", help="Curriculum: noise at the last step."),
-    topk: int = typer.Option(3, "--topk", help="Documents per search."),
+    noise_start: float = field_option(CurriculumConfig, "p_start", "--noise-start"),
+    noise_end: float = field_option(CurriculumConfig, "p_end", "--noise-end"),
+    # Three documents, not the rollout's five: TRL renders them inside the completion budget below.
+    topk: int = field_option(RolloutConfig, "topk", "--topk", default=3),
     steps: int = typer.Option(20, "--steps", help="GRPO steps."),
     prompts_per_step: int = typer.Option(2, "--prompts-per-step", help="Questions per step."),
-    num_generations: int = typer.Option(4, "--num-generations", help="Rollouts per question (group)."),
+    # A smaller group than the paper's default keeps the example's first step short on a CPU.
+    num_generations: int = field_option(AlgorithmConfig, "num_generations", "--num-generations", default=4),
     max_completion_length: int = typer.Option(512, "--max-completion-length",
                                               help="Tokens of a whole rollout (tool results included)."),
     limit: int = typer.Option(200, "--limit", help="Training questions used."),
@@ -50,7 +57,7 @@ def main(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from zerosearch import CurriculumConfig, SearchEnvironmentFactory, make_engine, tool_answer_reward, tool_dataset
+    from zerosearch import SearchEnvironmentFactory, make_engine, tool_answer_reward, tool_dataset
     from zerosearch.models import resolve_model
     from zerosearch.qa import load_qa
 

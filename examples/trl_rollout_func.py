@@ -18,6 +18,11 @@ import os
 
 import typer
 
+from zerosearch.cli_engine import field_option
+from zerosearch.curriculum import CurriculumConfig
+from zerosearch.rollout import RolloutConfig
+from zerosearch.train.config import AlgorithmConfig
+
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 
@@ -28,13 +33,15 @@ def main(
     engine: str = typer.Option("bm25", "--engine", help="bm25 or simulated."),
     sim_model: str = typer.Option("embedded:smollm2-135m-instruct", "--sim-model",
                                   help="Simulator for --engine simulated."),
-    noise_start: float = typer.Option(0.0, "--noise-start", help="Curriculum: noise at the first step."),
-    noise_end: float = typer.Option(0.5, "--noise-end", help="Curriculum: noise at the last step."),
+    noise_start: float = field_option(CurriculumConfig, "p_start", "--noise-start"),
+    noise_end: float = field_option(CurriculumConfig, "p_end", "--noise-end"),
+    topk: int = field_option(RolloutConfig, "topk", "--topk"),
     steps: int = typer.Option(20, "--steps", help="GRPO steps."),
     prompts_per_step: int = typer.Option(2, "--prompts-per-step", help="Questions per step."),
-    num_generations: int = typer.Option(4, "--num-generations", help="Rollouts per question (group)."),
-    max_turns: int = typer.Option(3, "--max-turns", help="Search rounds before the answer."),
-    max_turn_tokens: int = typer.Option(256, "--max-turn-tokens", help="Tokens the policy writes a turn."),
+    # A smaller group than the paper's default keeps the example's first step short on a CPU.
+    num_generations: int = field_option(AlgorithmConfig, "num_generations", "--num-generations", default=4),
+    max_turns: int = field_option(RolloutConfig, "max_turns", "--max-turns"),
+    max_turn_tokens: int = field_option(RolloutConfig, "max_turn_tokens", "--max-turn-tokens"),
     limit: int = typer.Option(200, "--limit", help="Training questions used."),
     output_dir: str = typer.Option("runs/example-rollout-func", "--output-dir", "-o"),
 ):
@@ -43,20 +50,20 @@ def main(
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import GRPOConfig, GRPOTrainer
 
-    from zerosearch import CurriculumConfig, RolloutConfig, answer_reward, make_engine, search_rollout_func
+    from zerosearch import answer_reward, make_engine, search_rollout_func
     from zerosearch.qa import load_qa
     from zerosearch.models import resolve_model
 
     rows = load_qa(questions, limit=limit)
     if engine == "bm25":
-        search_engine = make_engine(kind="bm25", corpus=corpus)
+        search_engine = make_engine(kind="bm25", corpus=corpus, topk=topk)
         curriculum = None
     else:
-        search_engine = make_engine(kind="simulated", model=sim_model)
+        search_engine = make_engine(kind="simulated", model=sim_model, topk=topk)
         curriculum = CurriculumConfig(noise_start, noise_end)
     path = resolve_model(model)
     tokenizer, policy = AutoTokenizer.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
-    rollout = RolloutConfig(max_turns=max_turns, max_turn_tokens=max_turn_tokens, temperature=1.0)
+    rollout = RolloutConfig(max_turns=max_turns, max_turn_tokens=max_turn_tokens, topk=topk, temperature=1.0)
     trainer = GRPOTrainer(
         model=policy, processing_class=tokenizer, reward_funcs=[answer_reward("f1")],
         train_dataset=Dataset.from_list([{"prompt": r.question, "golden_answers": r.golden_answers}
