@@ -6,8 +6,11 @@ outputs are described in ``docs/learning.md``.
 
     python benchmarks/miniworld_learning.py --quick              # zerosearch and bm25, seeds 0,1,2
     python benchmarks/miniworld_learning.py                      # every arm, seeds 0,1,2
-    python benchmarks/miniworld_learning.py --arms zerosearch --seeds 0 --eval-split val --learning-rate 2e-5
+    python benchmarks/miniworld_learning.py --arms zerosearch --seeds 0 --eval-split val --learning-rate 3e-5
     python benchmarks/miniworld_learning.py --start warmup:8 --start-only --eval-split val   # choose a start
+
+The defaults are the recipe: ``configs/quickstart/miniworld-learning.yaml`` (simulator tuning and the
+``rl`` section) from a 10-step format warm-up (``--start warmup:10``).
 
 Writes ``<output-dir>/results.md``, ``results.json``, ``reward.png`` and ``searches.png``; a rerun
 resumes every stage and run, and a rerun with more arms or seeds adds runs beside the finished ones.
@@ -18,14 +21,18 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
 
 from zerosearch.cli_engine import USER_ERRORS, console, fail, named_progress
-from zerosearch.learning import ARMS, QUICK_ARMS, SPLITS, STARTS, LearningConfig, run
+from zerosearch.learning import ARMS, QUICK_ARMS, RECIPE_START, SPLITS, STARTS, LearningConfig, run
 
-D = LearningConfig()
+RECIPE = Path(__file__).resolve().parents[1] / "configs" / "quickstart" / "miniworld-learning.yaml"
+"""The benchmark's recipe: the simulator tuning and the RL section (the quickstart's defaults are the
+20-minute demo's, not this)."""
+D = LearningConfig(config=str(RECIPE), start=RECIPE_START)
 
 
 def _list(value: str) -> list[str]:
@@ -43,7 +50,7 @@ def main(
     output_dir: str = typer.Option(D.output_dir, "--output-dir", "-o", help="Run folder (rerun = resume)."),
     config: Optional[str] = typer.Option(D.config, "--config", "-c",
                                          help="YAML QuickstartConfig: policy, simulator recipe, world, "
-                                              "budgets, rl section (default: the quickstart's defaults)."),
+                                              "budgets, rl section (default: the repository's recipe)."),
     arms: Optional[str] = typer.Option(None, "--arms", help=f"Comma-separated arms: {', '.join(ARMS)} "
                                                             "(default: all)."),
     seeds: Optional[str] = typer.Option(None, "--seeds", help="Comma-separated training seeds (default: "

@@ -280,3 +280,21 @@ def test_beta_reaches_the_trainer_and_names_the_run_folder():
     assert train_cfg.algorithm.beta == 0.04
     with pytest.raises(ConfigError, match="--beta must be >= 0"):
         validate(LearningConfig(beta=-0.1))
+
+
+def test_the_benchmark_defaults_are_the_recipe():
+    """`benchmarks/miniworld_learning.py` with no flags runs the recipe the README reports: the
+    repository's YAML (its rl section: 20 steps of 2 questions x 8 rollouts, lr 2e-5, rollouts at
+    temperature 0.7, KL 0.04) from the 10-step format warm-up."""
+    from zerosearch.learning import RECIPE_START, quickstart_config, rl_settings, settings_tag
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import miniworld_learning as script
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    assert Path(script.D.config) == ROOT / "configs" / "quickstart" / "miniworld-learning.yaml"
+    assert script.D.start == RECIPE_START == "warmup:10"
+    cfg = rl_settings(quickstart_config(script.D), script.D)
+    assert settings_tag(cfg) == "steps20-q2-g8-lr2e-05-t0.7-b0.04"
+    assert cfg.rl.algorithm.name == "grpo" and cfg.rl.algorithm.reward == "f1"
