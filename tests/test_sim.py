@@ -455,3 +455,48 @@ def test_build_paired_sets_noisy_targets_without_the_answer(bm25, tmp_path):
     assert both  # some questions give an example of each mode
     with pytest.raises(ValueError, match="contains"):
         build(labelled, tmp_path / "x", label_by="outcome", paired=True)
+
+
+def test_partial_queries_are_seeded_stubs_of_the_question():
+    import random
+
+    from zerosearch.sim.collect import partial_query
+
+    question = "In what year was the Zorbak guild founded?"
+    stubs = [partial_query(question, random.Random(i)) for i in range(50)]
+    words = question.split()
+    for stub in stubs:
+        kept = stub.split()
+        assert 0 < len(kept) < len(words)
+        it = iter(words)
+        assert all(w in it for w in kept)  # a subsequence: order kept
+    assert len(set(stubs)) > 10  # seeds change the stub
+    assert partial_query(question, random.Random(3)) == partial_query(question, random.Random(3))
+    assert partial_query("Paris", random.Random(0)) is None
+
+
+def test_partial_queries_teach_what_the_engine_returns_for_a_stub(bm25, tmp_path):
+    collected, labelled = tmp_path / "c.jsonl", tmp_path / "l.jsonl"
+    cfg = CollectConfig(query_source="question", rollout=RolloutConfig(topk=5), partial_queries=2, seed=1)
+    counts = collect(ROWS, bm25, collected, cfg)
+    records = read_finished(collected)
+    assert counts["queries"] > len(ROWS)
+    for rec in records:
+        assert rec["searches"][0]["query"] == rec["question"] and not rec["searches"][0]["partial"]
+        assert all(s["partial"] and s["query"] != rec["question"] for s in rec["searches"][1:])
+    again = tmp_path / "again.jsonl"
+    collect(ROWS, bm25, again, cfg)
+    assert read_finished(again) == records  # the same seed, the same stubs
+    label(collected, labelled)
+    build(labelled, tmp_path / "sft", label_by="contains", max_docs=2, val_fraction=0.0, paired=True,
+          balance=False)
+    train = read_finished(tmp_path / "sft" / "train.jsonl")
+    # full-question useful targets always hold the answer; a stub's may not (what BM25 returned)
+    for ex in train:
+        if ex["mode"] == "useful" and not ex["partial"]:
+            assert contains_answer(ex["documents"], ex["golden_answers"])
+        if ex["mode"] == "noisy":
+            assert not contains_answer(ex["documents"], ex["golden_answers"])
+    missed = [e for e in train if e["partial"] and e["mode"] == "useful"
+              and not contains_answer(e["documents"], e["golden_answers"])]
+    assert missed, "some stub misses the answer and is still a useful example"

@@ -78,6 +78,10 @@ class SimStageConfig:
     answer_lead: int | None = None
     """Words a clipped target document keeps before the answer (None: a third of
     ``max_doc_words``)."""
+    partial_queries: int = 0
+    """Stubs of each question (random subsets of its words) also searched with BM25 and turned
+    into SFT examples (``sim collect``'s ``partial_queries``; with ``paired``, a stub that misses
+    the answer is a useful example too), so the simulator follows the query it is given."""
 
 
 def _quickstart_algorithm() -> AlgorithmConfig:
@@ -215,7 +219,8 @@ def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str
     try:
         collect(rows, engine, sim / "collected.jsonl",
                 CollectConfig(query_source="question", batch_size=64,
-                              rollout=RolloutConfig(topk=cfg.sim.retrieve_depth or cfg.topk)),
+                              rollout=RolloutConfig(topk=cfg.sim.retrieve_depth or cfg.topk),
+                              partial_queries=cfg.sim.partial_queries, seed=cfg.seed),
                 progress=lambda d, t: progress("sim: collect", d, t, ""))
     finally:
         engine.close()
@@ -236,16 +241,26 @@ def stage_fidelity(cfg: QuickstartConfig, progress: Progress) -> dict[str, Any]:
     out = Path(cfg.output_dir) / "sim" / "fidelity"
     if (out / "fidelity.json").exists():
         return json.loads((out / "fidelity.json").read_text())[1]
-    queries = held_out_queries(Path(cfg.output_dir) / "sim" / "sft" / "val.jsonl")
+    held_out = held_out_queries(Path(cfg.output_dir) / "sim" / "sft" / "val.jsonl")
+    queries = [q for q in held_out if not q.get("partial")]  # the questions themselves
+    stubs = [q for q in held_out if q.get("partial")]  # sim.partial_queries
     if not queries:
         raise ValueError("no held-out simulator queries (sim/sft/val.jsonl is empty); raise sim.questions")
     reference = reference_documents(queries, None, cfg.topk)
     rows = [real_engine_row(queries, reference)]
-    # as trained (the guard off, as in the paper), then with the noisy guard, reported beside it
-    for name, guard in (("tuned simulator", False), ("tuned simulator + noisy guard", True)):
+    # as trained (the guard off, as in the paper), then with the noisy guard, reported beside it;
+    # then, on the stubs, whether the simulator follows the query as the real engine does
+    for name, guard, chosen in (("tuned simulator", False, queries),
+                                ("tuned simulator + noisy guard", True, queries),
+                                ("tuned simulator, stub queries", False, stubs)):
+        if not chosen:
+            continue
+        if chosen is stubs:
+            reference = reference_documents(stubs, None, cfg.topk)
+            rows.append({**real_engine_row(stubs, reference), "simulator": "real engine, stub queries"})
         engine = build_engine(replace(simulator_config(cfg), noisy_guard=guard))
         try:
-            rows.append(measure(name, engine, queries, cfg.topk, reference,
+            rows.append(measure(name, engine, chosen, cfg.topk, reference,
                                 progress=lambda _n, d, t, name=name: progress(f"sim: fidelity ({name})", d, t, "")))
         finally:
             engine.close()

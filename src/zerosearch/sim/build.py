@@ -74,7 +74,7 @@ def example(pair: dict[str, Any], mode: str, max_docs: int, max_doc_words: int,
     return {"prompt": messages, "completion": [{"role": "assistant", "content": format_documents(texts)}],
             "mode": mode, "query": pair["query"], "question": pair["question"],
             "golden_answers": pair["golden_answers"], "row_id": pair["row_id"], "k": len(texts),
-            "documents": texts}
+            "documents": texts, "partial": bool(pair.get("partial"))}
 
 
 def paired_examples(pair: dict[str, Any], max_docs: int) -> list[dict[str, Any]]:
@@ -85,14 +85,20 @@ def paired_examples(pair: dict[str, Any], max_docs: int) -> list[dict[str, Any]]
     With the question as the query, a real engine returns the answer for most single-hop questions
     and for few multi-hop ones, so labelling each query once ties the mode to the kind of question,
     and a small simulator learns that instead of the mode word. Retrieving deeper than ``max_docs``
-    (for example top-10 for three-document targets) lets most queries give both."""
+    (for example top-10 for three-document targets) lets most queries give both.
+
+    A *partial* query (a stub of the question, ``sim collect``'s ``partial_queries``) whose
+    documents hold no answer also gives a useful example: the engine's own documents. Useful mode
+    is then what a working engine returns for the query, which is not the answer when the query
+    cannot find it; without these examples the simulator writes the answer for any query, and a
+    policy trained against it learns stub queries that real engines do not answer."""
     golds = pair["golden_answers"]
     docs = pair["documents"]
     holds = [contains_answer(doc_texts([d]), golds) for d in docs]
     holding = [d for d, h in zip(docs, holds) if h]
     rest = [d for d, h in zip(docs, holds) if not h]
     out = []
-    if holding:
+    if holding or (pair.get("partial") and len(docs) >= max_docs):
         out.append({**pair, "documents": holding + rest, "labels": {**pair["labels"], "contains": "useful"}})
     if len(rest) >= max_docs:
         out.append({**pair, "documents": rest, "labels": {**pair["labels"], "contains": "noisy"}})
@@ -152,6 +158,7 @@ def build(labelled: str | Path, out_dir: str | Path, label_by: str = "contains",
                 handle.write(json.dumps(ex, ensure_ascii=False) + "\n")
     stats = {split: {"examples": len(v), "modes": dict(Counter(e["mode"] for e in v)),
                      "questions": len({e["row_id"] for e in v}),
+                     "partial": dict(Counter(e["mode"] for e in v if e["partial"])),
                      "mean_docs": sum(e["k"] for e in v) / len(v) if v else 0.0,
                      "mean_target_words": sum(len(e["completion"][0]["content"].split()) for e in v)
                      / len(v) if v else 0.0} for split, v in splits.items()}

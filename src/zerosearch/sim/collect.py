@@ -8,10 +8,16 @@ JSONL line per question, appended as batches finish; a restart skips finished qu
 Small instruct models rarely emit ``<search>`` at all (SmolLM2-135M: 0 of 32 tries), so
 ``query_source="question"`` is offered as an explicit alternative: the question itself is the query
 (the first query most agents issue). The records say which source made them.
+
+With the question as the query, ``partial_queries`` adds stubs of it: random subsets of its words,
+the kind of query an RL policy drifts to ("In what year?"). Recording what the real engine returns
+for them (usually not the answer, once the subject's name is gone) lets a simulator tuned on the
+collection follow the query, instead of writing the answer it was given whatever the query says.
 """
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -34,10 +40,33 @@ class CollectConfig:
     """Questions per batch."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(max_turns=3, temperature=0.7))
     """The collecting policy's turns, budgets, top-k and sampling."""
+    partial_queries: int = 0
+    """With query_source=question: extra queries per question, each a random subset of the
+    question's words in their order (:func:`partial_query`), recorded with ``partial: true``."""
+    seed: int = 0
+    """Seed of the partial queries (each question's are a function of the seed and its id)."""
+
+
+def partial_query(question: str, rng: random.Random, keep: float = 0.5) -> str | None:
+    """A stub of ``question``: each word kept with probability ``keep``, order kept; never empty
+    and never the whole question (None for a one-word question)."""
+    words = question.split()
+    if len(words) < 2:
+        return None
+    while True:
+        kept = [w for w in words if rng.random() < keep]
+        if 0 < len(kept) < len(words):
+            return " ".join(kept)
 
 
 def _docs(result) -> list[dict[str, Any]]:
     return [{"title": d.title, "text": d.text, "id": d.id} for d in result.documents]
+
+
+def _partials(row: Row, cfg: CollectConfig) -> list[str]:
+    rng = random.Random(f"{cfg.seed}:{row.id}")
+    stubs = (partial_query(row.question, rng) for _ in range(cfg.partial_queries))
+    return list(dict.fromkeys(q for q in stubs if q))
 
 
 def collect(rows: Sequence[Row], engine: Engine, out_path: str | Path, cfg: CollectConfig,
@@ -59,16 +88,23 @@ def collect(rows: Sequence[Row], engine: Engine, out_path: str | Path, cfg: Coll
         batch = todo[start:start + cfg.batch_size]
         records = []
         if cfg.query_source == "question":
-            results = engine.search([SearchRequest(r.question, r.question, list(r.golden_answers),
-                                                   topk=cfg.rollout.topk, row_id=r.id) for r in batch])
-            for row, result in zip(batch, results):
-                if result.error:
-                    raise RuntimeError(f"the engine failed for {row.question!r}: {result.error}")
+            queries = [[row.question] + _partials(row, cfg) for row in batch]
+            results = iter(engine.search([
+                SearchRequest(q, row.question, list(row.golden_answers), topk=cfg.rollout.topk, row_id=row.id)
+                for row, qs in zip(batch, queries) for q in qs]))
+            for row, qs in zip(batch, queries):
+                searches, name = [], None
+                for turn, query in enumerate(qs):
+                    result = next(results)
+                    if result.error:
+                        raise RuntimeError(f"the engine failed for {query!r}: {result.error}")
+                    name = name or result.engine
+                    searches.append({"turn": turn, "query": query, "documents": _docs(result),
+                                     "partial": turn > 0})
                 records.append({"row_id": str(row.id), "question": row.question,
-                                "golden_answers": row.golden_answers, "engine": result.engine,
+                                "golden_answers": row.golden_answers, "engine": name,
                                 "query_source": "question", "answer": None, "f1": None,
-                                "searches": [{"turn": 0, "query": row.question,
-                                              "documents": _docs(result)}]})
+                                "searches": searches})
         else:
             trajs = run_rollouts(batch, generator, tokenizer, engine, cfg.rollout,
                                  eos_token_ids=[tokenizer.eos_token_id])

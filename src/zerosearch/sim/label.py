@@ -57,7 +57,8 @@ def pairs_from_collection(records: Sequence[dict[str, Any]]) -> list[dict[str, A
                 pairs.append({"pair_id": f"{rec['row_id']}:{i}", "row_id": rec["row_id"],
                               "question": rec["question"], "golden_answers": rec["golden_answers"],
                               "query": search["query"], "documents": search["documents"],
-                              "f1": rec.get("f1"), "engine": rec.get("engine")})
+                              "f1": rec.get("f1"), "engine": rec.get("engine"),
+                              "partial": bool(search.get("partial"))})
     return pairs
 
 
