@@ -142,3 +142,26 @@ def test_a_run_folder_from_before_rl_training_resumes_with_the_same_settings(tmp
     (tmp_path / "config.json").write_text(json.dumps(old))
     with pytest.raises(ValueError, match="different rl"):
         check_same_config(cfg)
+
+
+def test_simulator_stage_with_stub_queries_reports_them_apart(tmp_path):
+    """``sim.partial_queries``: stubs of each question join the SFT set, and fidelity measures the
+    tuned simulator on the held-out questions (the mode targets) and on held-out stubs apart."""
+    from zerosearch.config import from_dict
+    from zerosearch.quickstart import QuickstartConfig, stage_fidelity, stage_simulator, stage_world
+
+    toy = {**TOY, "output_dir": str(tmp_path / "qs"),
+           "sim": {**TOY["sim"], "paired": True, "retrieve_depth": 4, "partial_queries": 1}}
+    cfg = from_dict(QuickstartConfig, toy)
+    stage_world(cfg)
+    stage_simulator(cfg, lambda *a: None, log=lambda m: None)
+    stats = json.loads((tmp_path / "qs" / "sim" / "sft" / "stats.json").read_text())
+    assert sum(stats["train"]["partial"].values()) > 0
+    stage_fidelity(cfg, lambda *a: None)
+    rows = {r["simulator"]: r for r in json.loads((tmp_path / "qs" / "sim" / "fidelity" / "fidelity.json").read_text())}
+    assert set(rows) == {"real engine (reference)", "tuned simulator", "tuned simulator + noisy guard",
+                         "real engine, stub queries", "tuned simulator, stub queries"}
+    val = [json.loads(line) for line in (tmp_path / "qs" / "sim" / "sft" / "val.jsonl").read_text().splitlines()]
+    assert rows["tuned simulator, stub queries"]["queries"] == len({(e["row_id"], e["query"]) for e in val
+                                                                    if e["partial"]})
+    assert rows["tuned simulator"]["queries"] == len({(e["row_id"], e["query"]) for e in val if not e["partial"]})
