@@ -160,7 +160,7 @@ def test_simulator_stage_with_stub_queries_reports_them_apart(tmp_path):
     stage_fidelity(cfg, lambda *a: None)
     rows = {r["simulator"]: r for r in json.loads((tmp_path / "qs" / "sim" / "fidelity" / "fidelity.json").read_text())}
     assert set(rows) == {"real engine (reference)", "tuned simulator", "tuned simulator + noisy guard",
-                         "real engine, stub queries", "tuned simulator, stub queries"}
+                         "real engine (reference), stub queries", "tuned simulator, stub queries"}
     val = [json.loads(line) for line in (tmp_path / "qs" / "sim" / "sft" / "val.jsonl").read_text().splitlines()]
     assert rows["tuned simulator, stub queries"]["queries"] == len({(e["row_id"], e["query"]) for e in val
                                                                     if e["partial"]})

@@ -500,3 +500,32 @@ def test_partial_queries_teach_what_the_engine_returns_for_a_stub(bm25, tmp_path
     missed = [e for e in train if e["partial"] and e["mode"] == "useful"
               and not contains_answer(e["documents"], e["golden_answers"])]
     assert missed, "some stub misses the answer and is still a useful example"
+
+
+def test_cli_collects_stub_queries_and_reports_their_fidelity_apart(tmp_path, tiny_corpus):
+    train = tmp_path / "train.jsonl"
+    train.write_text("".join(json.dumps({"id": r.id, "question": r.question, "golden_answers": r.golden_answers})
+                             + "\n" for r in ROWS))
+    zs = [sys.executable, "-m", "zerosearch.cli", "sim"]
+    run = lambda *args: subprocess.run(zs + list(args), capture_output=True, text=True, timeout=600)  # noqa: E731
+    r = run("collect", "--engine", "bm25", "--corpus", str(tiny_corpus), "--topk", "4", "--train-data",
+            str(train), "--query-source", "policy", "--partial-queries", "1", "-o", str(tmp_path / "x.jsonl"))
+    assert r.returncode == 2 and "query_source=question" in r.stdout + r.stderr
+    r = run("collect", "--engine", "bm25", "--corpus", str(tiny_corpus), "--topk", "4", "--train-data",
+            str(train), "--query-source", "question", "--partial-queries", "1", "--partial-seed", "2",
+            "-o", str(tmp_path / "c.jsonl"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert f"{len(ROWS)} questions, {2 * len(ROWS)} queries" in " ".join((r.stdout + r.stderr).split())
+    label(tmp_path / "c.jsonl", tmp_path / "l.jsonl")
+    build(tmp_path / "l.jsonl", tmp_path / "sft", max_docs=2, val_fraction=0.5, paired=True, seed=1)
+    val = read_finished(tmp_path / "sft" / "val.jsonl")
+    assert {e["partial"] for e in val} == {True, False}
+    r = run("fidelity", "--simulator", "prompt@embedded:tiny-random", "--held-out", str(tmp_path / "sft" / "val.jsonl"),
+            "--topk", "2", "--max-new-tokens", "8", "-o", str(tmp_path / "fid"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    rows = json.loads((tmp_path / "fid" / "fidelity.json").read_text())
+    assert [row["simulator"] for row in rows] == [
+        "real engine (reference)", "prompt@embedded:tiny-random",
+        "real engine (reference), stub queries", "prompt@embedded:tiny-random, stub queries"]
+    assert rows[1]["queries"] == len({(e["row_id"], e["query"]) for e in val if not e["partial"]})
+    assert rows[3]["queries"] == len({(e["row_id"], e["query"]) for e in val if e["partial"]})

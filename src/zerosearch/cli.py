@@ -388,6 +388,8 @@ def sim_collect(
     max_turns: int = typer.Option(CollectConfig().rollout.max_turns, "--max-turns",
                                   help="Policy searches per question."),
     batch_size: int = field_option(CollectConfig, "batch_size", "--batch-size"),
+    partial_queries: int = field_option(CollectConfig, "partial_queries", "--partial-queries"),
+    partial_seed: int = field_option(CollectConfig, "seed", "--partial-seed"),
     config: Optional[str] = typer.Option(None, "--config", "-c", help=_ENGINE_CONFIG_HELP),
     engine_cfg: EngineConfig = None,
 ):
@@ -403,7 +405,8 @@ def sim_collect(
         rows = load_qa(train_data, limit=limit)
         cfg = CollectConfig(query_source=query_source, batch_size=batch_size,
                             rollout=replace(CollectConfig().rollout, max_turns=max_turns,
-                                            topk=engine_cfg.topk))
+                                            topk=engine_cfg.topk),
+                            partial_queries=partial_queries, seed=partial_seed)
         engine = _build(engine_cfg)
         generator = tokenizer = None
         if query_source == "policy":
@@ -527,34 +530,40 @@ def sim_fidelity(
     """Measure simulators against the real engine: format, controllability, overlap, cost."""
     from dataclasses import replace
 
-    from zerosearch.sim.fidelity import (held_out_queries, measure, real_engine_row,
+    from zerosearch.sim.fidelity import (held_out_queries, measure, query_groups, real_engine_row,
                                          reference_documents, write_report)
 
     try:
         queries = held_out_queries(held_out, limit)
         if not queries:
             raise ValueError(f"no held-out queries in {held_out}")
+        for spec in simulator:
+            style, sep, model = spec.partition("@")
+            style, plus, guard = style.partition("+")
+            if not sep or style not in ("finetuned", "prompt") or (plus and guard != "guard"):
+                raise ValueError(f"--simulator {spec!r}: expected STYLE@MODEL or STYLE+guard@MODEL "
+                                 "with STYLE finetuned or prompt")
         ref_engine = None
         if reference_engine:
             ref_engine = _build(replace(engine_cfg, kind=reference_engine))
-        reference = reference_documents(queries, ref_engine, engine_cfg.topk)
         judge = _judge_backend(judge_model, judge_url)
-        rows = [real_engine_row(queries, reference)]
+        rows = []
         progress, update = named_progress(40)
         with progress:
-            for spec in simulator:
-                style, sep, model = spec.partition("@")
-                style, plus, guard = style.partition("+")
-                if not sep or style not in ("finetuned", "prompt") or (plus and guard != "guard"):
-                    raise ValueError(f"--simulator {spec!r}: expected STYLE@MODEL or STYLE+guard@MODEL "
-                                     "with STYLE finetuned or prompt")
-                engine = _build(replace(engine_cfg, kind="simulated", model=model, style=style,
-                                        noisy_guard=bool(plus) or engine_cfg.noisy_guard))
-                try:
-                    rows.append(measure(spec, engine, queries, engine_cfg.topk, reference, judge,
-                                        progress=update))
-                finally:
-                    engine.close()
+            for suffix, group in query_groups(queries):  # the questions, then stubs of them (if any)
+                reference = reference_documents(group, ref_engine, engine_cfg.topk)
+                rows.append(real_engine_row(group, reference))
+                rows[-1]["simulator"] += suffix
+                for spec in simulator:
+                    style, _, model = spec.partition("@")
+                    style, plus, _ = style.partition("+")
+                    engine = _build(replace(engine_cfg, kind="simulated", model=model, style=style,
+                                            noisy_guard=bool(plus) or engine_cfg.noisy_guard))
+                    try:
+                        rows.append(measure(spec + suffix, engine, group, engine_cfg.topk, reference, judge,
+                                            progress=update))
+                    finally:
+                        engine.close()
     except USER_ERRORS as err:
         fail(err)
     out.print(write_report(rows, output_dir))

@@ -236,14 +236,14 @@ def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str
 
 def stage_fidelity(cfg: QuickstartConfig, progress: Progress) -> dict[str, Any]:
     """How faithful the tuned simulator is on the held-out SFT queries (``sim/fidelity/``)."""
-    from zerosearch.sim.fidelity import held_out_queries, measure, real_engine_row, reference_documents, write_report
+    from zerosearch.sim.fidelity import (STUBS, held_out_queries, measure, query_groups, real_engine_row,
+                                         reference_documents, write_report)
 
     out = Path(cfg.output_dir) / "sim" / "fidelity"
     if (out / "fidelity.json").exists():
         return json.loads((out / "fidelity.json").read_text())[1]
-    held_out = held_out_queries(Path(cfg.output_dir) / "sim" / "sft" / "val.jsonl")
-    queries = [q for q in held_out if not q.get("partial")]  # the questions themselves
-    stubs = [q for q in held_out if q.get("partial")]  # sim.partial_queries
+    groups = dict(query_groups(held_out_queries(Path(cfg.output_dir) / "sim" / "sft" / "val.jsonl")))
+    queries, stubs = groups.get("", []), groups.get(STUBS, [])  # the questions; sim.partial_queries
     if not queries:
         raise ValueError("no held-out simulator queries (sim/sft/val.jsonl is empty); raise sim.questions")
     reference = reference_documents(queries, None, cfg.topk)
@@ -252,12 +252,13 @@ def stage_fidelity(cfg: QuickstartConfig, progress: Progress) -> dict[str, Any]:
     # then, on the stubs, whether the simulator follows the query as the real engine does
     for name, guard, chosen in (("tuned simulator", False, queries),
                                 ("tuned simulator + noisy guard", True, queries),
-                                ("tuned simulator, stub queries", False, stubs)):
+                                ("tuned simulator" + STUBS, False, stubs)):
         if not chosen:
             continue
         if chosen is stubs:
             reference = reference_documents(stubs, None, cfg.topk)
-            rows.append({**real_engine_row(stubs, reference), "simulator": "real engine, stub queries"})
+            rows.append(real_engine_row(stubs, reference))
+            rows[-1]["simulator"] += STUBS
         engine = build_engine(replace(simulator_config(cfg), noisy_guard=guard))
         try:
             rows.append(measure(name, engine, chosen, cfg.topk, reference,

@@ -77,6 +77,10 @@ def collect(rows: Sequence[Row], engine: Engine, out_path: str | Path, cfg: Coll
         raise ValueError(f"query_source must be one of {', '.join(QUERY_SOURCES)}")
     if cfg.query_source == "policy" and (generator is None or tokenizer is None):
         raise ValueError("query_source=policy needs a policy model")
+    if cfg.partial_queries < 0:
+        raise ValueError(f"partial_queries must be >= 0, got {cfg.partial_queries}")
+    if cfg.partial_queries and cfg.query_source != "question":
+        raise ValueError("partial_queries are stubs of the question: use query_source=question")
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     done = {r["row_id"] for r in read_finished(out_path)}

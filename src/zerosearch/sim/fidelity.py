@@ -45,6 +45,19 @@ def held_out_queries(path: str | Path, limit: int | None = None) -> list[dict[st
     return out[:limit] if limit else out
 
 
+STUBS = ", stub queries"
+"""Suffix of the rows measured on stub queries (``sim collect``'s ``partial_queries``)."""
+
+
+def query_groups(queries: Sequence[dict[str, Any]]) -> list[tuple[str, list[dict[str, Any]]]]:
+    """The held-out queries in two groups, each reported in its own rows: the questions themselves
+    (suffix "", where the mode targets apply) and stubs of them (suffix :data:`STUBS`, where a
+    faithful simulator writes what the real engine returns: often no answer). Empty groups are left
+    out."""
+    groups = [("", [q for q in queries if not q.get("partial")]), (STUBS, [q for q in queries if q.get("partial")])]
+    return [(suffix, chosen) for suffix, chosen in groups if chosen]
+
+
 def _unigram_f1(a: str, b: str) -> float:
     x, y = Counter(normalize_answer(a).split()), Counter(normalize_answer(b).split())
     same = sum((x & y).values())
