@@ -350,8 +350,13 @@ def test_noisy_unlikelihood_pushes_down_the_answers_first_tokens(tiny_model):
     row = {"prompt": [{"role": "user", "content": "q"}], "golden_answers": ["Amazonian"],
            "completion": [{"role": "assistant", "content": "Doc 1: (Title: X) nothing here."}]}
     noisy = weighted_example(tokenizer, {**row, "mode": "noisy"}, 1.0, 512, ban_answers=True)
-    useful = weighted_example(tokenizer, {**row, "mode": "useful"}, 1.0, 512, ban_answers=True)
+    holding = [{"role": "assistant", "content": "Doc 1: (Title: X) the Amazonian river."}]
+    useful = weighted_example(tokenizer, {**row, "mode": "useful", "completion": holding}, 1.0, 512,
+                              ban_answers=True)
     assert noisy["banned_ids"] == answer_first_tokens(tokenizer, ["Amazonian"]) and not useful["banned_ids"]
+    # a useful target without the answer (a stub query the real engine missed) is pushed off it too
+    missed = weighted_example(tokenizer, {**row, "mode": "useful"}, 1.0, 512, ban_answers=True)
+    assert missed["banned_ids"] == noisy["banned_ids"]
     batch = weighted_collator(tokenizer.pad_token_id or 0)([noisy, useful])
     assert batch["banned_ids"].shape[0] == 2 and (batch["banned_ids"][1] == -1).all()
 

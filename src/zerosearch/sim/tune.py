@@ -67,12 +67,13 @@ class SimTrainConfig:
     SFT hardly teaches a small simulator to copy the answer it is given into useful documents;
     a weight above 1 stresses exactly that. 1 = plain SFT through TRL's own tokenisation."""
     noisy_unlikelihood: float = 0.0
-    """Weight of an unlikelihood term (Welleck et al., 2019) on noisy examples: at every completion
-    position, ``-log(1 - p)`` of the first token of each gold answer (as written, with a leading
-    space, lower-cased; leading articles skipped; only tokens of 3+ characters, so a digit or a
-    one-letter piece is never banned). Real noisy documents never hold the answer, but plain SFT
-    never says so either, and a small simulator given the answer in its prompt copies it into
-    noisy documents too. 0 = off."""
+    """Weight of an unlikelihood term (Welleck et al., 2019) on examples whose target holds no gold
+    answer (noisy ones, and useful ones for stub queries the real engine missed: ``sim collect
+    --partial-queries``): at every completion position, ``-log(1 - p)`` of the first token of each
+    gold answer (as written, with a leading space, lower-cased; leading articles skipped; only
+    tokens of 3+ characters, so a digit or a one-letter piece is never banned). Real documents
+    without the answer never hold it, but plain SFT never says so either, and a small simulator
+    given the answer in its prompt copies it into them too. 0 = off."""
     noisy_contrast: bool = False
     """Also show the simulator, for each noisy example whose query has a useful one, the useful
     documents under the *noisy* prompt, with no likelihood term and an unlikelihood term (weight
@@ -165,7 +166,8 @@ def weighted_example(tokenizer, row: dict, answer_weight: float, max_length: int
     """Tokenise one chat prompt-completion example as TRL does (the chat template over prompt then
     prompt + completion; loss on the completion only) and weigh each label: ``answer_weight`` for
     the tokens overlapping a gold answer in a useful example's completion, 1 for the rest. With
-    ``ban_answers``, a noisy example also lists its answers' first tokens (``banned_ids``). A
+    ``ban_answers``, an example whose target holds no gold answer (noisy, or useful for a stub query
+    that the real engine missed) also lists its answers' first tokens (``banned_ids``). A
     ``contrast`` example (``SimTrainConfig.noisy_contrast``) weighs every token 0 and marks the
     tokens overlapping a gold answer in ``unlike`` (1 = push that label's probability down)."""
     prompt_text = tokenizer.apply_chat_template(row["prompt"], tokenize=False, add_generation_prompt=True)
@@ -186,8 +188,9 @@ def weighted_example(tokenizer, row: dict, answer_weight: float, max_length: int
         weights.append(0.0 if contrast else answer_weight if on_answer else 1.0)
         unlike.append(1.0 if contrast and on_answer else 0.0)
     ids = enc["input_ids"][:max_length]
-    banned = (answer_first_tokens(tokenizer, row.get("golden_answers"))
-              if ban_answers and row.get("mode") == "noisy" else [])
+    # a target without the answer: noisy, or a useful stub query the real engine missed (sim build)
+    answer_free = row.get("mode") == "noisy" or (row.get("mode") == "useful" and not spans)
+    banned = answer_first_tokens(tokenizer, row.get("golden_answers")) if ban_answers and answer_free else []
     return {"input_ids": ids, "labels": labels[:max_length], "loss_weights": weights[:max_length],
             "banned_ids": banned, "unlike": unlike[:max_length]}
 
