@@ -480,15 +480,29 @@ def test_partial_queries_are_seeded_stubs_of_the_question():
     assert partial_query("Paris", random.Random(0)) is None
 
 
+def test_nameless_queries_drop_the_names_of_the_question():
+    from zerosearch.sim.collect import nameless_query
+
+    assert nameless_query("In what year was the creator of The Winter Compass born?") == \
+        "In what year was the creator of born?"
+    assert nameless_query("Which river flows through Cairo?") == "Which river flows through"
+    assert nameless_query("who wrote it?") is None  # no name: nothing to drop
+    assert nameless_query("Who Zorbak?") is None  # nothing left but the first word
+
+
 def test_partial_queries_teach_what_the_engine_returns_for_a_stub(bm25, tmp_path):
     collected, labelled = tmp_path / "c.jsonl", tmp_path / "l.jsonl"
     cfg = CollectConfig(query_source="question", rollout=RolloutConfig(topk=5), partial_queries=2, seed=1)
     counts = collect(ROWS, bm25, collected, cfg)
     records = read_finished(collected)
     assert counts["queries"] > len(ROWS)
+    from zerosearch.sim.collect import nameless_query
+
     for rec in records:
         assert rec["searches"][0]["query"] == rec["question"] and not rec["searches"][0]["partial"]
         assert all(s["partial"] and s["query"] != rec["question"] for s in rec["searches"][1:])
+        if nameless_query(rec["question"]):  # a question with a name: its first stub drops it
+            assert rec["searches"][1]["query"] == nameless_query(rec["question"])
     again = tmp_path / "again.jsonl"
     collect(ROWS, bm25, again, cfg)
     assert read_finished(again) == records  # the same seed, the same stubs

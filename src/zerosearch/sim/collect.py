@@ -9,10 +9,11 @@ Small instruct models rarely emit ``<search>`` at all (SmolLM2-135M: 0 of 32 tri
 ``query_source="question"`` is offered as an explicit alternative: the question itself is the query
 (the first query most agents issue). The records say which source made them.
 
-With the question as the query, ``partial_queries`` adds stubs of it: random subsets of its words,
-the kind of query an RL policy drifts to ("In what year?"). Recording what the real engine returns
-for them (usually not the answer, once the subject's name is gone) lets a simulator tuned on the
-collection follow the query, instead of writing the answer it was given whatever the query says.
+With the question as the query, ``partial_queries`` adds stubs of it: the question without its
+names, then random subsets of its words, the kind of query an RL policy drifts to ("In what year
+was born?"). Recording what the real engine returns for them (not the answer, once the subject's
+name is gone) lets a simulator tuned on the collection follow the query, instead of writing the
+answer it was given whatever the query says.
 """
 
 from __future__ import annotations
@@ -41,8 +42,9 @@ class CollectConfig:
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(max_turns=3, temperature=0.7))
     """The collecting policy's turns, budgets, top-k and sampling."""
     partial_queries: int = 0
-    """With query_source=question: extra queries per question, each a random subset of the
-    question's words in their order (:func:`partial_query`), recorded with ``partial: true``."""
+    """With query_source=question: extra queries per question, recorded with ``partial: true``:
+    the first is the question without its names (:func:`nameless_query`), the others random
+    subsets of its words in their order (:func:`partial_query`)."""
     seed: int = 0
     """Seed of the partial queries (each question's are a function of the seed and its id)."""
 
@@ -63,9 +65,22 @@ def _docs(result) -> list[dict[str, Any]]:
     return [{"title": d.title, "text": d.text, "id": d.id} for d in result.documents]
 
 
+def nameless_query(question: str) -> str | None:
+    """``question`` without its names (the words after the first that start with a capital letter):
+    the stub a policy sends when it drops the entity ("In what year was born?"). None when the
+    question has no such word or nothing else."""
+    words = question.split()
+    kept = words[:1] + [w for w in words[1:] if not w[:1].isupper()]
+    return " ".join(kept) if 1 < len(kept) < len(words) else None
+
+
 def _partials(row: Row, cfg: CollectConfig) -> list[str]:
+    if cfg.partial_queries <= 0:
+        return []
     rng = random.Random(f"{cfg.seed}:{row.id}")
-    stubs = (partial_query(row.question, rng) for _ in range(cfg.partial_queries))
+    nameless = nameless_query(row.question)
+    stubs = [nameless] if nameless else []
+    stubs += [partial_query(row.question, rng) for _ in range(cfg.partial_queries - len(stubs))]
     return list(dict.fromkeys(q for q in stubs if q))
 
 
