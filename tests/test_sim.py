@@ -444,6 +444,16 @@ def test_paired_examples_give_each_query_both_modes_where_its_documents_allow():
     assert [p["labels"]["contains"] for p in paired_examples(pair, max_docs=4)] == ["useful"]
     answerless = {**pair, "documents": docs[1:]}
     assert [p["labels"]["contains"] for p in paired_examples(answerless, max_docs=3)] == ["noisy"]
+    # a stub query's useful example is the engine's top documents as ranked, answer or not
+    from zerosearch.sim.build import example
+
+    stub = {**pair, "query": "capital of", "partial": True}
+    useful, noisy = paired_examples(stub, max_docs=3)
+    assert [d["id"] for d in useful["documents"]] == ["2", "3", "1", "4"]
+    assert [d["id"] for d in noisy["documents"]] == ["2", "3", "4"]
+    written = example(useful, "useful", 2, 30, answer_first=True)
+    assert not contains_answer(written["documents"], ["Paris"]) and written["partial"]
+    assert [p["labels"]["contains"] for p in paired_examples({**answerless, "partial": True}, 3)] == ["useful", "noisy"]
 
 
 def test_build_paired_sets_noisy_targets_without_the_answer(bm25, tmp_path):

@@ -66,7 +66,7 @@ def example(pair: dict[str, Any], mode: str, max_docs: int, max_doc_words: int,
     ``max_docs`` are kept, so a pair labelled useful by a lower-ranked document stays useful."""
     golds = pair["golden_answers"]
     texts = [target_document(d, max_doc_words, golds, answer_lead) for d in pair["documents"]]
-    if answer_first and mode == "useful":
+    if answer_first and mode == "useful" and not pair.get("partial"):  # a stub keeps the engine's order
         texts.sort(key=lambda t: not contains_answer([t], golds))  # stable: ranks kept within
     texts = texts[:max_docs]
     messages = finetuned_sim_messages(pair["query"], pair["question"], pair["golden_answers"], mode,
@@ -87,18 +87,23 @@ def paired_examples(pair: dict[str, Any], max_docs: int) -> list[dict[str, Any]]
     and a small simulator learns that instead of the mode word. Retrieving deeper than ``max_docs``
     (for example top-10 for three-document targets) lets most queries give both.
 
-    A *partial* query (a stub of the question, ``sim collect``'s ``partial_queries``) whose
-    documents hold no answer also gives a useful example: the engine's own documents. Useful mode
-    is then what a working engine returns for the query, which is not the answer when the query
-    cannot find it; without these examples the simulator writes the answer for any query, and a
-    policy trained against it learns stub queries that real engines do not answer."""
+    A *partial* query (a stub of the question, ``sim collect``'s ``partial_queries``) gives as its
+    useful example the engine's own top documents in the engine's order, answer or not: useful
+    mode is then what a working engine returns for the query, which is rarely the answer once the
+    subject's name is gone (lifting a lower-ranked document that happens to hold the answer, a
+    common year or country, would teach the opposite). Without these examples the simulator
+    writes the answer for any query, and a policy trained against it learns stub queries that
+    real engines do not answer."""
     golds = pair["golden_answers"]
     docs = pair["documents"]
     holds = [contains_answer(doc_texts([d]), golds) for d in docs]
     holding = [d for d, h in zip(docs, holds) if h]
     rest = [d for d, h in zip(docs, holds) if not h]
     out = []
-    if holding or (pair.get("partial") and len(docs) >= max_docs):
+    if pair.get("partial"):
+        if len(docs) >= max_docs:
+            out.append({**pair, "labels": {**pair["labels"], "contains": "useful"}})
+    elif holding:
         out.append({**pair, "documents": holding + rest, "labels": {**pair["labels"], "contains": "useful"}})
     if len(rest) >= max_docs:
         out.append({**pair, "documents": rest, "labels": {**pair["labels"], "contains": "noisy"}})
