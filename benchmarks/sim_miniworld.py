@@ -2,7 +2,9 @@
 and fidelity stages for a QuickstartConfig YAML (its ``sim:`` section is the tuning recipe) and
 writes a small results file: per simulator row (the real engine's reference, the tuned simulator
 without the noisy guard, and with it) the share of well-formed k-document outputs and of useful- and
-noisy-mode outputs that hold a gold answer, on the held-out simulator queries.
+noisy-mode outputs that hold a gold answer, on the held-out simulator queries; with ``sim.partial_queries``
+two more rows measure the real engine and the tuned simulator on the held-out stub queries (does the
+simulator follow the query?).
 
     python benchmarks/sim_miniworld.py -c configs/miniworld-sim.yaml -o runs/sim-miniworld \
         --copy-to docs/results/sim_miniworld.json
