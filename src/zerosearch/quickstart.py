@@ -79,9 +79,10 @@ class SimStageConfig:
     """Words a clipped target document keeps before the answer (None: a third of
     ``max_doc_words``)."""
     partial_queries: int = 0
-    """Stubs of each question (random subsets of its words) also searched with BM25 and turned
-    into SFT examples (``sim collect``'s ``partial_queries``; with ``paired``, a stub that misses
-    the answer is a useful example too), so the simulator follows the query it is given."""
+    """Stubs of each question (the question without its names, then random subsets of its words)
+    also searched with BM25 and turned into SFT examples (``sim collect``'s ``partial_queries``;
+    with ``paired``, a stub's useful target is BM25's top documents as ranked), so the simulator
+    follows the query it is given."""
 
 
 def _quickstart_algorithm() -> AlgorithmConfig:
@@ -236,35 +237,31 @@ def stage_simulator(cfg: QuickstartConfig, progress: Progress, log=print) -> str
 
 def stage_fidelity(cfg: QuickstartConfig, progress: Progress) -> dict[str, Any]:
     """How faithful the tuned simulator is on the held-out SFT queries (``sim/fidelity/``)."""
-    from zerosearch.sim.fidelity import (STUBS, held_out_queries, measure, query_groups, real_engine_row,
+    from zerosearch.sim.fidelity import (held_out_queries, measure, query_groups, real_engine_row,
                                          reference_documents, write_report)
 
     out = Path(cfg.output_dir) / "sim" / "fidelity"
     if (out / "fidelity.json").exists():
         return json.loads((out / "fidelity.json").read_text())[1]
-    groups = dict(query_groups(held_out_queries(Path(cfg.output_dir) / "sim" / "sft" / "val.jsonl")))
-    queries, stubs = groups.get("", []), groups.get(STUBS, [])  # the questions; sim.partial_queries
-    if not queries:
+    groups = query_groups(held_out_queries(Path(cfg.output_dir) / "sim" / "sft" / "val.jsonl"))
+    if not groups or groups[0][0] != "":
         raise ValueError("no held-out simulator queries (sim/sft/val.jsonl is empty); raise sim.questions")
-    reference = reference_documents(queries, None, cfg.topk)
-    rows = [real_engine_row(queries, reference)]
-    # as trained (the guard off, as in the paper), then with the noisy guard, reported beside it;
-    # then, on the stubs, whether the simulator follows the query as the real engine does
-    for name, guard, chosen in (("tuned simulator", False, queries),
-                                ("tuned simulator + noisy guard", True, queries),
-                                ("tuned simulator" + STUBS, False, stubs)):
-        if not chosen:
-            continue
-        if chosen is stubs:
-            reference = reference_documents(stubs, None, cfg.topk)
-            rows.append(real_engine_row(stubs, reference))
-            rows[-1]["simulator"] += STUBS
-        engine = build_engine(replace(simulator_config(cfg), noisy_guard=guard))
-        try:
-            rows.append(measure(name, engine, chosen, cfg.topk, reference,
-                                progress=lambda _n, d, t, name=name: progress(f"sim: fidelity ({name})", d, t, "")))
-        finally:
-            engine.close()
+    rows = []
+    # per group (the questions, then stubs of them: does the simulator follow the query?): the real
+    # engine, the simulator as trained (the guard off, as in the paper) and, on the questions, with
+    # the noisy guard reported beside it
+    for suffix, group in groups:
+        reference = reference_documents(group, None, cfg.topk)
+        rows.append(real_engine_row(group, reference))
+        rows[-1]["simulator"] += suffix
+        for name, guard in (("tuned simulator", False), ("tuned simulator + noisy guard", True))[:1 if suffix else 2]:
+            name += suffix
+            engine = build_engine(replace(simulator_config(cfg), noisy_guard=guard))
+            try:
+                rows.append(measure(name, engine, group, cfg.topk, reference,
+                                    progress=lambda _n, d, t, name=name: progress(f"sim: fidelity ({name})", d, t, "")))
+            finally:
+                engine.close()
     write_report(rows, out)
     return rows[1]
 
