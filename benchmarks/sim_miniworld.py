@@ -10,6 +10,11 @@ simulator follow the query?).
         --copy-to docs/results/sim_miniworld.json
 
 A rerun resumes: finished stages are skipped (delete ``<out>/sim/fidelity`` to measure again).
+To measure the simulator the learning benchmark trains against, point both at one folder with the
+same validation split (the simulator is tuned on the training questions less that split):
+
+    python benchmarks/sim_miniworld.py -c configs/quickstart/miniworld-learning.yaml \
+        -o runs/miniworld_learning --val-questions 100
 """
 
 from __future__ import annotations
@@ -42,6 +47,11 @@ def main(
     world_seed: Optional[int] = typer.Option(None, "--world-seed",
                                              help="Mini-world seed (another world: other names, facts, "
                                                   "questions); default: the config's."),
+    val_questions: Optional[int] = typer.Option(None, "--val-questions",
+                                                help="Training questions held out as a validation split "
+                                                     "(the simulator is tuned on the rest); "
+                                                     "benchmarks/miniworld_learning.py holds out 100. "
+                                                     "Default: the config's."),
 ):
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     from dataclasses import asdict
@@ -58,6 +68,8 @@ def main(
         cfg.seed = seed
     if world_seed is not None:
         cfg.world.seed = world_seed
+    if val_questions is not None:
+        cfg.val_questions = val_questions
     progress, update = named_progress(34)
     started = time.time()
     with progress:
@@ -71,6 +83,7 @@ def main(
         "machine": f"{platform.machine()} CPU, {os.cpu_count()} logical CPUs, {platform.system()}",
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "sim": asdict(cfg.sim), "topk": cfg.topk, "seed": cfg.seed, "world_seed": cfg.world.seed,
+        "val_questions": cfg.val_questions,
         # of this invocation (a resumed run skips finished stages)
         "seconds": {"until_tuned": round(tuned, 1), "total": round(time.time() - started, 1)},
         "rows": [{k: r.get(k) for k in KEYS} for r in rows],
