@@ -140,3 +140,32 @@ def test_quickstart_rl_stage_is_train_s_own_algorithm_and_training_sections(tmp_
     with pytest.raises(ConfigError, match="micro_batch_size must be >= 0"):
         rl_train_config(from_dict(QuickstartConfig, {"rl": {"training": {"micro_batch_size": -1}}}),
                         "m", simulator_config(cfg), cfg.rl.curriculum, tmp_path / "rl")
+
+
+def test_a_save_cut_short_never_looks_finished(tmp_path):
+    """Stages treat ``<folder>/config.json`` as "done", and save_pretrained writes it before the
+    weights: a save that dies half-way must leave the old folder (or none), never a half one."""
+    from zerosearch.models import save_atomically
+
+    class Saves:
+        def __init__(self, text, fail=False, file="model.safetensors"):
+            self.text, self.fail, self.file = text, fail, file
+
+        def save_pretrained(self, folder):
+            (folder / "config.json").write_text(self.text)
+            if self.fail:
+                raise OSError("disk full")
+            (folder / self.file).write_text(self.text)
+
+    target = tmp_path / "final"
+    with pytest.raises(OSError):
+        save_atomically(target, Saves("a", fail=True), Saves("tok", file="tokenizer.json"))
+    assert not target.exists()
+    save_atomically(target, Saves("a"), Saves("tok", file="tokenizer.json"))
+    assert (target / "model.safetensors").read_text() == "a"
+    save_atomically(target, Saves("b"), Saves("tok", file="tokenizer.json"))  # a run trained further replaces it
+    assert (target / "model.safetensors").read_text() == "b"
+    with pytest.raises(OSError):
+        save_atomically(target, Saves("c", fail=True), Saves("tok", file="tokenizer.json"))
+    assert (target / "model.safetensors").read_text() == "b"
+    assert [p.name for p in tmp_path.iterdir()] == ["final"]  # no temporary folders left

@@ -71,14 +71,29 @@ def _file_lock(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def replace_folder(source: str | Path, target: str | Path) -> None:
+    """Rename ``source`` to ``target``, replacing a ``target`` folder that is already there (a run
+    trained further); at every moment ``target`` is either the old folder, absent, or the new one."""
+    target = Path(target)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.old."))
+        os.replace(target, old / "folder")
+    os.replace(source, target)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def save_atomically(target: Path, model, tokenizer) -> None:
     """Save into a temporary sibling folder, then rename: readers never see half a model."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}."))
     try:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         os.chmod(tmp, 0o755)
-        os.replace(tmp, target)
+        replace_folder(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

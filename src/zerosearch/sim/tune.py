@@ -17,7 +17,7 @@ from typing import Callable
 from zerosearch.cpu import tune_process
 from zerosearch.hardware import runtime_choices
 from zerosearch.jsonl import read_finished
-from zerosearch.models import resolve_model
+from zerosearch.models import resolve_model, save_atomically
 
 
 @dataclass
@@ -354,7 +354,10 @@ def train_simulator(cfg: SimTrainConfig, log=print,
     trained = trainer.model
     if cfg.lora:
         trained = trained.merge_and_unload()
-    trained.save_pretrained(final)
-    tokenizer.save_pretrained(final)
+    if trainer.is_world_process_zero():
+        # atomically: the quickstart treats final/config.json as "stage done", and save_pretrained
+        # writes it before the weights
+        save_atomically(final, trained, tokenizer)
+    trainer.accelerator.wait_for_everyone()
     log(f"simulator saved to {final}")
     return str(final)

@@ -21,7 +21,7 @@ from zerosearch.engines.base import EngineError, SearchRequest
 from zerosearch.engines.factory import build_engine
 from zerosearch.cpu import tune_process
 from zerosearch.hardware import RuntimeChoices, runtime_choices
-from zerosearch.models import resolve_model
+from zerosearch.models import replace_folder, resolve_model
 from zerosearch.protocol import STOP_STRINGS
 from zerosearch.qa import load_qa
 from zerosearch.runfolder import MetricsCallback, prepare_resume
@@ -166,9 +166,15 @@ def train(cfg: TrainConfig, resume: bool = False, log=print,
             trainer.load_value_checkpoint(checkpoint)
             log(f"resuming from {checkpoint}")
         trainer.train(resume_from_checkpoint=checkpoint)
+        # saved beside, then renamed: final/config.json marks a finished run (the quickstart's
+        # resume test), and save_pretrained writes it before the weights
         final = os.path.join(cfg.training.output_dir, "final")
-        trainer.save_model(final)
-        trainer.processing_class.save_pretrained(final)
+        partial = final + ".partial"
+        trainer.save_model(partial)
+        if trainer.is_world_process_zero():
+            trainer.processing_class.save_pretrained(partial)
+            replace_folder(partial, final)
+        trainer.accelerator.wait_for_everyone()
         return final
     finally:
         trainer.engine.close()
