@@ -298,3 +298,27 @@ def test_the_benchmark_defaults_are_the_recipe():
     cfg = rl_settings(quickstart_config(script.D), script.D)
     assert settings_tag(cfg) == "steps20-q2-g8-lr2e-05-t0.7-b0.04"
     assert cfg.rl.algorithm.name == "grpo" and cfg.rl.algorithm.reward == "f1"
+
+
+def test_query_habits_count_stub_queries_and_empty_results(tmp_path):
+    from zerosearch.learning import query_habits
+    from zerosearch.protocol import NO_DOCUMENTS
+    from zerosearch.sim.collect import question_names
+
+    assert question_names("In what year was the creator of The Winter Compass born?") == ["The", "Winter", "Compass"]
+    q = "Where was Quian Liarkkrash born?"
+    rows = [
+        {"id": "a", "question": q, "response": f"<search> {q} </search>\n\n<information>Doc 1: x</information>\n\n"
+                                             "<search> Where was born </search>\n\n"
+                                             f"<information>{NO_DOCUMENTS}</information>\n\n<answer> x </answer>"},
+        {"id": "b", "question": q, "response": "<search> liarkkrash birthplace </search>\n\n<information>Doc 1: y"
+                                             "</information>\n\n<answer> y </answer>"},
+        {"id": "c", "question": q, "response": "<answer> z </answer>"},
+    ]
+    pred = tmp_path / "test.jsonl"
+    pred.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    habits = query_habits(pred)
+    assert habits["queries_with_name"] == pytest.approx(100 * 2 / 3)  # the lower-case name counts too
+    assert habits["empty_results"] == pytest.approx(100 / 3)
+    pred.write_text(json.dumps(rows[2]) + "\n")
+    assert query_habits(pred) == {"queries_with_name": None, "empty_results": None}

@@ -29,6 +29,7 @@ import gc
 import json
 import os
 import platform
+import re
 import shutil
 import statistics
 import time
@@ -40,10 +41,12 @@ from zerosearch.config import ConfigError
 from zerosearch.curriculum import CurriculumConfig
 from zerosearch.engines.factory import EngineConfig
 from zerosearch.jsonl import read_finished
+from zerosearch.protocol import NO_DOCUMENTS
 from zerosearch.quickstart import (Progress, QuickstartConfig, RLStageConfig, bm25_config, check_same_config,
                                    rl_train_config, simulator_config, stage_eval, stage_rl,
                                    stage_simulator, stage_warmup, stage_world)
 from zerosearch.report import plot_curves, rl_curve, stats_by_hops
+from zerosearch.sim.collect import question_names
 
 
 # -- arms ------------------------------------------------------------------------------------------
@@ -343,12 +346,34 @@ def eval_numbers(eval_dir: Path, questions: Path) -> dict[str, Any]:
     row: dict[str, Any] = {"n": sum(v["n"] for v in report["datasets"].values()), "em": 100 * a["em"],
                            "f1": 100 * a["f1"], "searches": a["searches"],
                            "no_answer": 100 * a["extraction_failure"]}
+    row.update(query_habits(pred))
     hops = stats_by_hops(pred, questions)
     for h in (1, 2, 3):
         row[f"em_{h}hop"] = hops[h]["em"] if h in hops else None
         row[f"searches_{h}hop"] = hops[h]["searches"] if h in hops else None
         row[f"n_{h}hop"] = hops[h]["n"] if h in hops else 0
     return row
+
+
+_SEARCH_RE = re.compile(r"<search>(.*?)</search>", re.DOTALL)
+
+
+def query_habits(predictions: Path) -> dict[str, float | None]:
+    """How an evaluated policy searches, over every query in its responses (x100; None without
+    queries): ``queries_with_name``, the share that keep at least one name of the question, and
+    ``empty_results``, the share the engine answered with no document. A policy that learned stub
+    queries ("In what year") against a simulator that answers anything shows both against BM25:
+    few names, many empty results."""
+    queries = named = empty = 0
+    for row in read_finished(predictions):
+        names = [n.lower() for n in question_names(row["question"])]
+        response = row.get("response") or ""
+        for query in _SEARCH_RE.findall(response):
+            queries += 1
+            named += any(n and n in query.lower() for n in names)
+        empty += response.count(NO_DOCUMENTS)
+    return {"queries_with_name": 100 * named / queries if queries else None,
+            "empty_results": 100 * empty / queries if queries else None}
 
 
 def _per_seed(rows: list[dict[str, Any]]) -> dict[str, list]:
@@ -458,12 +483,14 @@ def _fmt(values: list, digits: int = 1) -> str:
 
 def _table(rows: list[tuple[str, str, dict[str, list]]]) -> list[str]:
     lines = ["| arm | about | EM | F1 | EM 1-hop | EM 2-hop | EM 3-hop | searches/q 1-hop | 2-hop | 3-hop "
-             "| no answer (%) | EM per seed |", "|" + "---|" * 12]
+             "| no answer (%) | queries naming the entity (%) | queries finding nothing (%) | EM per seed |",
+             "|" + "---|" * 14]
     for name, about, r in rows:
         lines.append(f"| {name} | {about} | {_fmt(r['em'])} | {_fmt(r['f1'])} | "
                      + " | ".join(_fmt(r[f"em_{h}hop"]) for h in (1, 2, 3)) + " | "
                      + " | ".join(_fmt(r[f"searches_{h}hop"], 2) for h in (1, 2, 3))
-                     + f" | {_fmt(r['no_answer'], 0)} | {', '.join(f'{v:.1f}' for v in r['em'])} |")
+                     + f" | {_fmt(r['no_answer'], 0)} | {_fmt(r.get('queries_with_name', []), 0)}"
+                     + f" | {_fmt(r.get('empty_results', []), 0)} | {', '.join(f'{v:.1f}' for v in r['em'])} |")
     return lines
 
 

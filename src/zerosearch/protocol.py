@@ -105,6 +105,9 @@ def extract_answer(response: str) -> str | None:
 
 # --- documents ---------------------------------------------------------------------------------
 
+NO_DOCUMENTS = "No documents matched the query."
+"""The information block's body when the engine returned no document (a query BM25 matches nowhere)."""
+
 
 def format_documents(texts: Sequence[str]) -> str:
     """``Doc 1: …`` lines, one per document, in order, each on one line (whitespace collapsed):

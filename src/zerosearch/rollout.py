@@ -23,7 +23,7 @@ from typing import Any, Callable, Protocol, Sequence
 
 from zerosearch.qa import Row  # noqa: F401  (re-exported: the rollout's input rows)
 from zerosearch.engines.base import Engine, SearchRequest, SearchResult
-from zerosearch.protocol import (DOC_FORMATS, INVALID_ACTION_MESSAGE, build_policy_prompt,
+from zerosearch.protocol import (DOC_FORMATS, INVALID_ACTION_MESSAGE, NO_DOCUMENTS, build_policy_prompt,
                                  extract_answer, information_block, parse_action,
                                  resolve_doc_format, search_r1_documents, zerosearch_documents)
 
@@ -192,7 +192,7 @@ def information_text(result: SearchResult, doc_format: str = "zerosearch") -> st
     if result.error:
         body = f"Search failed: {result.error_kind or 'error'}."
     elif not result.documents:
-        body = "No documents matched the query."
+        body = NO_DOCUMENTS
     elif doc_format == "search-r1":
         body = search_r1_documents([d.corpus_contents() for d in result.documents])
     elif doc_format == "zerosearch":

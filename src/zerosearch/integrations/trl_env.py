@@ -24,7 +24,7 @@ from transformers import TrainerCallback
 
 from zerosearch.curriculum import CurriculumConfig
 from zerosearch.engines.base import Engine, SearchRequest
-from zerosearch.protocol import document_line, extract_answer, format_documents
+from zerosearch.protocol import NO_DOCUMENTS, document_line, extract_answer, format_documents
 from zerosearch.rewards import get_metric
 
 TOOL_INSTRUCTION = (
@@ -85,7 +85,7 @@ class SearchEnvironment:
             self.failures += 1
             raise RuntimeError(f"search failed ({result.error_kind}): {result.error}")
         if not result.documents:
-            return "No documents matched the query."
+            return NO_DOCUMENTS
         return format_documents([document_line(d.title, d.text) for d in result.documents])
 
 

@@ -65,6 +65,12 @@ def _docs(result) -> list[dict[str, Any]]:
     return [{"title": d.title, "text": d.text, "id": d.id} for d in result.documents]
 
 
+def question_names(question: str) -> list[str]:
+    """The names in ``question``: its words after the first that start with a capital letter,
+    without punctuation ("Who founded Quian Liarkkrash's school?" -> Quian, Liarkkrash's)."""
+    return [w.strip("?.,;:!\"()") for w in question.split()[1:] if w[:1].isupper()]
+
+
 def nameless_query(question: str) -> str | None:
     """``question`` without its names (the words after the first that start with a capital letter):
     the stub a policy sends when it drops the entity ("In what year was born?"). None when the
