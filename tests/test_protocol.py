@@ -196,3 +196,12 @@ def test_parse_documents_caps_at_k():
 def test_passage_text_splits_flashrag_contents():
     assert P.passage_text('"Paris"\nParis is big.') == ("Paris", "Paris is big.")
     assert P.passage_text("no title line") == (None, "no title line")
+
+
+def test_search_queries_lists_every_search_action_in_order():
+    from zerosearch.protocol import search_queries
+
+    response = ("<think> x </think>\n<search> first query </search>\n\n<information>Doc 1: a</information>\n"
+                "<search>\nsecond</search> <answer> not a query </answer>")
+    assert search_queries(response) == ["first query", "second"]
+    assert search_queries("<answer> 1998 </answer>") == []

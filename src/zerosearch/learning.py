@@ -29,7 +29,6 @@ import gc
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import time
@@ -41,7 +40,7 @@ from zerosearch.config import ConfigError
 from zerosearch.curriculum import CurriculumConfig
 from zerosearch.engines.factory import EngineConfig
 from zerosearch.jsonl import read_finished
-from zerosearch.protocol import NO_DOCUMENTS
+from zerosearch.protocol import NO_DOCUMENTS, search_queries
 from zerosearch.quickstart import (Progress, QuickstartConfig, RLStageConfig, bm25_config, check_same_config,
                                    rl_train_config, simulator_config, stage_eval, stage_rl,
                                    stage_simulator, stage_warmup, stage_world)
@@ -355,9 +354,6 @@ def eval_numbers(eval_dir: Path, questions: Path) -> dict[str, Any]:
     return row
 
 
-_SEARCH_RE = re.compile(r"<search>(.*?)</search>", re.DOTALL)
-
-
 def query_habits(predictions: Path) -> dict[str, float | None]:
     """How an evaluated policy searches, over every query in its responses (x100; None without
     queries): ``queries_with_name``, the share that keep at least one name of the question, and
@@ -368,7 +364,7 @@ def query_habits(predictions: Path) -> dict[str, float | None]:
     for row in read_finished(predictions):
         names = [n.lower() for n in question_names(row["question"])]
         response = row.get("response") or ""
-        for query in _SEARCH_RE.findall(response):
+        for query in search_queries(response):
             queries += 1
             named += any(n and n in query.lower() for n in names)
         empty += response.count(NO_DOCUMENTS)

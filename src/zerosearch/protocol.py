@@ -92,6 +92,11 @@ def parse_action(generated: str) -> Action:
     return Action(kind, content, match.end())  # type: ignore[arg-type]
 
 
+def search_queries(response: str) -> list[str]:
+    """Every query a response sent, in order (the text of each ``<search>`` action, stripped)."""
+    return [m.group(2).strip() for m in _ACTION_RE.finditer(response) if m.group(1) == "search"]
+
+
 def extract_answer(response: str) -> str | None:
     """The content of the last complete ``<answer>`` in a policy *response* (no prompt), or None.
 

@@ -65,10 +65,16 @@ def _docs(result) -> list[dict[str, Any]]:
     return [{"title": d.title, "text": d.text, "id": d.id} for d in result.documents]
 
 
+def _is_name(word: str, position: int) -> bool:
+    """A word of a question counts as (part of) a name when it is not the first and starts with a
+    capital letter."""
+    return position > 0 and word[:1].isupper()
+
+
 def question_names(question: str) -> list[str]:
-    """The names in ``question``: its words after the first that start with a capital letter,
-    without punctuation ("Who founded Quian Liarkkrash's school?" -> Quian, Liarkkrash's)."""
-    return [w.strip("?.,;:!\"()") for w in question.split()[1:] if w[:1].isupper()]
+    """The names in ``question`` (see :func:`_is_name`), without punctuation ("Who founded Quian
+    Liarkkrash's school?" -> Quian, Liarkkrash's)."""
+    return [w.strip("?.,;:!\"()") for i, w in enumerate(question.split()) if _is_name(w, i)]
 
 
 def nameless_query(question: str) -> str | None:
@@ -76,7 +82,7 @@ def nameless_query(question: str) -> str | None:
     the stub a policy sends when it drops the entity ("In what year was born?"). None when the
     question has no such word or nothing else."""
     words = question.split()
-    kept = words[:1] + [w for w in words[1:] if not w[:1].isupper()]
+    kept = [w for i, w in enumerate(words) if not _is_name(w, i)]
     return " ".join(kept) if 1 < len(kept) < len(words) else None
 
 
