@@ -56,6 +56,33 @@ def test_greedy_equals_generate_and_reuse_equals_fresh(model_tok):
     assert decoder.generate(second_contexts, 10, 0.0, 1.0) == second
 
 
+def test_a_prefix_all_contexts_share_is_read_once(model_tok):
+    model, tok = model_tok
+    template = tok("Answer the question. Think first, search when you lack knowledge, and give the "
+                   "final answer between answer tags, without any further explanation at all, please. "
+                   "Question:")["input_ids"]
+    assert len(template) >= decoding._MIN_SHARED
+    tails = [" who wrote it?", " which river flows through the city, and since when?", " who?"]
+    contexts = [template + tok(t, add_special_tokens=False)["input_ids"] for t in tails]
+    decoder = KVDecoder(model, tok, eos_token_ids=[], max_rows=2)  # the prefix serves both chunks
+    decoder.eos = set()
+    out = decoder.generate(contexts, 8, 0.0, 1.0)
+    assert out == _hf_greedy(model, tok, contexts, 8)
+    shared = decoder.shared_tokens
+    assert shared >= len(template)  # the template (and any common start of the tails)
+    # each chunk of rows (by length) reads as many tokens per row as its longest unshared tail
+    tails_read = sorted(len(c) - shared for c in contexts)
+    chunks = [tails_read[i:i + 2] for i in range(0, len(tails_read), 2)]
+    assert decoder.read_tokens == shared + sum(len(c) * max(c) for c in chunks)
+    plain = KVDecoder(model, tok, eos_token_ids=[], max_rows=2, share_prefix=False)
+    plain.eos = set()
+    assert plain.generate(contexts, 8, 0.0, 1.0) == out
+    assert plain.shared_tokens == 0 and plain.read_tokens == sum(len(c) for c in contexts)
+    # the next turn's contexts start with the previous rows' caches: no second shared read
+    decoder.generate([c + o for c, o in zip(contexts, out)], 4, 0.0, 1.0)
+    assert decoder.shared_tokens == shared
+
+
 def test_rows_that_stop_leave_and_the_others_go_on(model_tok):
     model, tok = model_tok
     contexts = _contexts(tok) + [tok("Yet another prompt, of middling length")["input_ids"]]

@@ -82,6 +82,36 @@ def test_resume_after_a_kill_loses_and_duplicates_nothing(policy, data_dir, tmp_
         evaluate(_cfg(data_dir, "cot"), generator, tok, None, out)
 
 
+def test_batches_pool_the_datasets_and_change_no_prediction(policy, data_dir, tiny_corpus, tmp_path,
+                                                            monkeypatch):
+    import zerosearch.evaluate as ev
+    from zerosearch.engines import EngineConfig, build_engine
+
+    engine = build_engine(EngineConfig(kind="bm25", corpus=str(tiny_corpus), topk=2), log=lambda m: None)
+    generator, tok = policy
+    batches = []
+    real = ev.run_rollouts
+    monkeypatch.setattr(ev, "run_rollouts", lambda rows, *a, **k: batches.append(
+        [r.id for r in rows]) or real(rows, *a, **k))
+    pooled = evaluate(_cfg(data_dir, "search"), generator, tok, engine, tmp_path / "pooled")
+    assert batches == [["alpha0", "alpha1"], ["alpha2", "beta0"], ["beta1"]]
+    batches.clear()
+    alone = evaluate(_cfg(data_dir, "search", pool_datasets=False), generator, tok, engine,
+                     tmp_path / "alone")
+    assert batches == [["alpha0", "alpha1"], ["alpha2"], ["beta0", "beta1"]]
+    for name in ("alpha", "beta"):
+        a, b = (read_finished(tmp_path / run / "predictions" / f"{name}.jsonl")
+                for run in ("pooled", "alone"))
+        assert [(r["id"], r["response"]) for r in a] == [(r["id"], r["response"]) for r in b]
+    assert pooled["datasets"] == alone["datasets"]
+    # a folder written before pooling existed ran per dataset: resuming it pooled would mix the two
+    meta = json.loads((tmp_path / "alone" / "run.json").read_text())
+    del meta["pool_datasets"]
+    (tmp_path / "alone" / "run.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="different pool_datasets"):
+        evaluate(_cfg(data_dir, "search"), generator, tok, engine, tmp_path / "alone")
+
+
 def test_compare_merges_runs(policy, data_dir, tmp_path):
     generator, tok = policy
     a = evaluate(_cfg(data_dir, "direct", label="direct"), generator, tok, None, tmp_path / "a")

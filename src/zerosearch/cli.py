@@ -207,6 +207,7 @@ def eval_run(
     output_dir: Optional[str] = typer.Option(None, "--output-dir", "-o",
                                              help="Where predictions and results go."),
     batch_size: int = field_option(EvalConfig, "batch_size", "--batch-size"),
+    pool_datasets: bool = field_option(EvalConfig, "pool_datasets", "--pool-datasets/--per-dataset"),
     max_turns: int = field_option(RolloutConfig, "max_turns", "--max-turns"),
     max_turn_tokens: int = field_option(RolloutConfig, "max_turn_tokens", "--max-turn-tokens"),
     policy_temperature: float = typer.Option(EvalConfig().rollout.temperature, "--temperature",
@@ -236,6 +237,7 @@ def eval_run(
     try:
         cfg = EvalConfig(model=model, method=method, datasets=[d for d in datasets.split(",") if d],
                          data_dir=data_dir, split=split, limit=limit, batch_size=batch_size,
+                         pool_datasets=pool_datasets,
                          seed=eval_seed, label=label, device=policy_device,
                          rollout=_rollout_budget(ctx, config, engine_cfg))
         if limit is not None and limit < 1:

@@ -66,6 +66,10 @@ class EvalConfig:
     """Evaluate the first N questions of each dataset."""
     batch_size: int = 32
     """Questions per batch (one generate call per turn)."""
+    pool_datasets: bool = True
+    """Fill batches with the questions of every dataset in turn, rather than batching each dataset
+    alone: the last, part-filled batch of each dataset (all of them, with ``limit`` below the batch
+    size) decodes at a fraction of the rows its steps cost."""
     seed: int = 0
     """Seed for policy sampling (``rollout.temperature > 0``), set per batch."""
     rollout: RolloutConfig = field(default_factory=lambda: RolloutConfig(temperature=0.0))
@@ -147,7 +151,10 @@ def to_record(traj: Trajectory) -> dict[str, Any]:
 #: Settings of run.json that change predictions: a resumed run must match all of them. The engine
 #: is compared by its description without where its index is stored (that changes nothing); the
 #: batch size matters with sampling (each batch is seeded) and, through padding, even greedily.
-_PREDICTION_SETTINGS = ("model", "method", "seed", "rollout", "engine", "dtype", "batch_size")
+_PREDICTION_SETTINGS = ("model", "method", "seed", "rollout", "engine", "dtype", "batch_size",
+                        "pool_datasets")
+_BEFORE_THE_SETTING = {"pool_datasets": False}
+"""What a run.json written before a setting existed ran with."""
 
 
 def _comparable(key: str, value: Any) -> Any:
@@ -184,8 +191,6 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, float]:
 def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_dir: str | Path,
              progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Run (or resume) an evaluation; write predictions, results.json, table.md and chart.png."""
-    import torch  # here, so that the CLI can read EvalConfig without loading torch
-
     if cfg.method not in METHODS:
         raise ValueError(f"unknown method {cfg.method!r}; choose one of {', '.join(METHODS)}")
     if cfg.method in ("search", "rag") and engine is None:
@@ -197,9 +202,9 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
         raise ValueError(f"--limit must be at least 1, got {cfg.limit}")
     meta = {"model": cfg.model, "method": cfg.method, "seed": cfg.seed,
             "rollout": asdict(cfg.rollout), "engine": engine.describe() if engine else None,
-            "dtype": cfg.dtype, "batch_size": cfg.batch_size}
+            "dtype": cfg.dtype, "batch_size": cfg.batch_size, "pool_datasets": cfg.pool_datasets}
     if meta_path.exists():
-        previous = json.loads(meta_path.read_text())
+        previous = {**_BEFORE_THE_SETTING, **json.loads(meta_path.read_text())}
         changed = [k for k in _PREDICTION_SETTINGS
                    if _comparable(k, previous.get(k)) != _comparable(k, meta[k])]
         if changed:
@@ -212,35 +217,29 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
     rollout_cfg = cfg.rollout if cfg.method == "search" else RolloutConfig(
         **{**asdict(cfg.rollout), "max_turns": 0})
     instruction = {"direct": DIRECT_INSTRUCTION, "cot": COT_INSTRUCTION}.get(cfg.method)
-    results: dict[str, Any] = {}
+    rows_of: dict[str, list[Row]] = {}
+    done_of: dict[str, list[dict[str, Any]]] = {}
+    queues: list[list[tuple[str, Row]]] = []
     for name, path in files.items():
-        rows = load_qa(path, limit=cfg.limit)
         key = Path(name).stem if Path(name).exists() else name  # a QA file is named by its stem
-        pred_path = out / "predictions" / f"{key}.jsonl"
-        done = read_finished(pred_path)
-        finished = {r["id"] for r in done}
-        todo = [r for r in rows if str(r.id) not in finished]
+        rows_of[key] = load_qa(path, limit=cfg.limit)
+        done_of[key] = read_finished(out / "predictions" / f"{key}.jsonl")
+        finished = {r["id"] for r in done_of[key]}
+        todo = [(key, r) for r in rows_of[key] if str(r.id) not in finished]
         if progress:
-            progress(name, len(rows) - len(todo), len(rows))
-        for start in range(0, len(todo), cfg.batch_size):
-            batch = todo[start:start + cfg.batch_size]
-            instructions = None
-            if cfg.method == "rag":
-                instructions = rag_instructions(batch, engine, cfg.rollout.topk)
-            elif instruction:
-                instructions = [instruction] * len(batch)
-            torch.manual_seed(_batch_seed(cfg.seed, name, batch[0].id))
-            trajs = run_rollouts(
-                batch, generator, tokenizer, engine if cfg.method == "search" else None, rollout_cfg,
-                instructions=instructions,
-                eos_token_ids=[tokenizer.eos_token_id])
-            records = [to_record(t) for t in trajs]
-            append(pred_path, records)
-            done.extend(records)
-            if progress:
-                progress(name, len(done), len(rows))
+            progress(key, len(rows_of[key]) - len(todo), len(rows_of[key]))
+        if cfg.pool_datasets and queues:
+            queues[0] += todo
+        else:
+            queues.append(todo)
+    for queue in queues:
+        for start in range(0, len(queue), cfg.batch_size):
+            _run_batch(cfg, queue[start:start + cfg.batch_size], generator, tokenizer, engine,
+                       rollout_cfg, instruction, out, done_of, rows_of, progress)
+    results: dict[str, Any] = {}
+    for key, rows in rows_of.items():
         order = {str(r.id): i for i, r in enumerate(rows)}
-        done = sorted((r for r in done if r["id"] in order), key=lambda r: order[r["id"]])
+        done = sorted((r for r in done_of[key] if r["id"] in order), key=lambda r: order[r["id"]])
         results[key] = summarise(done)
     average = {k: sum(v[k] for v in results.values()) / len(results) for k in METRIC_KEYS}
     label = cfg.label or f"{cfg.method} / {cfg.model}"
@@ -250,6 +249,35 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
     write_table([report], out / "table.md")
     write_chart([report], out / "chart.png")
     return report
+
+
+def _run_batch(cfg: EvalConfig, batch: list[tuple[str, Row]], generator, tokenizer,
+               engine: Engine | None, rollout_cfg: RolloutConfig, instruction: str | None, out: Path,
+               done_of: dict[str, list[dict[str, Any]]], rows_of: dict[str, list[Row]],
+               progress: Callable[[str, int, int], None] | None) -> None:
+    """Roll out one batch (of one or several datasets) and append each row's record to its
+    dataset's predictions file."""
+    import torch  # here, so that the CLI can read EvalConfig without loading torch
+
+    rows = [row for _, row in batch]
+    instructions = None
+    if cfg.method == "rag":
+        instructions = rag_instructions(rows, engine, cfg.rollout.topk)
+    elif instruction:
+        instructions = [instruction] * len(rows)
+    first_key, first_row = batch[0]
+    torch.manual_seed(_batch_seed(cfg.seed, first_key, first_row.id))
+    trajs = run_rollouts(rows, generator, tokenizer, engine if cfg.method == "search" else None,
+                         rollout_cfg, instructions=instructions,
+                         eos_token_ids=[tokenizer.eos_token_id])
+    by_key: dict[str, list[dict[str, Any]]] = {}
+    for (key, _), traj in zip(batch, trajs):
+        by_key.setdefault(key, []).append(to_record(traj))
+    for key, records in by_key.items():
+        append(out / "predictions" / f"{key}.jsonl", records)
+        done_of[key].extend(records)
+        if progress:
+            progress(key, len(done_of[key]), len(rows_of[key]))
 
 
 _TABLES = (("em", "Strict exact match (x100), the paper's headline metric"),

@@ -4,14 +4,16 @@ transformers' ``generate`` spends much of a search rollout on work nobody needs:
 - its dynamic KV cache grows by concatenation, so every decoding step copies the whole cache;
 - a row that has stopped keeps its batch slot until the longest row of the turn stops;
 - every turn starts from scratch and reads the whole context again (prompt, earlier turns, documents);
-- the ``num_generations`` rollouts of one question read the same prompt once each.
+- the ``num_generations`` rollouts of one question read the same prompt once each;
+- every question of a batch reads the same instruction template again.
 
-``KVDecoder`` removes all four. Each layer's keys and values live in a preallocated buffer
+``KVDecoder`` removes all five. Each layer's keys and values live in a preallocated buffer
 (``BufferLayer``) that a step writes one column of; a row that stops is swapped out of the active
 block at once (one row copied); its cache is kept, and the next ``generate`` call reuses the longest
 cached prefix of each new context, so a turn only reads what the environment inserted; identical
-contexts are read once and their cache copied. Positions are each row's own token positions, so a
-cached row can sit at any offset of the next turn's batch.
+contexts are read once and their cache copied, and the prefix all of a call's contexts share is read
+once, in a row of its own, and preloaded into every row. Positions are each row's own token
+positions, so a cached row can sit at any offset of the next turn's batch.
 
 Only plain decoder models whose every layer uses full attention qualify (``supports``); the
 generator falls back to ``generate`` for the rest. Sampling is softmax sampling at ``temperature``
@@ -34,6 +36,8 @@ from zerosearch.generation.guard import Guard, apply_guards
 
 _MIN_REUSE = 8
 """Shortest cached prefix worth reusing (tokens)."""
+_MIN_SHARED = 32
+"""Shortest prefix common to a call's contexts that is read once for all of them (tokens)."""
 _STOP_TAIL = 24
 """Generated tokens decoded to look for a stop string (stop strings are a few characters long)."""
 
@@ -111,6 +115,16 @@ class _Saved:
     kv: list[tuple[torch.Tensor, torch.Tensor]]
 
 
+def _table(saved: Sequence[_Saved]) -> np.ndarray | None:
+    """The token ids of saved caches as one matrix, padded with -1 (what prefix lookup reads)."""
+    if not saved:
+        return None
+    table = np.full((len(saved), max(len(p.ids) for p in saved)), -1, dtype=np.int64)
+    for i, p in enumerate(saved):
+        table[i, :len(p.ids)] = p.ids
+    return table
+
+
 _MAX_REJECTIONS = 16
 """Draws a guarded row may have refused in one step before the decoder gives up on its guard."""
 
@@ -154,14 +168,17 @@ class KVDecoder:
 
     def __init__(self, model, tokenizer, stop_strings: Sequence[str] = (),
                  eos_token_ids: Sequence[int] = (), max_rows: int = 64,
-                 fast_step: bool | None = None):
-        """``fast_step``: run decoding steps with :class:`zerosearch.cpu.decode_step.DecodeStep`
+                 fast_step: bool | None = None, share_prefix: bool = True):
+        """``share_prefix``: read the prefix that all of a call's contexts share (the instruction
+        template of a batch of questions) once, and start every row from its cache.
+        ``fast_step``: run decoding steps with :class:`zerosearch.cpu.decode_step.DecodeStep`
         where it applies (Llama-family models on a CPU with native bf16); None = as
         :func:`zerosearch.hardware.runtime_choices` decides for the model's device; False keeps the
         model's own forward."""
         from zerosearch.hardware import runtime_choices
 
         self.model, self.tokenizer, self.max_rows = model, tokenizer, max_rows
+        self.share_prefix = share_prefix
         if fast_step is None:
             fast_step = runtime_choices(_device_type(model)).decode_step
         self.step = decode_step.build(model, max_rows) if fast_step else None
@@ -184,7 +201,9 @@ class KVDecoder:
         self.read_tokens = 0
         """Context tokens the model has read (prefill; duplicates and reused prefixes excluded)."""
         self.reused_tokens = 0
-        """Context tokens whose cache came from the previous call instead."""
+        """Context tokens whose cache came from the previous call or a shared prefix instead."""
+        self.shared_tokens = 0
+        """Tokens of shared prefixes read once for a whole call (counted in ``read_tokens`` once)."""
         self.decode_steps = 0
         """Decoding steps run (one new token for every active row)."""
         self.decode_steps_below_half = 0
@@ -210,6 +229,34 @@ class KVDecoder:
         best = int(lcp.argmax())  # the table pads with -1, so a prefix never runs past an entry
         length = int(lcp[best])
         return (best, length) if length >= _MIN_REUSE else (-1, 0)
+
+    def _shared_prefix(self, contexts: Sequence[list[int]], table: np.ndarray | None) -> _Saved | None:
+        """The cache of the longest prefix all ``contexts`` share, read in one row, or None when it
+        is short, when the contexts are all the same (read once anyway) or when a kept cache holds
+        it already. Each row then reads only what follows the prefix."""
+        shortest = min(len(c) for c in contexts) - 1  # every row must still read a token
+        if len(contexts) < 2 or shortest < _MIN_SHARED:
+            return None
+        head = np.asarray([c[:shortest] for c in contexts])
+        differs = (head != head[0]).any(axis=0)
+        if not differs.any():  # identical up to the shortest: deduplication reads them once
+            return None
+        length = int(differs.argmax())
+        if length < _MIN_SHARED:
+            return None
+        prefix = head[0, :length]
+        if table is not None and table.shape[1] >= length and bool(
+                (table[:, :length] == prefix).all(axis=1).any()):
+            return None
+        device = next(self.model.parameters()).device
+        layers = [BufferLayer(1, length) for _ in range(self.num_layers)]
+        self.model(input_ids=torch.as_tensor(prefix, device=device)[None],
+                   attention_mask=torch.ones(1, length, dtype=torch.long, device=device),
+                   position_ids=torch.arange(length, device=device)[None],
+                   past_key_values=Cache(layers=layers), use_cache=True, logits_to_keep=1)
+        self.read_tokens += length
+        self.shared_tokens += length
+        return _Saved(prefix.copy(), [(layer.buf_k[0], layer.buf_v[0]) for layer in layers])
 
     # -- one batch of rows -------------------------------------------------------------------
     def _stopped(self, generated: list[int]) -> bool:
@@ -353,12 +400,12 @@ class KVDecoder:
         if self.step is not None:
             self.step.refresh()  # repacks its weights if the model's changed since the last call
         previous, saved = self._saved, []
-        table = None
-        if previous:
-            longest = max(len(p.ids) for p in previous)
-            table = np.full((len(previous), longest), -1, dtype=np.int64)
-            for i, p in enumerate(previous):
-                table[i, :len(p.ids)] = p.ids
+        table = _table(previous)
+        if self.share_prefix:
+            shared = self._shared_prefix(contexts, table)
+            if shared is not None:
+                previous = previous + [shared]
+                table = _table(previous)
         # identical contexts land in the same chunk; similar lengths pad little
         order = sorted(range(len(contexts)), key=lambda i: (len(contexts[i]), contexts[i]))
         results: list[list[int]] = [[] for _ in contexts]
