@@ -43,7 +43,7 @@ CONFIGS = {"before": {"pool_datasets": False, "share_prefix": False},
 
 
 def _counters(decoder) -> dict:
-    return {k: getattr(decoder, k) for k in ("read_tokens", "reused_tokens", "shared_tokens",
+    return {k: getattr(decoder, k) for k in ("read_tokens", "prefill_tokens", "reused_tokens", "shared_tokens",
                                              "decode_steps", "decoded_rows",
                                              "decode_steps_below_half")}
 

@@ -202,6 +202,9 @@ class KVDecoder:
         """Context tokens the model has read (prefill; duplicates and reused prefixes excluded)."""
         self.reused_tokens = 0
         """Context tokens whose cache came from the previous call or a shared prefix instead."""
+        self.prefill_tokens = 0
+        """Token positions prefill computed: every row of a chunk reads as many as its row with the
+        most unread tokens (shorter rows are padded or re-read cached tokens)."""
         self.shared_tokens = 0
         """Tokens of shared prefixes read once for a whole call (counted in ``read_tokens`` once)."""
         self.decode_steps = 0
@@ -284,6 +287,7 @@ class KVDecoder:
         for layer in layers:
             layer.length = width - block
         self.read_tokens += sum(min(n, block) for n in lengths)
+        self.prefill_tokens += len(unique) * block
         self.reused_tokens += sum(max(0, n - block) for n in lengths)
         ids = torch.full((len(unique), block), self.pad_id, dtype=torch.long)
         positions = torch.zeros((len(unique), block), dtype=torch.long)
