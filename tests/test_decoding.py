@@ -81,6 +81,7 @@ def test_a_prefix_all_contexts_share_is_read_once(model_tok):
     # the next turn's contexts start with the previous rows' caches: no second shared read
     decoder.generate([c + o for c, o in zip(contexts, out)], 4, 0.0, 1.0)
     assert decoder.shared_tokens == shared
+    assert decoder.generate([], 4, 0.0, 1.0) == []
 
 
 def test_rows_that_stop_leave_and_the_others_go_on(model_tok):

@@ -110,6 +110,23 @@ def test_batches_pool_the_datasets_and_change_no_prediction(policy, data_dir, ti
     (tmp_path / "alone" / "run.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="different pool_datasets"):
         evaluate(_cfg(data_dir, "search"), generator, tok, engine, tmp_path / "alone")
+    # ...but a single dataset was never pooled: its old folder resumes
+    one = _cfg(data_dir, "search", pool_datasets=False)
+    one.datasets = ["alpha"]
+    evaluate(one, generator, tok, engine, tmp_path / "one")
+    meta = json.loads((tmp_path / "one" / "run.json").read_text())
+    del meta["pool_datasets"]
+    (tmp_path / "one" / "run.json").write_text(json.dumps(meta))
+    one.pool_datasets = True
+    assert evaluate(one, generator, tok, engine, tmp_path / "one")["datasets"]["alpha"]["n"] == 3
+
+
+def test_two_files_with_one_name_are_refused(policy, data_dir, tmp_path):
+    generator, tok = policy
+    cfg = _cfg(data_dir, "direct")
+    cfg.datasets = [str(data_dir / "alpha" / "test.jsonl"), str(data_dir / "beta" / "test.jsonl")]
+    with pytest.raises(ValueError, match="would share predictions/test.jsonl"):
+        evaluate(cfg, generator, tok, None, tmp_path / "out")
 
 
 def test_compare_merges_runs(policy, data_dir, tmp_path):

@@ -8,11 +8,13 @@ Methods (all through :func:`zerosearch.rollout.run_rollouts`, the code training 
 
 Metrics per dataset and averaged: strict EM (the paper's headline), cover-EM, F1, ROUGE-L, searches
 and turns per question, and the answer-extraction failure rate (no ``<answer>`` at all). Predictions
-are appended per batch to ``<out>/predictions/<dataset>.jsonl``; a rerun skips finished rows (a
-half-written last line from a kill is dropped), so nothing is duplicated or lost. Decoding is greedy
-by default, so a resumed run equals an uninterrupted one; with sampling, each batch is seeded from
-(seed, dataset, its first question), which reproduces a run but not across a resume that moved the
-batch boundaries. Simulated engines get no noise here: every search is in useful mode.
+are appended per batch to ``<out>/predictions/<dataset>.jsonl`` (a batch takes questions from every
+dataset in turn, ``pool_datasets``, and appends to each of their files); a rerun skips finished rows
+(a half-written last line from a kill is dropped), so nothing is duplicated or lost. Decoding is
+greedy by default, so a resumed run equals an uninterrupted one (up to floating-point rounding where a
+kill moved the batch boundaries); with sampling, each batch is seeded from (seed, dataset, its first
+question), which reproduces a run but not across a resume that moved the batch boundaries.
+Simulated engines get no noise here: every search is in useful mode.
 """
 
 from __future__ import annotations
@@ -150,7 +152,8 @@ def to_record(traj: Trajectory) -> dict[str, Any]:
 
 #: Settings of run.json that change predictions: a resumed run must match all of them. The engine
 #: is compared by its description without where its index is stored (that changes nothing); the
-#: batch size matters with sampling (each batch is seeded) and, through padding, even greedily.
+#: batch size and pooling (which rows share a batch) matter with sampling (each batch is seeded)
+#: and, through padding and the shared prefix's rounding, even greedily.
 _PREDICTION_SETTINGS = ("model", "method", "seed", "rollout", "engine", "dtype", "batch_size",
                         "pool_datasets")
 _BEFORE_THE_SETTING = {"pool_datasets": False}
@@ -202,7 +205,8 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
         raise ValueError(f"--limit must be at least 1, got {cfg.limit}")
     meta = {"model": cfg.model, "method": cfg.method, "seed": cfg.seed,
             "rollout": asdict(cfg.rollout), "engine": engine.describe() if engine else None,
-            "dtype": cfg.dtype, "batch_size": cfg.batch_size, "pool_datasets": cfg.pool_datasets}
+            "dtype": cfg.dtype, "batch_size": cfg.batch_size,
+            "pool_datasets": cfg.pool_datasets and len(cfg.datasets) > 1}  # one dataset: no pooling
     if meta_path.exists():
         previous = {**_BEFORE_THE_SETTING, **json.loads(meta_path.read_text())}
         changed = [k for k in _PREDICTION_SETTINGS
@@ -219,9 +223,14 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
     instruction = {"direct": DIRECT_INSTRUCTION, "cot": COT_INSTRUCTION}.get(cfg.method)
     rows_of: dict[str, list[Row]] = {}
     done_of: dict[str, list[dict[str, Any]]] = {}
+    named: dict[str, str] = {}  # key -> the name as given (batch seeds use it)
     queues: list[list[tuple[str, Row]]] = []
     for name, path in files.items():
         key = Path(name).stem if Path(name).exists() else name  # a QA file is named by its stem
+        if key in named:
+            raise ValueError(f"datasets {named[key]!r} and {name!r} would share predictions/{key}.jsonl: "
+                             "pass files with different names")
+        named[key] = name
         rows_of[key] = load_qa(path, limit=cfg.limit)
         done_of[key] = read_finished(out / "predictions" / f"{key}.jsonl")
         finished = {r["id"] for r in done_of[key]}
@@ -235,7 +244,7 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
     for queue in queues:
         for start in range(0, len(queue), cfg.batch_size):
             _run_batch(cfg, queue[start:start + cfg.batch_size], generator, tokenizer, engine,
-                       rollout_cfg, instruction, out, done_of, rows_of, progress)
+                       rollout_cfg, instruction, out, done_of, rows_of, named, progress)
     results: dict[str, Any] = {}
     for key, rows in rows_of.items():
         order = {str(r.id): i for i, r in enumerate(rows)}
@@ -254,7 +263,7 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
 def _run_batch(cfg: EvalConfig, batch: list[tuple[str, Row]], generator, tokenizer,
                engine: Engine | None, rollout_cfg: RolloutConfig, instruction: str | None, out: Path,
                done_of: dict[str, list[dict[str, Any]]], rows_of: dict[str, list[Row]],
-               progress: Callable[[str, int, int], None] | None) -> None:
+               named: dict[str, str], progress: Callable[[str, int, int], None] | None) -> None:
     """Roll out one batch (of one or several datasets) and append each row's record to its
     dataset's predictions file."""
     import torch  # here, so that the CLI can read EvalConfig without loading torch
@@ -266,7 +275,7 @@ def _run_batch(cfg: EvalConfig, batch: list[tuple[str, Row]], generator, tokeniz
     elif instruction:
         instructions = [instruction] * len(rows)
     first_key, first_row = batch[0]
-    torch.manual_seed(_batch_seed(cfg.seed, first_key, first_row.id))
+    torch.manual_seed(_batch_seed(cfg.seed, named[first_key], first_row.id))
     trajs = run_rollouts(rows, generator, tokenizer, engine if cfg.method == "search" else None,
                          rollout_cfg, instructions=instructions,
                          eos_token_ids=[tokenizer.eos_token_id])

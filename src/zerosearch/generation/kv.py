@@ -237,8 +237,10 @@ class KVDecoder:
         """The cache of the longest prefix all ``contexts`` share, read in one row, or None when it
         is short, when the contexts are all the same (read once anyway) or when a kept cache holds
         it already. Each row then reads only what follows the prefix."""
+        if len(contexts) < 2:
+            return None
         shortest = min(len(c) for c in contexts) - 1  # every row must still read a token
-        if len(contexts) < 2 or shortest < _MIN_SHARED:
+        if shortest < _MIN_SHARED:
             return None
         head = np.asarray([c[:shortest] for c in contexts])
         differs = (head != head[0]).any(axis=0)
@@ -258,6 +260,7 @@ class KVDecoder:
                    position_ids=torch.arange(length, device=device)[None],
                    past_key_values=Cache(layers=layers), use_cache=True, logits_to_keep=1)
         self.read_tokens += length
+        self.prefill_tokens += length
         self.shared_tokens += length
         return _Saved(prefix.copy(), [(layer.buf_k[0], layer.buf_v[0]) for layer in layers])
 
