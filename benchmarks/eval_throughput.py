@@ -32,8 +32,8 @@ from pathlib import Path
 
 import typer
 
+from zerosearch.eval_gap import read_run
 from zerosearch.evaluate import EvalConfig, evaluate
-from zerosearch.jsonl import read_finished
 from zerosearch.qa import BENCHMARKS
 from zerosearch.rollout import RolloutConfig
 
@@ -44,8 +44,8 @@ CONFIGS = {"before": {"pool_datasets": False, "share_prefix": False},
 
 
 def _counters(decoder) -> dict:
-    return {k: getattr(decoder, k) for k in ("read_tokens", "prefill_tokens", "reused_tokens", "shared_tokens",
-                                             "decode_steps", "decoded_rows",
+    return {k: getattr(decoder, k) for k in ("read_tokens", "prefill_tokens", "reused_tokens",
+                                             "shared_tokens", "decode_steps", "decoded_rows",
                                              "decode_steps_below_half")}
 
 
@@ -84,7 +84,6 @@ def main(
     if decoder is None:
         raise SystemExit(f"{model} is not served by the KV decoder: nothing to compare")
     rollout = RolloutConfig(temperature=0.0, max_turns=2, max_turn_tokens=64, topk=3)
-    questions = 0
     runs: dict[str, list[dict]] = {name: [] for name in CONFIGS}
     report = {"command": "python benchmarks/eval_throughput.py " + " ".join(sys.argv[1:]),
               "machine": f"{machine()}; {torch.get_num_threads()} torch threads",
@@ -128,12 +127,11 @@ def main(
             write()
     medians = {name: statistics.median(r["seconds"] for r in rs) for name, rs in runs.items()}
     report["speedup"] = round(medians["before"] / medians["after"], 3)
-    same = total = 0
-    for name in BENCHMARKS:
-        before = {r["id"]: r["response"] for r in read_finished(out / "before-0" / "predictions" / f"{name}.jsonl")}
-        after = {r["id"]: r["response"] for r in read_finished(out / "after-0" / "predictions" / f"{name}.jsonl")}
-        same += sum(before[k] == after.get(k) for k in before)
-        total += len(before)
+    _, before = read_run(out / "before-0")
+    _, after = read_run(out / "after-0")
+    pairs = [(r["response"], after.get(name, {}).get(i, {}).get("response"))
+             for name, records in before.items() for i, r in records.items()]
+    same, total = sum(a == b for a, b in pairs), len(pairs)
     report["identical_responses"] = round(same / total, 4) if total else None
     write()
     print(f"speedup (median before / median after): {report['speedup']}x; identical responses "

@@ -23,7 +23,8 @@ from zerosearch.jsonl import read_finished
 from zerosearch.rewards import exact_match, normalize_answer
 
 
-def _run(folder: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, dict[str, Any]]]]:
+def read_run(folder: str | Path) -> tuple[dict[str, Any], dict[str, dict[str, dict[str, Any]]]]:
+    """An eval output folder's run.json and its predictions, ``{dataset: {id: record}}``."""
     folder = Path(folder)
     meta_path = folder / "run.json"
     if not meta_path.exists():
@@ -50,8 +51,8 @@ def _summary(pairs: list[tuple[dict, dict]]) -> dict[str, float]:
 
 def sim_real_gap(sim_dir: str | Path, real_dir: str | Path) -> dict[str, Any]:
     """EM gap and answer agreement between a simulated-engine run and a real-engine run."""
-    sim_meta, sim = _run(sim_dir)
-    real_meta, real = _run(real_dir)
+    sim_meta, sim = read_run(sim_dir)
+    real_meta, real = read_run(real_dir)
     differ = [k for k in ("model", "method", "rollout") if sim_meta.get(k) != real_meta.get(k)]
     if differ:
         raise ValueError(f"{sim_dir} and {real_dir} differ in {', '.join(differ)}: the gap needs one "

@@ -224,7 +224,7 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
     rows_of: dict[str, list[Row]] = {}
     done_of: dict[str, list[dict[str, Any]]] = {}
     named: dict[str, str] = {}  # key -> the name as given (batch seeds use it)
-    queues: list[list[tuple[str, Row]]] = []
+    todos: list[list[tuple[str, Row]]] = []
     for name, path in files.items():
         key = Path(name).stem if Path(name).exists() else name  # a QA file is named by its stem
         if key in named:
@@ -234,17 +234,22 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
         rows_of[key] = load_qa(path, limit=cfg.limit)
         done_of[key] = read_finished(out / "predictions" / f"{key}.jsonl")
         finished = {r["id"] for r in done_of[key]}
-        todo = [(key, r) for r in rows_of[key] if str(r.id) not in finished]
+        todos.append([(key, r) for r in rows_of[key] if str(r.id) not in finished])
         if progress:
-            progress(key, len(rows_of[key]) - len(todo), len(rows_of[key]))
-        if cfg.pool_datasets and queues:
-            queues[0] += todo
-        else:
-            queues.append(todo)
+            progress(key, len(rows_of[key]) - len(todos[-1]), len(rows_of[key]))
+    queues = [[item for todo in todos for item in todo]] if cfg.pool_datasets else todos
     for queue in queues:
         for start in range(0, len(queue), cfg.batch_size):
-            _run_batch(cfg, queue[start:start + cfg.batch_size], generator, tokenizer, engine,
-                       rollout_cfg, instruction, out, done_of, rows_of, named, progress)
+            batch = queue[start:start + cfg.batch_size]
+            first_key, first_row = batch[0]
+            records = _rollout_batch(cfg, [row for _, row in batch], named[first_key], generator,
+                                     tokenizer, engine, rollout_cfg, instruction)
+            for key in dict.fromkeys(k for k, _ in batch):  # each dataset of the batch, in order
+                mine = [r for (k, _), r in zip(batch, records) if k == key]
+                append(out / "predictions" / f"{key}.jsonl", mine)
+                done_of[key].extend(mine)
+                if progress:
+                    progress(key, len(done_of[key]), len(rows_of[key]))
     results: dict[str, Any] = {}
     for key, rows in rows_of.items():
         order = {str(r.id): i for i, r in enumerate(rows)}
@@ -260,33 +265,23 @@ def evaluate(cfg: EvalConfig, generator, tokenizer, engine: Engine | None, out_d
     return report
 
 
-def _run_batch(cfg: EvalConfig, batch: list[tuple[str, Row]], generator, tokenizer,
-               engine: Engine | None, rollout_cfg: RolloutConfig, instruction: str | None, out: Path,
-               done_of: dict[str, list[dict[str, Any]]], rows_of: dict[str, list[Row]],
-               named: dict[str, str], progress: Callable[[str, int, int], None] | None) -> None:
-    """Roll out one batch (of one or several datasets) and append each row's record to its
-    dataset's predictions file."""
+def _rollout_batch(cfg: EvalConfig, rows: list[Row], dataset: str, generator, tokenizer,
+                   engine: Engine | None, rollout_cfg: RolloutConfig,
+                   instruction: str | None) -> list[dict[str, Any]]:
+    """The prediction records of one batch (of one or several datasets; ``dataset`` names its first
+    row's, which seeds the batch's sampling)."""
     import torch  # here, so that the CLI can read EvalConfig without loading torch
 
-    rows = [row for _, row in batch]
     instructions = None
     if cfg.method == "rag":
         instructions = rag_instructions(rows, engine, cfg.rollout.topk)
     elif instruction:
         instructions = [instruction] * len(rows)
-    first_key, first_row = batch[0]
-    torch.manual_seed(_batch_seed(cfg.seed, named[first_key], first_row.id))
+    torch.manual_seed(_batch_seed(cfg.seed, dataset, rows[0].id))
     trajs = run_rollouts(rows, generator, tokenizer, engine if cfg.method == "search" else None,
                          rollout_cfg, instructions=instructions,
                          eos_token_ids=[tokenizer.eos_token_id])
-    by_key: dict[str, list[dict[str, Any]]] = {}
-    for (key, _), traj in zip(batch, trajs):
-        by_key.setdefault(key, []).append(to_record(traj))
-    for key, records in by_key.items():
-        append(out / "predictions" / f"{key}.jsonl", records)
-        done_of[key].extend(records)
-        if progress:
-            progress(key, len(done_of[key]), len(rows_of[key]))
+    return [to_record(t) for t in trajs]
 
 
 _TABLES = (("em", "Strict exact match (x100), the paper's headline metric"),
