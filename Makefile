@@ -42,8 +42,9 @@ $(VLLM_STAMP): Makefile
 # builds that want CUDA libraries and break vLLM's import). A failed build leaves .failed, not an error.
 venv-vllm: $(VLLM_STAMP)
 
+# --durations: the slowest tests listed at the end, to keep the suite near its 20-minute budget
 test: $(STAMP) venv-vllm
-	ZEROSEARCH_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q
+	ZEROSEARCH_VLLM_PYTHON=$(CURDIR)/$(VLLM_VENV)/bin/python $(BIN)/python -m pytest -q --durations=20
 
 # The whole pipeline on the CPU (mini-world, simulator tuning, RL, evaluation): runs/quickstart/report.md
 demo: $(STAMP)

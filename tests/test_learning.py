@@ -209,6 +209,50 @@ def test_a_warmup_start_is_made_once_from_the_training_questions(bench):
         STARTS["warmup"][0](cfg, "0", out, lambda *a: None)
 
 
+
+def test_runs_collected_apart_merge_into_one_results_file(bench, tmp_path):
+    """The bm25 arm collected on its own and the zerosearch seeds merge into one file (arms side by
+    side, each with its own seeds, the sources named); another start, other settings or an arm in two
+    files are refused, by the function and by the script."""
+    import copy
+
+    from zerosearch.learning import merge_results
+
+    lc, seeds_results = bench
+    bm25 = run(_bench(Path(lc.output_dir).parent, arms=["bm25"], seeds=[0]), lambda *a: None, command="bm25 alone")
+    merged = merge_results([seeds_results, bm25], command="merge")
+    assert merged["command"] == "merge" and set(merged["arms"]) == {"zerosearch", "bm25"}
+    assert merged["arms"]["zerosearch"] == seeds_results["arms"]["zerosearch"]
+    assert merged["arms"]["bm25"]["seeds"] == [0] and merged["arms"]["bm25"]["em"] == bm25["arms"]["bm25"]["em"]
+    assert merged["settings"]["seeds"] == [0, 1] and merged["start"]["em"] == seeds_results["start"]["em"]
+    assert merged["start"]["val"]["em"] == seeds_results["start"]["val"]["em"]
+    assert [s["command"] for s in merged["sources"]] == ["toy seeds", "bm25 alone"]
+    other = copy.deepcopy(bm25)
+    other["settings"]["learning_rate"] = 1.0
+    with pytest.raises(ValueError, match="other settings than file 1: learning_rate"):
+        merge_results([seeds_results, other], command="x")
+    other = copy.deepcopy(bm25)
+    other["start"]["em"] = [v + 1 for v in other["start"]["em"]]
+    with pytest.raises(ValueError, match="another start"):
+        merge_results([seeds_results, other], command="x")
+    with pytest.raises(ValueError, match="'zerosearch' is in more than one"):
+        merge_results([seeds_results, seeds_results], command="x")
+    files = []
+    for name, res in (("a.json", seeds_results), ("b.json", bm25)):
+        files.append(tmp_path / name)
+        files[-1].write_text(json.dumps(res))
+    script = ROOT / "benchmarks" / "merge_learning_results.py"
+    r = subprocess.run([sys.executable, str(script), *map(str, files), "-o", str(tmp_path / "m")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    on_disk = json.loads((tmp_path / "m" / "results.json").read_text())
+    assert set(on_disk["arms"]) == {"zerosearch", "bm25"}
+    md = (tmp_path / "m" / "results.md").read_text()
+    assert "Merged from runs collected apart: zerosearch by `toy seeds`" in md and "| bm25 |" in md
+    r = subprocess.run([sys.executable, str(script), str(files[0]), str(files[0]), "-o", str(tmp_path / "n")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "cannot merge" in r.stdout + r.stderr
+
 def test_split_validation_holds_out_whole_subjects():
     rows = [{"id": f"q{i}", "metadata": {"subject": f"s{i // 3}"}} for i in range(30)]
     rest, val = split_validation(rows, 7)

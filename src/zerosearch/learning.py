@@ -467,6 +467,56 @@ def collect(lc: LearningConfig, cfg: QuickstartConfig, rl_cfg: QuickstartConfig,
     }
 
 
+def _once(start: dict[str, Any]) -> dict[str, Any]:
+    """The start's numbers with the per-seed repetition removed (it is evaluated once)."""
+    return {k: (_once(v) if isinstance(v, dict) else v[0] if isinstance(v, list) and v else v)
+            for k, v in start.items()}
+
+
+def merge_results(parts: list[dict[str, Any]], command: str) -> dict[str, Any]:
+    """One results dict from runs of one start and one recipe that were collected apart (arms run
+    in different output folders, sessions or machines): their arms side by side, each keeping its
+    own seeds, and ``sources`` naming the command, machine and date behind each part.
+
+    Refuses parts whose start was evaluated differently (another warm-up, another world), whose
+    settings differ other than in the seeds, whose question counts differ, or that share an arm:
+    side by side, such arms would not be comparable."""
+    if len(parts) < 2:
+        raise ValueError("merging needs at least two results files")
+    first = parts[0]
+    same = lambda res: {k: v for k, v in res["settings"].items() if k != "seeds"}  # noqa: E731
+    for i, res in enumerate(parts[1:], start=2):
+        if _once(res["start"]) != _once(first["start"]):
+            raise ValueError(f"results file {i} has another start than file 1 (its numbers differ): "
+                             "only runs from one starting point can be compared")
+        if same(res) != same(first):
+            diff = sorted(k for k in same(res).keys() | same(first).keys()
+                          if same(res).get(k) != same(first).get(k))
+            raise ValueError(f"results file {i} was run with other settings than file 1: {', '.join(diff)}")
+        for key in ("test_questions", "val_questions"):
+            if res.get(key) != first.get(key):
+                raise ValueError(f"results file {i} has {key} = {res.get(key)}, file 1 {first.get(key)}")
+    arms: dict[str, Any] = {}
+    for i, res in enumerate(parts, start=1):
+        for name, arm in res["arms"].items():
+            if name in arms:
+                raise ValueError(f"arm {name!r} is in more than one results file (file {i} again)")
+            arms[name] = arm
+    seeds = sorted({s for res in parts for s in res["settings"]["seeds"]})
+    once = _once(first["start"])
+    start = {k: ({kk: [vv] * len(seeds) for kk, vv in v.items()} if k == "val" and isinstance(v, dict)
+                 else [v] * len(seeds) if isinstance(first["start"][k], list) else v)
+             for k, v in once.items()}
+    machines = list(dict.fromkeys(res["machine"] for res in parts))
+    return {
+        "command": command, "machine": " / ".join(machines), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "test_questions": first["test_questions"], "val_questions": first.get("val_questions", 0),
+        "settings": {**first["settings"], "seeds": seeds}, "start": start, "arms": arms,
+        "sources": [{"command": res["command"], "machine": res["machine"], "date": res["date"],
+                     "arms": list(res["arms"])} for res in parts],
+    }
+
+
 def _fmt(values: list, digits: int = 1) -> str:
     """mean +- sd over seeds ('-' where nothing was measured)."""
     xs = [v for v in values if v is not None]
@@ -497,6 +547,9 @@ def results_markdown(res: dict[str, Any]) -> str:
         "# Mini-world learning benchmark", "",
         f"`{res['command']}`", "",
         f"{res['date']} on {res['machine']}.", "",
+        *(["Merged from runs collected apart: " + "; ".join(
+            f"{', '.join(src['arms'])} by `{src['command']}` ({src['date']}, {src['machine']})"
+            for src in res["sources"]) + ".", ""] if res.get("sources") else []),
         f"Start `{res['start']['name']}`: {res['start']['about']} (policy `{s['policy']}`). Each arm: "
         f"{s['steps']} RL steps x {s['prompts_per_step']} questions x {s['num_generations']} rollouts, "
         f"lr {s['learning_rate']:g}, KL beta {s['beta']:g}, F1 reward (no format reward), seeds "
