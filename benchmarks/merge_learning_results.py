@@ -6,8 +6,8 @@ come from one starting point (its evaluation numbers equal) and one recipe (sett
 from the seeds); each arm keeps its own seeds, and ``sources`` in the merged file names the command,
 machine and date behind every part.
 
-    python benchmarks/merge_learning_results.py docs/results/miniworld_learning.json \\
-        runs/miniworld_learning/results.json -o runs/learning_merged
+    python benchmarks/merge_learning_results.py docs/results/learning_zerosearch_stubs.json \\
+        docs/results/learning_bm25_same_start.json -o runs/learning_merged
 """
 
 from __future__ import annotations

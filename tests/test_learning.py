@@ -209,7 +209,6 @@ def test_a_warmup_start_is_made_once_from_the_training_questions(bench):
         STARTS["warmup"][0](cfg, "0", out, lambda *a: None)
 
 
-
 def test_runs_collected_apart_merge_into_one_results_file(bench, tmp_path):
     """The bm25 arm collected on its own and the zerosearch seeds merge into one file (arms side by
     side, each with its own seeds, the sources named); another start, other settings or an arm in two
@@ -252,6 +251,7 @@ def test_runs_collected_apart_merge_into_one_results_file(bench, tmp_path):
     r = subprocess.run([sys.executable, str(script), str(files[0]), str(files[0]), "-o", str(tmp_path / "n")],
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "cannot merge" in r.stdout + r.stderr
+
 
 def test_split_validation_holds_out_whole_subjects():
     rows = [{"id": f"q{i}", "metadata": {"subject": f"s{i // 3}"}} for i in range(30)]

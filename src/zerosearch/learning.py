@@ -473,6 +473,12 @@ def _once(start: dict[str, Any]) -> dict[str, Any]:
             for k, v in start.items()}
 
 
+def _repeat(start: dict[str, Any], n: int) -> dict[str, Any]:
+    """The start's numbers repeated for ``n`` seeds, as :func:`collect` writes them."""
+    return {k: (_repeat(v, n) if isinstance(v, dict) else v[:1] * n if isinstance(v, list) else v)
+            for k, v in start.items()}
+
+
 def merge_results(parts: list[dict[str, Any]], command: str) -> dict[str, Any]:
     """One results dict from runs of one start and one recipe that were collected apart (arms run
     in different output folders, sessions or machines): their arms side by side, each keeping its
@@ -484,7 +490,10 @@ def merge_results(parts: list[dict[str, Any]], command: str) -> dict[str, Any]:
     if len(parts) < 2:
         raise ValueError("merging needs at least two results files")
     first = parts[0]
-    same = lambda res: {k: v for k, v in res["settings"].items() if k != "seeds"}  # noqa: E731
+
+    def same(res: dict[str, Any]) -> dict[str, Any]:
+        return {k: v for k, v in res["settings"].items() if k != "seeds"}
+
     for i, res in enumerate(parts[1:], start=2):
         if _once(res["start"]) != _once(first["start"]):
             raise ValueError(f"results file {i} has another start than file 1 (its numbers differ): "
@@ -503,15 +512,12 @@ def merge_results(parts: list[dict[str, Any]], command: str) -> dict[str, Any]:
                 raise ValueError(f"arm {name!r} is in more than one results file (file {i} again)")
             arms[name] = arm
     seeds = sorted({s for res in parts for s in res["settings"]["seeds"]})
-    once = _once(first["start"])
-    start = {k: ({kk: [vv] * len(seeds) for kk, vv in v.items()} if k == "val" and isinstance(v, dict)
-                 else [v] * len(seeds) if isinstance(first["start"][k], list) else v)
-             for k, v in once.items()}
     machines = list(dict.fromkeys(res["machine"] for res in parts))
     return {
         "command": command, "machine": " / ".join(machines), "date": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "test_questions": first["test_questions"], "val_questions": first.get("val_questions", 0),
-        "settings": {**first["settings"], "seeds": seeds}, "start": start, "arms": arms,
+        "settings": {**first["settings"], "seeds": seeds}, "start": _repeat(first["start"], len(seeds)),
+        "arms": arms,
         "sources": [{"command": res["command"], "machine": res["machine"], "date": res["date"],
                      "arms": list(res["arms"])} for res in parts],
     }
