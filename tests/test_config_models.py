@@ -82,11 +82,11 @@ def test_a_section_given_in_part_keeps_the_default_its_field_declares():
     from zerosearch.evaluate import EvalConfig
     from zerosearch.quickstart import QuickstartConfig
 
-    cfg = from_dict(QuickstartConfig, {"rollout": {"max_turns": 3}, "warmup": {"steps": 10},
+    cfg = from_dict(QuickstartConfig, {"rollout": {"max_turns": 3}, "warmup": {"steps": 7},
                                        "rl": {"curriculum": {"p_end": 0.8}}, "sim": {"tune": {"max_steps": 7}}})
     default = QuickstartConfig()
     assert cfg.rollout.max_turns == 3 and cfg.rollout.max_turn_tokens == default.rollout.max_turn_tokens == 48
-    assert cfg.warmup.steps == 10 and cfg.warmup.batch_size == default.warmup.batch_size == 4
+    assert cfg.warmup.steps == 7 and cfg.warmup.batch_size == default.warmup.batch_size == 4
     assert cfg.rl.curriculum.p_end == 0.8 and cfg.rl.curriculum.p_start == 0.0
     assert cfg.sim.tune.max_steps == 7 and cfg.sim.tune.learning_rate == default.sim.tune.learning_rate
     assert cfg.sim.tune.cpu_tuning and cfg.sim.tune.max_length == 512
@@ -140,6 +140,21 @@ def test_quickstart_rl_stage_is_train_s_own_algorithm_and_training_sections(tmp_
     with pytest.raises(ConfigError, match="micro_batch_size must be >= 0"):
         rl_train_config(from_dict(QuickstartConfig, {"rl": {"training": {"micro_batch_size": -1}}}),
                         "m", simulator_config(cfg), cfg.rl.curriculum, tmp_path / "rl")
+
+
+def test_quickstart_evaluates_its_rl_start_on_the_split_it_is_told(tmp_path):
+    """The evaluated rows end with RL's start (the warmed-up agent, or the untrained one without a
+    warm-up) and the trained agent; ``eval_split: val`` needs a validation split and is refused
+    before any stage runs without one, as is an unknown split."""
+    from zerosearch.quickstart import QuickstartConfig, eval_runs, run
+
+    cfg = QuickstartConfig(output_dir=str(tmp_path / "qs"))
+    assert [name for name, _, _ in eval_runs(cfg, "warm", "rl")] == ["direct", "rag", "warmup", "zerosearch"]
+    assert [name for name, _, _ in eval_runs(cfg, cfg.policy, "rl")] == ["direct", "rag", "untrained", "zerosearch"]
+    for given, message in (({"eval_split": "val"}, "needs val_questions"), ({"eval_split": "dev"}, "test or val")):
+        with pytest.raises(ConfigError, match=message):
+            run(from_dict(QuickstartConfig, {"output_dir": str(tmp_path / "qs"), **given}), lambda *a: None)
+    assert not (tmp_path / "qs").exists()
 
 
 def test_a_save_cut_short_never_looks_finished(tmp_path):

@@ -38,8 +38,11 @@ def test_toy_quickstart_runs_every_stage_and_resumes(tmp_path):
                  "warmup/config.json", "rl/final/config.json", "rl/metrics.jsonl", "reward.png", "em.png"):
         assert (out / path).exists(), path
     report = (out / "report.md").read_text()
-    for label in ("direct answer", "RAG", "untrained agent", "warm-up only agent", "ZeroSearch-trained agent"):
+    for label in ("direct answer", "RAG", "warm-up only agent", "ZeroSearch-trained agent"):
         assert label in report
+    assert "untrained agent" not in report  # with a warm-up, RL's start is the warmed-up agent
+    rows = [r["simulator"] for r in json.loads((out / "sim" / "fidelity" / "fidelity.json").read_text())]
+    assert rows == ["real engine (reference)", "tuned simulator"]  # no guarded row unless asked
     results = json.loads((out / "eval" / "zerosearch" / "results.json").read_text())
     em_line = next(line for line in report.splitlines() if line.startswith("| ZeroSearch-trained"))
     assert f"{100 * results['average']['em']:.1f}" in em_line
@@ -146,12 +149,14 @@ def test_a_run_folder_from_before_rl_training_resumes_with_the_same_settings(tmp
 
 def test_simulator_stage_with_stub_queries_reports_them_apart(tmp_path):
     """``sim.partial_queries``: stubs of each question join the SFT set, and fidelity measures the
-    tuned simulator on the held-out questions (the mode targets) and on held-out stubs apart."""
+    tuned simulator on the held-out questions (the mode targets, with the noisy guard too when
+    ``sim.fidelity_guard`` asks) and on held-out stubs apart."""
     from zerosearch.config import from_dict
     from zerosearch.quickstart import QuickstartConfig, stage_fidelity, stage_simulator, stage_world
 
     toy = {**TOY, "output_dir": str(tmp_path / "qs"),
-           "sim": {**TOY["sim"], "paired": True, "retrieve_depth": 4, "partial_queries": 1}}
+           "sim": {**TOY["sim"], "paired": True, "retrieve_depth": 4, "partial_queries": 1,
+                   "fidelity_guard": True}}
     cfg = from_dict(QuickstartConfig, toy)
     stage_world(cfg)
     stage_simulator(cfg, lambda *a: None, log=lambda m: None)

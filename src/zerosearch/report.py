@@ -211,8 +211,8 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
         "![reward and noise probability per step](reward.png)", "",
         "| step | reward | noise p | searches / q |", "|---|---|---|---|",
         *[f"| {c['step']} | {c['reward']:.3f} | {c['noise']:.2f} | {c['searches']:.2f} |" for c in curve], "",
-        f"## Held-out evaluation ({cfg.eval_questions} test questions, real BM25 engine, greedy)", "",
-        method_table(reports, out / "world" / "test.jsonl", pred_dirs), "",
+        f"## Held-out evaluation ({cfg.eval_questions} {cfg.eval_split} questions, real BM25 engine, greedy)", "",
+        method_table(reports, out / "world" / f"{cfg.eval_split}.jsonl", pred_dirs), "",
         "![strict EM per method](em.png)", "",
     ]
     trace = example_trace(pred_dirs[-1])
