@@ -26,7 +26,7 @@ TOY = {
     "sim": {"questions": 16, "tune": {"max_steps": 1, "batch_size": 2}, "max_new_tokens": 16},
     "warmup": {"steps": 1, "batch_size": 2, "max_traces": 4},
     "rl": {"training": {"max_steps": 1, "prompts_per_step": 2, "learning_rate": 1e-3},
-           "algorithm": {"num_generations": 2}},
+           "algorithm": {"num_generations": 2, "beta": 0.001}, "temperature": 1.0},
     "rollout": {"max_turns": 1, "max_turn_tokens": 10, "max_completion_tokens": 80, "max_obs_tokens": 40,
                 "topk": 2},
     "eval_batch_size": 8,
@@ -303,11 +303,11 @@ def test_temperature_reaches_the_rollouts_and_names_the_run_folder():
     from zerosearch.learning import quickstart_config, rl_settings, settings_tag
     from zerosearch.quickstart import rl_train_config, simulator_config
 
-    base = quickstart_config(LearningConfig())
+    base = rl_settings(quickstart_config(LearningConfig()), LearningConfig(temperature=1.0))
     assert settings_tag(rl_settings(base, LearningConfig())) == settings_tag(base)
     assert "-t" not in settings_tag(base)  # folders of runs at temperature 1 keep their names
     cooled = rl_settings(base, LearningConfig(temperature=0.7))
-    assert settings_tag(cooled).endswith("-t0.7") and cooled.rl.temperature == 0.7
+    assert "-t0.7" in settings_tag(cooled) and cooled.rl.temperature == 0.7
     train_cfg = rl_train_config(cooled, "m", simulator_config(cooled), cooled.rl.curriculum, Path("x"))
     assert train_cfg.rollout.temperature == 0.7
 
@@ -316,8 +316,8 @@ def test_beta_reaches_the_trainer_and_names_the_run_folder():
     from zerosearch.learning import quickstart_config, rl_settings, settings_tag
     from zerosearch.quickstart import rl_train_config, simulator_config
 
-    base = quickstart_config(LearningConfig())
-    assert "-b" not in settings_tag(base)  # folders of runs at the default KL keep their names
+    base = rl_settings(quickstart_config(LearningConfig()), LearningConfig(beta=0.001))
+    assert "-b" not in settings_tag(base)  # folders of runs at KL 0.001 keep their names
     tight = rl_settings(base, LearningConfig(beta=0.04, temperature=0.7))
     assert settings_tag(tight).endswith("-t0.7-b0.04") and tight.rl.algorithm.beta == 0.04
     train_cfg = rl_train_config(tight, "m", simulator_config(tight), tight.rl.curriculum, Path("x"))

@@ -41,7 +41,7 @@ from zerosearch.curriculum import CurriculumConfig
 from zerosearch.engines.factory import EngineConfig
 from zerosearch.jsonl import read_finished
 from zerosearch.protocol import NO_DOCUMENTS, search_queries
-from zerosearch.quickstart import (Progress, QuickstartConfig, RLStageConfig, bm25_config, check_same_config,
+from zerosearch.quickstart import (Progress, QuickstartConfig, bm25_config, check_same_config,
                                    rl_train_config, simulator_config, stage_eval, stage_rl,
                                    stage_simulator, stage_warmup, stage_world)
 from zerosearch.report import plot_curves, rl_curve, stats_by_hops
@@ -233,14 +233,20 @@ def rl_settings(cfg: QuickstartConfig, lc: LearningConfig) -> QuickstartConfig:
         algorithm=replace(rl.algorithm, **given(num_generations=lc.num_generations, beta=lc.beta))))
 
 
+UNNAMED_TEMPERATURE = 1.0
+UNNAMED_BETA = 0.001
+"""The rollout temperature and KL coefficient a run folder's name leaves out: the quickstart's
+until 2026-12-07, so the folders of the runs made then keep their names."""
+
+
 def settings_tag(cfg: QuickstartConfig) -> str:
-    """The run folder's name for an RL budget; the temperature is named only when it is not 1 and the
-    KL coefficient only when it is not the quickstart's (the folders of earlier runs keep their names)."""
+    """The run folder's name for an RL budget; the temperature and the KL coefficient are named
+    only when they differ from :data:`UNNAMED_TEMPERATURE` and :data:`UNNAMED_BETA`."""
     t, a = cfg.rl.training, cfg.rl.algorithm
     tag = f"steps{t.max_steps}-q{t.prompts_per_step}-g{a.num_generations}-lr{t.learning_rate:g}"
-    if cfg.rl.temperature != 1.0:
+    if cfg.rl.temperature != UNNAMED_TEMPERATURE:
         tag += f"-t{cfg.rl.temperature:g}"
-    if a.beta != RLStageConfig().algorithm.beta:
+    if a.beta != UNNAMED_BETA:
         tag += f"-b{a.beta:g}"
     return tag
 
