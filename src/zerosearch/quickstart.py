@@ -124,7 +124,8 @@ class RLStageConfig:
 
 @dataclass
 class QuickstartConfig:
-    """Everything `zerosearch quickstart` does; defaults fit 20 minutes on 2 CPU cores."""
+    """Everything `zerosearch quickstart` does; the defaults aim at about 20 minutes on 2 CPU cores
+    (the measured time is in docs/benchmarks.md)."""
 
     output_dir: str = "runs/quickstart"
     """Where every stage writes (rerun = resume)."""
