@@ -124,6 +124,24 @@ def test_a_run_folder_from_before_sim_tune_resumes_with_the_same_settings(tmp_pa
         check_same_config(cfg)
 
 
+def test_a_run_folder_from_before_eval_split_and_fidelity_guard_resumes(tmp_path):
+    """A config.json written before ``eval_split`` and ``sim.fidelity_guard`` existed resumes with
+    their defaults (test, no guarded row); a folder evaluated on another split is refused."""
+    import dataclasses
+
+    from zerosearch.quickstart import QuickstartConfig, check_same_config
+
+    cfg = QuickstartConfig(output_dir=str(tmp_path))
+    old = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    del old["eval_split"], old["sim"]["fidelity_guard"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    check_same_config(cfg)
+    assert json.loads((tmp_path / "config.json").read_text())["eval_split"] == "test"
+    (tmp_path / "config.json").write_text(json.dumps({**old, "eval_split": "val"}))
+    with pytest.raises(ValueError, match="different eval_split"):
+        check_same_config(cfg)
+
+
 def test_a_run_folder_from_before_rl_training_resumes_with_the_same_settings(tmp_path):
     """A config.json written when the rl section held its budget keys itself (steps,
     prompts_per_step, num_generations, learning_rate, beta) is the same configuration as today's

@@ -390,8 +390,9 @@ def stage_eval(cfg: QuickstartConfig, name: str, model: str, method: str, progre
 
 
 def eval_runs(cfg: QuickstartConfig, start: str, trained: str) -> list[tuple[str, str, str]]:
-    """(folder name, model, method) of every evaluated row, baselines first. The RL start searches
-    once: the warmed-up policy, or the untouched one when there is no warm-up."""
+    """(folder name, model, method) of every evaluated row, baselines first, then the agent RL
+    starts from (the warmed-up policy, or the untouched one when there is no warm-up) and the
+    trained agent."""
     runs = [("direct", cfg.policy, "direct"), ("rag", cfg.policy, "rag")]
     runs.append(("warmup", start, "search") if start != cfg.policy else ("untrained", cfg.policy, "search"))
     runs.append(("zerosearch", trained, "search"))
@@ -412,8 +413,12 @@ LEGACY_RL = {"steps": ("training", "max_steps"), "prompts_per_step": ("training"
 
 
 def _upgrade(before: dict[str, Any]) -> dict[str, Any]:
-    """A ``config.json`` written before ``sim.tune`` or ``rl.training`` existed, in today's layout,
-    so a run folder made then resumes when its settings are the same."""
+    """A ``config.json`` written before ``sim.tune``, ``rl.training``, ``eval_split`` or
+    ``sim.fidelity_guard`` existed, in today's layout, so a run folder made then resumes when its
+    settings are the same (a field added later takes its default)."""
+    before = {"eval_split": "test", **before}
+    if isinstance(before.get("sim"), dict):
+        before = {**before, "sim": {"fidelity_guard": False, **before["sim"]}}
     sim, rl = before.get("sim"), before.get("rl")
     if isinstance(sim, dict) and "tune" not in sim:
         tune = {**asdict(_quickstart_tuning()),
