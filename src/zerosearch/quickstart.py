@@ -416,9 +416,9 @@ def _upgrade(before: dict[str, Any]) -> dict[str, Any]:
     """A ``config.json`` written before ``sim.tune``, ``rl.training``, ``eval_split`` or
     ``sim.fidelity_guard`` existed, in today's layout, so a run folder made then resumes when its
     settings are the same (a field added later takes its default)."""
-    before = {"eval_split": "test", **before}
+    before = {"eval_split": QuickstartConfig.eval_split, **before}
     if isinstance(before.get("sim"), dict):
-        before = {**before, "sim": {"fidelity_guard": False, **before["sim"]}}
+        before = {**before, "sim": {"fidelity_guard": SimStageConfig.fidelity_guard, **before["sim"]}}
     sim, rl = before.get("sim"), before.get("rl")
     if isinstance(sim, dict) and "tune" not in sim:
         tune = {**asdict(_quickstart_tuning()),
