@@ -236,7 +236,7 @@ def rl_settings(cfg: QuickstartConfig, lc: LearningConfig) -> QuickstartConfig:
 UNNAMED_TEMPERATURE = 1.0
 UNNAMED_BETA = 0.001
 """The rollout temperature and KL coefficient a run folder's name leaves out: the quickstart's
-until 2026-12-07, so the folders of the runs made then keep their names."""
+defaults before it took the learning recipe's, so the folders of the runs made then keep their names."""
 
 
 def settings_tag(cfg: QuickstartConfig) -> str:
