@@ -93,15 +93,15 @@ class SimStageConfig:
 def _quickstart_algorithm() -> AlgorithmConfig:
     # groups of 6 rollouts, where the learning benchmark samples 8: on a CPU a decoding step costs
     # about the same at 12 rows as at 16, so the step is cheaper mostly in optimisation; chosen on
-    # the validation split (docs/log.md, 2026-12-07 fifth session)
+    # the validation split (docs/log.md, fifth session of 2026-12-07)
     return AlgorithmConfig(num_generations=6, beta=0.04, reward="f1")
 
 
 def _quickstart_training() -> TrainingConfig:
     # the learning benchmark's recipe (configs/quickstart/miniworld-learning.yaml, chosen on its
-    # validation split), cut to the steps 20 minutes allow and to groups of 6 (above); micro_batch_size 0: a step's rollouts in
-    # one backward pass, the fastest on a CPU at this size; generation_batch_size: every rollout of a
-    # step of up to 16 decoded together
+    # validation split), cut to the steps 20 minutes allow and to groups of 6 (above);
+    # micro_batch_size 0: a step's rollouts in one backward pass, the fastest on a CPU at this size;
+    # generation_batch_size: every rollout of a step of up to 16 decoded together
     return TrainingConfig(max_steps=4, prompts_per_step=2, micro_batch_size=0, generation_batch_size=16,
                           learning_rate=2e-5, save_steps=2, save_total_limit=1, report_to=[], cpu_tuning=True)
 
@@ -275,8 +275,8 @@ def stage_fidelity(cfg: QuickstartConfig, progress: Progress) -> dict[str, Any]:
             sim_engine = replace(simulator_config(cfg), noisy_guard=guard)
             engine = build_engine(sim_engine)
             try:
-                # as many queries a call as the simulator generates together: a decoding step costs
-                # about the same at 8 rows as at 32 on a CPU, so fewer, fuller calls finish sooner
+                # as many queries a call as the simulator generates together: on a CPU a decoding
+                # step's cost grows little with its rows, so fewer, fuller calls finish sooner
                 rows.append(measure(name, engine, group, cfg.topk, reference,
                                     batch_size=sim_engine.max_batch_size,
                                     progress=lambda _n, d, t, name=name: progress(f"sim: fidelity ({name})", d, t, "")))
