@@ -49,6 +49,11 @@ def test_toy_quickstart_runs_every_stage_and_resumes(tmp_path):
     steps = [json.loads(line)["step"] for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()
              if "reward" in json.loads(line)]
     assert steps == [1, 2]
+    rollouts = [json.loads(line) for line in (out / "rl" / "rollouts.jsonl").read_text().splitlines()]
+    hops = {r["id"]: str(r["metadata"]["hops"]) for r in map(json.loads, (out / "world" / "train.jsonl").open())}
+    assert len(rollouts) == 2 * 2 * 2 and all(r["group"] == hops[r["id"]] for r in rollouts)
+    assert "questions in stratified order by `metadata.hops`" in report
+    assert "reward / searches per rollout, by metadata.hops (questions)" in report
     stamp = (out / "sim" / "simulator" / "final" / "model.safetensors").stat().st_mtime
     logged = (out / "rl" / "metrics.jsonl").read_text()
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -142,6 +147,25 @@ def test_a_run_folder_from_before_eval_split_and_fidelity_guard_resumes(tmp_path
         check_same_config(cfg)
 
 
+def test_a_run_folder_from_before_stratified_questions_resumes_only_unstratified(tmp_path):
+    """A config.json written before ``rl.stratify_by`` existed was trained on shuffled questions: it
+    resumes with ``stratify_by: null`` and is refused under today's default (metadata.hops)."""
+    import dataclasses
+
+    from zerosearch.quickstart import QuickstartConfig, check_same_config
+
+    cfg = QuickstartConfig(output_dir=str(tmp_path))
+    assert cfg.rl.stratify_by == "metadata.hops"
+    old = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    del old["rl"]["stratify_by"]
+    (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="different rl"):
+        check_same_config(cfg)
+    cfg.rl.stratify_by = None
+    check_same_config(cfg)
+    assert json.loads((tmp_path / "config.json").read_text())["rl"]["stratify_by"] is None
+
+
 def test_a_run_folder_from_before_rl_training_resumes_with_the_same_settings(tmp_path):
     """A config.json written when the rl section held its budget keys itself (steps,
     prompts_per_step, num_generations, learning_rate, beta) is the same configuration as today's
@@ -151,7 +175,9 @@ def test_a_run_folder_from_before_rl_training_resumes_with_the_same_settings(tmp
     from zerosearch.quickstart import QuickstartConfig, check_same_config
 
     cfg = QuickstartConfig(output_dir=str(tmp_path))
+    cfg.rl.stratify_by = None  # what those runs did (rl.stratify_by came later)
     old = json.loads(json.dumps(dataclasses.asdict(cfg)))
+    del old["rl"]["stratify_by"]
     training, algorithm = old["rl"].pop("training"), old["rl"].pop("algorithm")
     old["rl"].update(steps=training["max_steps"], prompts_per_step=training["prompts_per_step"],
                      learning_rate=training["learning_rate"], num_generations=algorithm["num_generations"],

@@ -3,6 +3,7 @@ against BM25 and the simulated engine, the loss mask inside TRL, resume after an
 clear errors before training starts."""
 
 import json
+import random
 
 import pytest
 from transformers import TrainerCallback
@@ -11,6 +12,7 @@ from helpers import ScriptedPolicy
 from zerosearch.config import ConfigError
 from zerosearch.curriculum import CurriculumConfig
 from zerosearch.train.config import load_train_config
+from zerosearch.train.order import stratified_order
 from zerosearch.train.run import build_trainer, train
 
 QUESTIONS = {"Which city is the capital of Germany?": ["Berlin"],
@@ -147,6 +149,48 @@ def test_resume_reproduces_step_and_curriculum(tmp_path, qa_file):
         assert r["zerosearch/noise_prob"] == pytest.approx(schedule.at(r["step"] - 1, 4))
     state = json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())
     assert state["global_step"] == 4
+    rollouts = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    # 2 questions x 2 rollouts a step, each step logged once (the killed step 2 cut back on resume)
+    assert [r["step"] for r in rollouts] == [s for s in (1, 2, 3, 4) for _ in range(4)]
+    assert all("group" not in r for r in rollouts)  # no data.stratify_by: no group
+
+
+def test_stratified_order_keeps_every_prefix_near_the_group_shares():
+    rng = random.Random(0)
+    for trial in range(50):
+        sizes = [rng.randint(1, 40) for _ in range(rng.randint(1, 5))]
+        groups = [g for g, n in enumerate(sizes) for _ in range(n)]
+        rng.shuffle(groups)
+        order = stratified_order(groups, seed=trial)
+        assert sorted(order) == list(range(len(groups)))  # a permutation: nothing lost or doubled
+        taken = [0] * len(sizes)
+        for k, index in enumerate(order, 1):
+            taken[groups[index]] += 1
+            assert all(abs(k * n / len(groups) - t) <= 1 for n, t in zip(sizes, taken))
+    groups = ["a"] * 6 + ["b"] * 3
+    assert stratified_order(groups, 0) == stratified_order(groups, 0)
+    assert stratified_order(groups, 0) != stratified_order(groups, 1)  # the seed shuffles each group
+
+
+def test_stratified_questions_give_every_step_the_same_mix(tmp_path, tiny_corpus):
+    data = tmp_path / "hops.jsonl"
+    data.write_text("".join(json.dumps({"id": f"q{i}", "question": q, "golden_answers": a,
+                                        "metadata": {"hops": 1 if i % 2 else 2}}) + "\n"
+                            for i, (q, a) in enumerate(QUESTIONS.items())))
+    cfg = _config(tmp_path, data, _bm25(tiny_corpus))
+    cfg.data.stratify_by = "metadata.hops"
+    train(cfg, log=lambda m: None)
+    rollouts = [json.loads(line) for line in (tmp_path / "run" / "rollouts.jsonl").read_text().splitlines()]
+    assert len(rollouts) == 2 * 2 * 2  # 2 steps x 2 questions x 2 rollouts
+    for step in (1, 2):  # half the questions are 1-hop: every step draws one of each
+        assert sorted(r["group"] for r in rollouts if r["step"] == step) == ["1", "1", "2", "2"]
+    assert len({r["id"] for r in rollouts}) == 4  # the second step reads the other two
+    metrics = _metrics(cfg)
+    for step, row in zip((1, 2), metrics):  # the log holds the rewards the step trained on
+        assert row["reward"] == pytest.approx(sum(r["reward"] for r in rollouts if r["step"] == step) / 4)
+    cfg.data.stratify_by = "metadata.kind"
+    with pytest.raises(ConfigError, match="data.stratify_by: .* row 0 has no 'metadata.kind' field"):
+        build_trainer(cfg, log=lambda m: None)
 
 
 def test_bad_configs_fail_before_training(tmp_path, qa_file, tiny_corpus):

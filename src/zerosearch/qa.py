@@ -74,8 +74,9 @@ def _row_from_record(rec: dict[str, Any], index: int, where: str) -> Row:
     return Row(question.strip(), [str(a) for a in answers], str(ident))
 
 
-def load_qa(source: str | Path, split: str = "train", limit: int | None = None) -> list[Row]:
-    """Load QA rows from a file, a folder (``<split>.jsonl`` / ``<split>.parquet``) or a hub id."""
+def load_records(source: str | Path, split: str = "train", limit: int | None = None) -> tuple[list[dict[str, Any]], str]:
+    """The raw records of a QA source (a file, a folder holding ``<split>.jsonl`` /
+    ``<split>.parquet``, or a hub id) and the name to cite in errors about them."""
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be at least 1 (or unset for every row), got {limit}")
     path = Path(str(source)).expanduser()
@@ -107,5 +108,29 @@ def load_qa(source: str | Path, split: str = "train", limit: int | None = None) 
     else:
         raise FileNotFoundError(f"QA data not found: {source} (a FlashRAG .jsonl file, a folder "
                                 "with <split>.jsonl, a parquet file, or a hub id)")
-    rows = [_row_from_record(rec, i, str(path)) for i, rec in enumerate(records)]
-    return rows[:limit] if limit else rows
+    return (records[:limit] if limit else records), str(path)
+
+
+def load_qa(source: str | Path, split: str = "train", limit: int | None = None) -> list[Row]:
+    """Load QA rows from a file, a folder (``<split>.jsonl`` / ``<split>.parquet``) or a hub id."""
+    records, where = load_records(source, split, limit)
+    return [_row_from_record(rec, i, where) for i, rec in enumerate(records)]
+
+
+def record_field(record: dict[str, Any], key: str, index: int, where: str) -> Any:
+    """The value at dotted ``key`` (``metadata.hops``, ``data_source``) of one record; a record
+    without it is an error naming the row and the key, never a silent default."""
+    value: Any = record
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise ValueError(f"{where}: row {index} has no {key!r} field")
+        value = value[part]
+    if hasattr(value, "item"):  # numpy scalars from parquet
+        value = value.item()
+    return value
+
+
+def load_field(source: str | Path, key: str, split: str = "train", limit: int | None = None) -> list[Any]:
+    """The value of dotted ``key`` in every record of a QA source, in :func:`load_qa`'s row order."""
+    records, where = load_records(source, split, limit)
+    return [record_field(rec, key, i, where) for i, rec in enumerate(records)]

@@ -123,6 +123,11 @@ class RLStageConfig:
     """Noise schedule of the simulated engine."""
     temperature: float = 0.7
     """Policy sampling temperature during rollouts (evaluation is greedy: ``rollout.temperature``)."""
+    stratify_by: str | None = "metadata.hops"
+    """``data.stratify_by`` of the run: every step's questions mirror the training set's hop mix
+    (with two questions a step, a shuffle gives some steps only multi-hop questions, which the
+    agent does not solve at this budget, and the reward curve then tracks the draw); None: a plain
+    shuffle."""
 
 
 @dataclass
@@ -334,7 +339,7 @@ def rl_train_config(cfg: QuickstartConfig, start_model: str, engine: EngineConfi
         training = replace(training, mask_inserted_tokens=mask_inserted_tokens)
     train_cfg = TrainConfig(
         model=ModelConfig(name=start_model, dtype="float32"),
-        data=DataConfig(train=str(train_questions(cfg)), shuffle_seed=seed),
+        data=DataConfig(train=str(train_questions(cfg)), shuffle_seed=seed, stratify_by=rl.stratify_by),
         engine=engine, rollout=rollout, curriculum=curriculum,
         algorithm=rl.algorithm if algorithm is None else replace(rl.algorithm, name=algorithm),
         training=training)
@@ -420,12 +425,15 @@ LEGACY_RL = {"steps": ("training", "max_steps"), "prompts_per_step": ("training"
 
 
 def _upgrade(before: dict[str, Any]) -> dict[str, Any]:
-    """A ``config.json`` written before ``sim.tune``, ``rl.training``, ``eval_split`` or
-    ``sim.fidelity_guard`` existed, in today's layout, so a run folder made then resumes when its
-    settings are the same (a field added later takes its default)."""
+    """A ``config.json`` written before ``sim.tune``, ``rl.training``, ``eval_split``,
+    ``sim.fidelity_guard`` or ``rl.stratify_by`` existed, in today's layout, so a run folder made
+    then resumes when its settings are the same (a field added later takes the value those runs
+    used: its default, or no stratification)."""
     before = {"eval_split": QuickstartConfig.eval_split, **before}
     if isinstance(before.get("sim"), dict):
         before = {**before, "sim": {"fidelity_guard": SimStageConfig.fidelity_guard, **before["sim"]}}
+    if isinstance(before.get("rl"), dict):  # runs made before rl.stratify_by read a plain shuffle
+        before = {**before, "rl": {"stratify_by": None, **before["rl"]}}
     sim, rl = before.get("sim"), before.get("rl")
     if isinstance(sim, dict) and "tune" not in sim:
         tune = {**asdict(_quickstart_tuning()),

@@ -26,6 +26,20 @@ def rl_curve(metrics_file: Path) -> list[dict[str, float]]:
     return rows
 
 
+def reward_by_group(rollouts_file: Path) -> dict[int, dict[str, dict[str, float]]]:
+    """Per step and ``group`` of a run's ``rollouts.jsonl``: mean reward, searches per rollout and
+    the number of questions. Empty when the run logged no rollouts or no groups."""
+    per: dict[int, dict[str, list[dict]]] = {}
+    for rec in read_finished(rollouts_file) if rollouts_file.exists() else []:
+        if "group" in rec:
+            per.setdefault(rec["step"], {}).setdefault(str(rec["group"]), []).append(rec)
+    return {step: {g: {"reward": sum(r["reward"] for r in v) / len(v),
+                       "searches": sum(r["searches"] for r in v) / len(v),
+                       "questions": len({r["id"] for r in v})}
+                   for g, v in sorted(groups.items())}
+            for step, groups in sorted(per.items())}
+
+
 def plot_reward(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
     """Reward per step (one line per run) and, on a second axis, the noise probability."""
     import matplotlib
@@ -170,6 +184,23 @@ def _fidelity_line(path: Path) -> str:
             f"noisy-mode outputs (fidelity score {row['fidelity']:.3f}).")
 
 
+def _curve_table(curve: list[dict[str, float]], groups: dict[int, dict[str, dict[str, float]]],
+                 key: str | None) -> list[str]:
+    """The report's per-step table; with groups (the questions' ``key``, e.g. hop count), a column
+    of reward and searches by group: what a step's mix of questions did to its reward."""
+    head = "| step | reward | noise p | searches / q |"
+    if groups:
+        head += f" reward / searches per rollout, by {key} (questions) |"
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for c in curve:
+        cells = [str(c["step"]), f"{c['reward']:.3f}", f"{c['noise']:.2f}", f"{c['searches']:.2f}"]
+        if groups:
+            cells.append(" · ".join(f"{g}: {v['reward']:.2f} / {v['searches']:.2f} ({v['questions']})"
+                                    for g, v in groups.get(c["step"], {}).items()) or "-")
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Sequence[str],
                             stages: dict[str, float]) -> Path:
     """Write report.md, reward.png and em.png into the quickstart folder; ``names`` are the
@@ -207,10 +238,11 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
         f"{cfg.rl.training.prompts_per_step} questions x {cfg.rl.algorithm.num_generations} rollouts, "
         f"{cfg.rl.algorithm.reward.upper()} reward, against the fine-tuned *simulated* engine; "
         f"noise probability {cfg.rl.curriculum.p_start} -> {cfg.rl.curriculum.p_end} "
-        f"(base {cfg.rl.curriculum.base}).", "",
+        f"(base {cfg.rl.curriculum.base})"
+        + (f"; questions in stratified order by `{cfg.rl.stratify_by}` (each step's mix mirrors the "
+           "training set's)." if cfg.rl.stratify_by else "; questions shuffled."), "",
         "![reward and noise probability per step](reward.png)", "",
-        "| step | reward | noise p | searches / q |", "|---|---|---|---|",
-        *[f"| {c['step']} | {c['reward']:.3f} | {c['noise']:.2f} | {c['searches']:.2f} |" for c in curve], "",
+        *_curve_table(curve, reward_by_group(out / "rl" / "rollouts.jsonl"), cfg.rl.stratify_by), "",
         f"## Held-out evaluation ({cfg.eval_questions} {cfg.eval_split} questions, real BM25 engine, greedy)", "",
         method_table(reports, out / "world" / f"{cfg.eval_split}.jsonl", pred_dirs), "",
         "![strict EM per method](em.png)", "",

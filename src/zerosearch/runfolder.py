@@ -2,8 +2,8 @@
 ``metrics.jsonl`` as it is logged; checkpoints written to a staging folder and renamed into place
 (:class:`AtomicCheckpoints`), so a kill mid-save never leaves a half ``checkpoint-N``; and the newest
 complete ``checkpoint-N`` to resume from (an incomplete newer one is skipped with a warning; a
-corrupt file is an error that names it), with ``metrics.jsonl`` cut back to that step so a resumed
-run logs each step once."""
+corrupt file is an error that names it), with ``metrics.jsonl`` and ``rollouts*.jsonl`` cut back to
+that step so a resumed run logs each step once."""
 
 from __future__ import annotations
 
@@ -135,17 +135,18 @@ def last_checkpoint(output_dir: str, log: Callable[[str], None] | None = None) -
 
 
 def prepare_resume(output_dir: str, log: Callable[[str], None] | None = None) -> str:
-    """The checkpoint to resume from (:func:`last_checkpoint`), with ``metrics.jsonl`` cut back to
-    its step, so the steps after it (logged before the kill, logged again now) appear once."""
+    """The checkpoint to resume from (:func:`last_checkpoint`), with ``metrics.jsonl`` and the
+    rollout logs (``rollouts*.jsonl``) cut back to its step, so the steps after it (logged before
+    the kill, logged again now) appear once."""
     from zerosearch.jsonl import keep_until
 
     checkpoint = last_checkpoint(output_dir, log)
-    metrics = Path(output_dir) / "metrics.jsonl"
-    if metrics.exists():
-        dropped = keep_until(metrics, checkpoint_step(checkpoint))
-        if dropped and log:
-            log(f"metrics.jsonl: {dropped} rows after {Path(checkpoint).name} dropped (the resumed "
-                "run logs those steps again)")
+    for path in [Path(output_dir) / "metrics.jsonl", *sorted(Path(output_dir).glob("rollouts*.jsonl"))]:
+        if path.exists():
+            dropped = keep_until(path, checkpoint_step(checkpoint))
+            if dropped and log:
+                log(f"{path.name}: {dropped} rows after {Path(checkpoint).name} dropped (the resumed "
+                    "run logs those steps again)")
     return checkpoint
 
 

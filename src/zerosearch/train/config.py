@@ -48,7 +48,13 @@ class DataConfig:
     limit: int | None = None
     """Use only the first N questions (quick runs)."""
     shuffle_seed: int = 0
-    """Order of the questions (the sampler reshuffles each epoch with the training seed)."""
+    """Order of the questions (the sampler reshuffles each epoch with the training seed; with
+    ``stratify_by``, the shuffle within each group)."""
+    stratify_by: str | None = None
+    """A field of the question records (dotted: ``metadata.hops`` in the mini-world, ``data_source``
+    in Search-R1 / ZeroSearch parquet). Set: the questions are read in stratified order, so every
+    step's questions mirror the groups' shares of the set (the same order every epoch), and each
+    rollout in ``rollouts.jsonl`` names its group. None: a plain shuffle."""
 
 
 @dataclass

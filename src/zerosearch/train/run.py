@@ -23,9 +23,10 @@ from zerosearch.cpu import tune_process
 from zerosearch.hardware import RuntimeChoices, runtime_choices
 from zerosearch.models import replace_folder, resolve_model
 from zerosearch.protocol import STOP_STRINGS
-from zerosearch.qa import load_qa
+from zerosearch.qa import load_field, load_qa
 from zerosearch.runfolder import MetricsCallback, prepare_resume
 from zerosearch.train.config import TrainConfig
+from zerosearch.train.order import stratified_order
 from zerosearch.train.trainer import StepTimer, ZeroSearchTrainer, make_reward_func
 
 
@@ -70,6 +71,12 @@ def build_trainer(cfg: TrainConfig, log=print,
     if len(rows) < t.prompts_per_step:
         raise ConfigError(f"{cfg.data.train} has {len(rows)} questions; a step needs "
                           f"prompts_per_step = {t.prompts_per_step}")
+    groups = None
+    if cfg.data.stratify_by:
+        try:
+            groups = [str(g) for g in load_field(cfg.data.train, cfg.data.stratify_by, limit=cfg.data.limit)]
+        except ValueError as err:
+            raise ConfigError(f"data.stratify_by: {err}") from None
     policy = resolve_model(cfg.model.name)
     engine = build_engine(cfg.engine, log=log)
     check_engine(engine, cfg.engine.kind)
@@ -135,11 +142,14 @@ def build_trainer(cfg: TrainConfig, log=print,
         vllm_gpu_memory_utilization=t.vllm_gpu_memory_utilization,
         generation_kwargs={"stop": list(STOP_STRINGS), "include_stop_str_in_output": True}
         if t.use_vllm else None,
-        dataloader_num_workers=0, shuffle_dataset=True,
+        dataloader_num_workers=0, shuffle_dataset=groups is None,
     )
-    dataset = Dataset.from_list([{"prompt": row.question, "question": row.question,
-                                  "golden_answers": row.golden_answers, "id": str(row.id)}
-                                 for row in rows]).shuffle(seed=cfg.data.shuffle_seed)
+    records = [{"prompt": row.question, "question": row.question, "golden_answers": row.golden_answers,
+                "id": str(row.id), **({"group": groups[i]} if groups else {})} for i, row in enumerate(rows)]
+    if groups:  # TRL then reads the rows in this order (shuffle_dataset off above)
+        dataset = Dataset.from_list([records[i] for i in stratified_order(groups, cfg.data.shuffle_seed)])
+    else:
+        dataset = Dataset.from_list(records).shuffle(seed=cfg.data.shuffle_seed)
     os.makedirs(t.output_dir, exist_ok=True)
     Path(t.output_dir, "config.yaml").write_text(yaml.safe_dump(asdict(cfg), sort_keys=False))
     callback = MetricsCallback(Path(t.output_dir) / "metrics.jsonl", on_progress)

@@ -15,7 +15,8 @@ What the subclass adds to TRL, and why:
   reward: ``beta`` is on while TRL scores the batch (so it computes reference log-probs) and off in
   the loss.
 - Per-step metrics: noise probability, EM/F1, searches and turns per question, valid-action and
-  truncation rates, useful/noisy searches, search errors, and time spent generating and searching.
+  truncation rates, useful/noisy searches, search errors, and time spent generating and searching;
+  and one line per rollout in ``rollouts.jsonl`` (reward, searches, group) to split them after the run.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
         self.engine = engine
         self.timings = RolloutTimings()
         self._rows: list[Row] = []
+        self._groups: list[str] | None = None
         self._gen_copy = None  # the policy in training.generation_dtype, when that differs
         self._algo = zs_config.algorithm.name
         self.autocast_bf16 = bool(zs_config.training.bf16)
@@ -106,9 +108,33 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
         metric = get_metric(self.zs.algorithm.reward)
         self._scores = torch.tensor([metric(t.answer, t.row.golden_answers) for t in trajs])
         self._log_rollouts(trajs, noise, timings)
+        self._append_rollouts(trajs, noise)
         if self.accelerator.num_processes > 1:
             self._log_process_batch(trajs, noise, seed)
         return trl_output(trajs, self.processing_class, mask_inserted=self.zs.training.mask_inserted_tokens)
+
+    def _append_rollouts(self, trajs, noise: float | None) -> None:
+        """One line per rollout in ``<output_dir>/rollouts.jsonl`` (``rollouts-rank-<i>.jsonl`` per
+        process when there are several): step, question id, its ``data.stratify_by`` group, reward,
+        EM, whether it answered, searches (useful / noisy) and the answer, so a step's reward can be
+        split by question kind (hop count, data source) after the run."""
+        metric = get_metric(self.zs.algorithm.reward)
+        rank = self.accelerator.process_index
+        name = "rollouts.jsonl" if self.accelerator.num_processes == 1 else f"rollouts-rank-{rank}.jsonl"
+        step = self.state.global_step + 1  # the step these rollouts train (metrics.jsonl's number)
+        records = []
+        for traj, group in zip(trajs, self._groups or [None] * len(trajs)):
+            record = {"step": step, "id": str(traj.row.id), "reward": metric(traj.answer, traj.row.golden_answers),
+                      "em": exact_match(traj.answer, traj.row.golden_answers),
+                      "answered": traj.answer is not None, "searches": traj.searches,
+                      "useful_searches": traj.useful_searches, "noisy_searches": traj.noisy_searches,
+                      "noise_prob": noise, "answer": traj.answer}
+            if group is not None:
+                record["group"] = group
+            records.append(record)
+        os.makedirs(self.args.output_dir, exist_ok=True)
+        with open(os.path.join(self.args.output_dir, name), "a") as handle:
+            handle.writelines(json.dumps(r) + "\n" for r in records)
 
     def _log_process_batch(self, trajs, noise: float | None, seed: int) -> None:
         """Multi-process runs: each process appends what it rolled out to
@@ -157,6 +183,7 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
     # -- scoring and advantages ---------------------------------------------------------------
     def _generate_and_score_completions(self, inputs):
         self._rows = [Row(x["question"], list(x["golden_answers"]), x.get("id")) for x in inputs]
+        self._groups = [x["group"] for x in inputs] if inputs and "group" in inputs[0] else None
         if self._algo == "grpo":
             return super()._generate_and_score_completions(inputs)
         self.beta = self._kl_beta  # make TRL compute reference log-probs for this batch
