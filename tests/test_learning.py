@@ -364,5 +364,38 @@ def test_query_habits_count_stub_queries_and_empty_results(tmp_path):
     habits = query_habits(pred)
     assert habits["queries_with_name"] == pytest.approx(100 * 2 / 3)  # the lower-case name counts too
     assert habits["empty_results"] == pytest.approx(100 / 3)
+    assert habits["repeated_queries"] == 0.0  # one follow-up query, a new one
     pred.write_text(json.dumps(rows[2]) + "\n")
-    assert query_habits(pred) == {"queries_with_name": None, "empty_results": None}
+    assert query_habits(pred) == {"queries_with_name": None, "empty_results": None, "repeated_queries": None}
+
+
+def _searches(*queries: str) -> str:
+    return "".join(f"<search> {q} </search>\n\n<information>Doc 1: x</information>\n\n" for q in queries) \
+        + "<answer> x </answer>"
+
+
+def test_repeated_follow_up_queries_by_hop_count(tmp_path):
+    """A second search that repeats the first (case and spacing aside) counts as repeated; the
+    script splits the habits by the questions' hop counts."""
+    questions = tmp_path / "test.jsonl"
+    questions.write_text("".join(json.dumps({"id": i, "question": f"Where was Quian Liarkkrash born {i}?",
+                                             "golden_answers": ["x"], "metadata": {"hops": h}}) + "\n"
+                                 for i, h in (("a", 1), ("b", 2), ("c", 2))))
+    rows = [("a", _searches("Quian Liarkkrash")),
+            ("b", _searches("Quian Liarkkrash", "quian  LIARKKRASH", "founder of Mirrow")),
+            ("c", _searches("Quian Liarkkrash", "Quian Liarkkrash"))]
+    pred = tmp_path / "pred.jsonl"
+    pred.write_text("".join(json.dumps({"id": i, "question": "Where was Quian Liarkkrash born?", "response": r,
+                                        "stats": {"searches": r.count("<search>")}}) + "\n" for i, r in rows))
+    out = tmp_path / "habits.json"
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "query_habits.py"), str(pred),
+                        "--questions", str(questions), "--json", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    table = json.loads(out.read_text())["results"][str(pred)]
+    assert table["1-hop"]["repeated_queries"] is None and table["1-hop"]["searches"] == 1
+    assert table["2-hop"]["repeated_queries"] == pytest.approx(100 * 2 / 3)  # 2 of 3 follow-ups repeat
+    assert table["2-hop"]["searches"] == 2.5 and table["all"]["n"] == 3
+    questions.write_text(questions.read_text().replace('"id": "c"', '"id": "d"'))
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "query_habits.py"), str(pred),
+                        "--questions", str(questions)], capture_output=True, text=True)
+    assert r.returncode != 0 and "1 predictions name no question" in r.stderr + r.stdout

@@ -562,8 +562,9 @@ def sim_fidelity(
                     engine = _build(replace(engine_cfg, kind="simulated", model=model, style=style,
                                             noisy_guard=bool(plus) or engine_cfg.noisy_guard))
                     try:
+                        # calls as full as the simulator's batch (the quickstart's fidelity stage too)
                         rows.append(measure(spec + suffix, engine, group, engine_cfg.topk, reference, judge,
-                                            progress=update))
+                                            batch_size=engine_cfg.max_batch_size, progress=update))
                     finally:
                         engine.close()
     except USER_ERRORS as err:

@@ -361,21 +361,36 @@ def eval_numbers(eval_dir: Path, questions: Path) -> dict[str, Any]:
 
 
 def query_habits(predictions: Path) -> dict[str, float | None]:
-    """How an evaluated policy searches, over every query in its responses (x100; None without
-    queries): ``queries_with_name``, the share that keep at least one name of the question, and
-    ``empty_results``, the share the engine answered with no document. A policy that learned stub
-    queries ("In what year") against a simulator that answers anything shows both against BM25:
-    few names, many empty results."""
-    queries = named = empty = 0
-    for row in read_finished(predictions):
+    """How an evaluated policy searches, over every query in its responses (:func:`habits_of`)."""
+    return habits_of(read_finished(predictions))
+
+
+def habits_of(rows) -> dict[str, float | None]:
+    """How a policy searched in prediction ``rows`` (x100; None without queries):
+    ``queries_with_name``, the share of queries that keep at least one name of the question;
+    ``empty_results``, the share the engine answered with no document; ``repeated_queries``, the
+    share of follow-up queries (a response's second search on) that repeat one of its earlier
+    queries, case and spacing aside (None without follow-ups). A policy that learned stub queries
+    ("In what year") against a simulator that answers anything shows the first two against BM25:
+    few names, many empty results. A second search that repeats the first cannot find the second
+    hop's entity: the third says how much of the searching is that."""
+    queries = named = empty = follow_ups = repeats = 0
+    for row in rows:
         names = [n.lower() for n in question_names(row["question"])]
         response = row.get("response") or ""
+        seen: set[str] = set()
         for query in search_queries(response):
             queries += 1
             named += any(n and n in query.lower() for n in names)
+            folded = " ".join(query.lower().split())
+            if seen:
+                follow_ups += 1
+                repeats += folded in seen
+            seen.add(folded)
         empty += response.count(NO_DOCUMENTS)
     return {"queries_with_name": 100 * named / queries if queries else None,
-            "empty_results": 100 * empty / queries if queries else None}
+            "empty_results": 100 * empty / queries if queries else None,
+            "repeated_queries": 100 * repeats / follow_ups if follow_ups else None}
 
 
 def _per_seed(rows: list[dict[str, Any]]) -> dict[str, list]:
@@ -541,14 +556,16 @@ def _fmt(values: list, digits: int = 1) -> str:
 
 def _table(rows: list[tuple[str, str, dict[str, list]]]) -> list[str]:
     lines = ["| arm | about | EM | F1 | EM 1-hop | EM 2-hop | EM 3-hop | searches/q 1-hop | 2-hop | 3-hop "
-             "| no answer (%) | queries naming the entity (%) | queries finding nothing (%) | EM per seed |",
-             "|" + "---|" * 14]
+             "| no answer (%) | queries naming the entity (%) | queries finding nothing (%) "
+             "| follow-up queries repeating an earlier one (%) | EM per seed |",
+             "|" + "---|" * 15]
     for name, about, r in rows:
         lines.append(f"| {name} | {about} | {_fmt(r['em'])} | {_fmt(r['f1'])} | "
                      + " | ".join(_fmt(r[f"em_{h}hop"]) for h in (1, 2, 3)) + " | "
                      + " | ".join(_fmt(r[f"searches_{h}hop"], 2) for h in (1, 2, 3))
                      + f" | {_fmt(r['no_answer'], 0)} | {_fmt(r.get('queries_with_name', []), 0)}"
-                     + f" | {_fmt(r.get('empty_results', []), 0)} | {', '.join(f'{v:.1f}' for v in r['em'])} |")
+                     + f" | {_fmt(r.get('empty_results', []), 0)} | {_fmt(r.get('repeated_queries', []), 0)}"
+                     + f" | {', '.join(f'{v:.1f}' for v in r['em'])} |")
     return lines
 
 
