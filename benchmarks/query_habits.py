@@ -17,21 +17,35 @@ from pathlib import Path
 import typer
 
 from zerosearch.cli_engine import console, fail
-from zerosearch.jsonl import read_finished
+from zerosearch.jsonl import strict_rows
 from zerosearch.learning import habits_of
 
 
 def habits_by_hops(predictions: Path, questions: Path) -> dict[str, dict]:
     """``habits_of`` and searches per question for all predictions and per hop count."""
-    hops = {r["id"]: r["metadata"]["hops"] for r in read_finished(questions)}
-    rows = read_finished(predictions)
-    missing = [r["id"] for r in rows if r["id"] not in hops]
+    hops = {}
+    for line, r in strict_rows(questions):
+        try:
+            hops[str(r["id"])] = r["metadata"]["hops"]
+        except (KeyError, TypeError):
+            raise ValueError(f"{questions}:{line}: no id or metadata.hops (a mini-world question file?)") from None
+    rows = [r for _, r in strict_rows(predictions)]
+    if not rows:
+        raise ValueError(f"{predictions} holds no predictions")
+    for key in ("id", "question", "stats"):
+        lacking = [i for i, r in enumerate(rows, 1) if key not in r]
+        if lacking:
+            raise ValueError(f"{predictions}: prediction {lacking[0]} has no {key!r} (a `zerosearch eval` "
+                             "predictions file?)")
+    missing = [r["id"] for r in rows if str(r["id"]) not in hops]
     if missing:
         raise ValueError(f"{predictions}: {len(missing)} predictions name no question of {questions} "
                          f"(first: {missing[0]!r})")
+    for r in rows:
+        r["hops"] = hops[str(r["id"])]
     groups = {"all": rows}
-    for h in sorted({hops[r["id"]] for r in rows}):
-        groups[f"{h}-hop"] = [r for r in rows if hops[r["id"]] == h]
+    for h in sorted({r["hops"] for r in rows}):
+        groups[f"{h}-hop"] = [r for r in rows if r["hops"] == h]
     return {name: {"n": len(g), "searches": sum(r["stats"]["searches"] for r in g) / len(g), **habits_of(g)}
             for name, g in groups.items()}
 

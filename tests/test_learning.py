@@ -136,6 +136,13 @@ def test_results_file_holds_the_numbers_of_the_runs(bench):
                                                               else None)
             curve = _metrics_rows(folder)
             assert [c["reward"] for c in entry["curves"][str(seed)]] == [r["reward"] for r in curve]
+            # searches per rollout by hop count, from the run's own rollout log and the world's hops
+            hops = {r["id"]: r["metadata"]["hops"] for r in map(json.loads, (out / "world" / "train.jsonl").open())}
+            rollouts = [json.loads(x) for x in (folder / "rl" / "rollouts.jsonl").read_text().splitlines()]
+            for c in entry["curves"][str(seed)]:
+                for h in (1, 2, 3):
+                    drawn = [r["searches"] for r in rollouts if r["step"] == c["step"] and hops[r["id"]] == h]
+                    assert c.get(f"searches_{h}hop") == (pytest.approx(sum(drawn) / len(drawn)) if drawn else None)
             assert entry["step_s"][i] == pytest.approx(curve[0]["time/step_s"])
         # the sim-to-real gap: the same policy evaluated with its simulator and with BM25
         for i, seed in enumerate((0, 1)):
@@ -152,6 +159,7 @@ def test_results_file_holds_the_numbers_of_the_runs(bench):
     assert f"| {', '.join(f'{v:.1f}' for v in zs['em'])} |" in md
     assert "## Sim-to-real gap" in md
     assert (out / "reward.png").stat().st_size > 0 and (out / "searches.png").stat().st_size > 0
+    assert (out / "searches_by_hops.png").stat().st_size > 0 and "searches_by_hops.png" in md
 
 
 def test_seeds_change_the_outcome_and_the_same_seed_reproduces_it(bench):

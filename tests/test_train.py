@@ -155,21 +155,44 @@ def test_resume_reproduces_step_and_curriculum(tmp_path, qa_file):
     assert all("group" not in r for r in rollouts)  # no data.stratify_by: no group
 
 
-def test_stratified_order_keeps_every_prefix_near_the_group_shares():
+def test_stratified_order_gives_every_step_its_share_of_each_group():
     rng = random.Random(0)
-    for trial in range(50):
+    for trial in range(100):
         sizes = [rng.randint(1, 40) for _ in range(rng.randint(1, 5))]
+        block = rng.randint(1, 6)
         groups = [g for g, n in enumerate(sizes) for _ in range(n)]
         rng.shuffle(groups)
-        order = stratified_order(groups, seed=trial)
-        assert sorted(order) == list(range(len(groups)))  # a permutation: nothing lost or doubled
+        n = len(groups)
+        order = stratified_order(groups, seed=trial, block=block)
+        assert sorted(order) == list(range(n))  # a permutation: nothing lost or doubled
         taken = [0] * len(sizes)
-        for k, index in enumerate(order, 1):
-            taken[groups[index]] += 1
-            assert all(abs(k * n / len(groups) - t) <= 1 for n, t in zip(sizes, taken))
+        for start in range(0, n, block):
+            step = [groups[i] for i in order[start:start + block]]
+            for g, size in enumerate(sizes):  # at least floor(block x share) while the group lasts
+                assert step.count(g) >= min(len(step) * size // n, size - taken[g])
+            for g in step:
+                taken[g] += 1
+            done = start + len(step)  # and the steps so far hold each share to within one question
+            assert all(abs(done * size / n - t) <= 1 for size, t in zip(sizes, taken))
+    hops = [1] * 907 + [2] * 406 + [3] * 232  # the mini-world's training mix, two questions a step
+    order = stratified_order(hops, seed=0, block=2)
+    assert all(1 in (hops[order[i]], hops[order[i + 1]]) for i in range(0, len(order) - 1, 2))
     groups = ["a"] * 6 + ["b"] * 3
     assert stratified_order(groups, 0) == stratified_order(groups, 0)
     assert stratified_order(groups, 0) != stratified_order(groups, 1)  # the seed shuffles each group
+    with pytest.raises(ValueError, match="block must be at least 1"):
+        stratified_order(groups, 0, block=0)
+
+
+def test_group_labels_are_scalars_read_from_dotted_fields():
+    from zerosearch.qa import FieldError, record_field
+
+    assert record_field({"metadata": {"hops": 2}}, "metadata.hops", 0, "f") == "2"
+    assert record_field({"data_source": "nq"}, "data_source", 0, "f") == "nq"
+    for bad in ({"metadata": {}}, {"metadata": {"hops": None}}, {"metadata": {"hops": [1, 2]}},
+                {"metadata": {"hops": float("nan")}}, {"metadata": {"hops": " "}}):
+        with pytest.raises(FieldError, match="f: row 3 has"):
+            record_field(bad, "metadata.hops", 3, "f")
 
 
 def test_stratified_questions_give_every_step_the_same_mix(tmp_path, tiny_corpus):
@@ -190,6 +213,9 @@ def test_stratified_questions_give_every_step_the_same_mix(tmp_path, tiny_corpus
         assert row["reward"] == pytest.approx(sum(r["reward"] for r in rollouts if r["step"] == step) / 4)
     cfg.data.stratify_by = "metadata.kind"
     with pytest.raises(ConfigError, match="data.stratify_by: .* row 0 has no 'metadata.kind' field"):
+        build_trainer(cfg, log=lambda m: None)
+    cfg.data.stratify_by = "id"  # one group per question: no stratification, refused
+    with pytest.raises(ConfigError, match="id takes 4 values over 4 questions"):
         build_trainer(cfg, log=lambda m: None)
 
 

@@ -17,7 +17,7 @@ Layout under the output folder::
     runs/<start>/eval-<split>/                      the starting point, evaluated once
     runs/<start>/<settings>/<arm>/seed-<s>/rl/      metrics.jsonl, checkpoints, final/
     runs/<start>/<settings>/<arm>/seed-<s>/eval-<split>/
-    results.md, results.json, reward.png, searches.png
+    results.md, results.json, reward.png, searches.png, searches_by_hops.png
 
 ``<settings>`` names the RL budget (steps, questions per step, group size, learning rate), so
 several budgets share one folder's shared stages.
@@ -44,7 +44,7 @@ from zerosearch.protocol import NO_DOCUMENTS, search_queries
 from zerosearch.quickstart import (Progress, QuickstartConfig, bm25_config, check_same_config,
                                    rl_train_config, simulator_config, stage_eval, stage_rl,
                                    stage_simulator, stage_warmup, stage_world)
-from zerosearch.report import plot_curves, rl_curve, stats_by_hops
+from zerosearch.report import plot_curves, reward_by_group, rl_curve, stats_by_hops
 from zerosearch.sim.collect import question_names
 
 
@@ -397,14 +397,22 @@ def _per_seed(rows: list[dict[str, Any]]) -> dict[str, list]:
     return {k: [r[k] for r in rows] for k in rows[0]} if rows else {}
 
 
+def with_hops(curve: list[dict[str, float]], by_hops: dict[int, dict[str, dict[str, float]]]) -> list[dict[str, float]]:
+    """``curve`` with ``reward_<h>hop`` and ``searches_<h>hop`` per step (per rollout, from the
+    run's ``rollouts.jsonl``; absent for runs that did not log rollouts)."""
+    return [{**c, **{f"{key}_{h}hop": v[key] for h, v in by_hops.get(c["step"], {}).items()
+                     for key in ("reward", "searches")}} for c in curve]
+
+
 def mean_curve(curves: list[list[dict[str, float]]]) -> list[dict[str, float]]:
-    """Step-wise mean over seeds (each step over the seeds that logged it)."""
+    """Step-wise mean over seeds of every value (each over the seeds that logged it at that step)."""
     steps = sorted({c["step"] for curve in curves for c in curve})
     out = []
     for s in steps:
         at = [c for curve in curves for c in curve if c["step"] == s]
-        out.append({"step": s, "seeds": len(at), **{k: sum(c[k] for c in at) / len(at)
-                                                     for k in ("reward", "noise", "searches")}})
+        keys = dict.fromkeys(k for c in at for k in c if k != "step")
+        out.append({"step": s, "seeds": len(at),
+                    **{k: sum(c[k] for c in at if k in c) / sum(k in c for c in at) for k in keys}})
     return out
 
 
@@ -432,6 +440,7 @@ def collect(lc: LearningConfig, cfg: QuickstartConfig, rl_cfg: QuickstartConfig,
         return {s: eval_numbers(folder / f"eval-{s}", world / f"{s}.jsonl") for s in limits}
 
     start_rows = by_split(start_root)
+    hops = {str(r["id"]): str(r["metadata"]["hops"]) for r in read_finished(world / "train.jsonl")}
     name, _ = parse_start(lc.start)
     start: dict[str, Any] = {"name": lc.start, "model": start_model, "about": STARTS[name][1],
                              "shared": True, "note": "one starting point for every seed, evaluated once "
@@ -455,7 +464,7 @@ def collect(lc: LearningConfig, cfg: QuickstartConfig, rl_cfg: QuickstartConfig,
             for split, row in by_split(folder).items():
                 evals[split].append(row)
             metrics = folder / "rl" / "metrics.jsonl"
-            curves.append(rl_curve(metrics))
+            curves.append(with_hops(rl_curve(metrics), reward_by_group(folder / "rl" / "rollouts.jsonl", hops)))
             secs = [r["time/step_s"] for r in read_finished(metrics) if "time/step_s" in r]
             step_s.append(sum(secs) / len(secs) if secs else None)
             rl_s.append(sum(secs) if secs else None)
@@ -483,7 +492,8 @@ def collect(lc: LearningConfig, cfg: QuickstartConfig, rl_cfg: QuickstartConfig,
                      "prompts_per_step": t.prompts_per_step, "num_generations": a.num_generations,
                      "learning_rate": t.learning_rate, "beta": a.beta, "temperature": rl.temperature,
                      "curriculum": asdict(rl.curriculum), "reward": a.reward, "seeds": list(lc.seeds),
-                     "rollout": asdict(cfg.rollout), "topk": cfg.topk, "runs": f"runs/{lc.start.replace(':', '-')}/{tag}"},
+                     "rollout": asdict(cfg.rollout), "topk": cfg.topk, "stratify_by": rl.stratify_by,
+                     "runs": f"runs/{lc.start.replace(':', '-')}/{tag}"},
         "start": start, "arms": arms,
     }
 
@@ -512,8 +522,8 @@ def merge_results(parts: list[dict[str, Any]], command: str) -> dict[str, Any]:
         raise ValueError("merging needs at least two results files")
     first = parts[0]
 
-    def same(res: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in res["settings"].items() if k != "seeds"}
+    def same(res: dict[str, Any]) -> dict[str, Any]:  # files from before stratify_by: shuffled
+        return {"stratify_by": None, **{k: v for k, v in res["settings"].items() if k != "seeds"}}
 
     for i, res in enumerate(parts[1:], start=2):
         if _once(res["start"]) != _once(first["start"]):
@@ -582,7 +592,9 @@ def results_markdown(res: dict[str, Any]) -> str:
         f"Start `{res['start']['name']}`: {res['start']['about']} (policy `{s['policy']}`). Each arm: "
         f"{s['steps']} RL steps x {s['prompts_per_step']} questions x {s['num_generations']} rollouts, "
         f"lr {s['learning_rate']:g}, KL beta {s['beta']:g}, F1 reward (no format reward), seeds "
-        f"{', '.join(map(str, s['seeds']))}. Noise curriculum {c['p_start']} -> {c['p_end']} (base "
+        f"{', '.join(map(str, s['seeds']))}, questions "
+        + (f"in stratified order by `{s['stratify_by']}`" if s.get("stratify_by") else "shuffled")
+        + f". Noise curriculum {c['p_start']} -> {c['p_end']} (base "
         f"{c['base']}). Evaluation: the real BM25 engine, greedy; EM and F1 x100, mean ± sd over seeds.",
         "",
     ]
@@ -608,8 +620,10 @@ def results_markdown(res: dict[str, Any]) -> str:
         lines.append("")
     if not res["arms"]:
         return "\n".join(lines) + "\n"
+    hops = any(k.startswith("searches_") for arm in res["arms"].values() for c in arm["curve"] for k in c)
     lines += ["## Training curves (mean over seeds)", "", "![reward per step](reward.png)", "",
               "![searches per question per step](searches.png)", "",
+              *(["![searches per rollout by hop count per step](searches_by_hops.png)", ""] if hops else []),
               "| arm | engine | simulator | noise | algorithm | inserted tokens in loss | mean s / step "
               "| RL s per seed |", "|---|---|---|---|---|---|---|---|"]
     for name, arm in res["arms"].items():
@@ -620,14 +634,30 @@ def results_markdown(res: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def hop_curves(curves: dict[str, list[dict[str, float]]]) -> dict[str, list[dict[str, float]]]:
+    """One curve per arm and hop count, its ``searches_<h>hop`` as ``searches`` (steps that drew
+    no question of that hop count are left out)."""
+    out = {}
+    for name, curve in curves.items():
+        for h in sorted({k.split("_")[1] for c in curve for k in c if k.startswith("searches_")}):
+            out[f"{name}, {h.removesuffix('hop')}-hop"] = [{"step": c["step"], "searches": c[f"searches_{h}"]}
+                                   for c in curve if f"searches_{h}" in c]
+    return out
+
+
 def write_results(res: dict[str, Any], out: Path, lc: LearningConfig) -> None:
-    """results.json, results.md, reward.png and searches.png (and the copy of results.json)."""
+    """results.json, results.md, reward.png, searches.png and, where the runs logged rollouts,
+    searches_by_hops.png (and the copy of results.json)."""
     (out / "results.json").write_text(json.dumps(res, indent=2) + "\n")
     (out / "results.md").write_text(results_markdown(res))
     curves = {name: arm["curve"] for name, arm in res["arms"].items()}
     if curves:  # none with --start-only
         plot_curves(curves, "reward", "mean F1 reward (training rollouts)", out / "reward.png")
         plot_curves(curves, "searches", "searches per question (training rollouts)", out / "searches.png")
+        by_hops = hop_curves(curves)
+        if by_hops:
+            plot_curves(by_hops, "searches", "searches per rollout, by hop count (training)",
+                        out / "searches_by_hops.png")
     if lc.copy_to:
         Path(lc.copy_to).parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "results.json", lc.copy_to)

@@ -113,24 +113,34 @@ def load_records(source: str | Path, split: str = "train", limit: int | None = N
 
 def load_qa(source: str | Path, split: str = "train", limit: int | None = None) -> list[Row]:
     """Load QA rows from a file, a folder (``<split>.jsonl`` / ``<split>.parquet``) or a hub id."""
+    return load_qa_grouped(source, None, split, limit)[0]
+
+
+def load_qa_grouped(source: str | Path, key: str | None, split: str = "train",
+                    limit: int | None = None) -> tuple[list[Row], list[str] | None]:
+    """:func:`load_qa`'s rows and, with a dotted ``key`` (``metadata.hops``, ``data_source``), each
+    row's value of it as a string (None without a key), from one read of the source."""
     records, where = load_records(source, split, limit)
-    return [_row_from_record(rec, i, where) for i, rec in enumerate(records)]
+    rows = [_row_from_record(rec, i, where) for i, rec in enumerate(records)]
+    return rows, None if key is None else [record_field(rec, key, i, where) for i, rec in enumerate(records)]
 
 
-def record_field(record: dict[str, Any], key: str, index: int, where: str) -> Any:
-    """The value at dotted ``key`` (``metadata.hops``, ``data_source``) of one record; a record
-    without it is an error naming the row and the key, never a silent default."""
+class FieldError(ValueError):
+    """A record lacks the field asked for, or holds no usable value there."""
+
+
+def record_field(record: dict[str, Any], key: str, index: int, where: str) -> str:
+    """The value at dotted ``key`` of one record, as a string: a group label. A record without it,
+    or with an empty or non-scalar value (a list, a mapping, null, NaN), is an error naming the row
+    and the key, never a silent default."""
     value: Any = record
     for part in key.split("."):
         if not isinstance(value, dict) or part not in value:
-            raise ValueError(f"{where}: row {index} has no {key!r} field")
+            raise FieldError(f"{where}: row {index} has no {key!r} field")
         value = value[part]
-    if hasattr(value, "item"):  # numpy scalars from parquet
+    if hasattr(value, "item") and getattr(value, "ndim", 0) == 0:  # numpy scalars from parquet
         value = value.item()
-    return value
-
-
-def load_field(source: str | Path, key: str, split: str = "train", limit: int | None = None) -> list[Any]:
-    """The value of dotted ``key`` in every record of a QA source, in :func:`load_qa`'s row order."""
-    records, where = load_records(source, split, limit)
-    return [record_field(rec, key, i, where) for i, rec in enumerate(records)]
+    if not isinstance(value, (str, int, float, bool)) or value != value or str(value).strip() == "":
+        raise FieldError(f"{where}: row {index} has {key} = {value!r}, not a group label "
+                         "(a non-empty string or a number)")
+    return str(value)

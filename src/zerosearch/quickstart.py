@@ -124,10 +124,11 @@ class RLStageConfig:
     temperature: float = 0.7
     """Policy sampling temperature during rollouts (evaluation is greedy: ``rollout.temperature``)."""
     stratify_by: str | None = "metadata.hops"
-    """``data.stratify_by`` of the run: every step's questions mirror the training set's hop mix
-    (with two questions a step, a shuffle gives some steps only multi-hop questions, which the
-    agent does not solve at this budget, and the reward curve then tracks the draw); None: a plain
-    shuffle."""
+    """``data.stratify_by`` of the run: every step holds at least its share of each hop count (two
+    questions a step: always a 1-hop one), where a shuffle gives some steps only multi-hop
+    questions, which the agent does not solve at this budget, and the reward curve then tracks the
+    draw. The hop sequence is the same for every seed (default world, first four steps: 1+2, 1+3,
+    1+2, 1+1 hops), so compare steps by the report's reward per hop count. None: a plain shuffle."""
 
 
 @dataclass
@@ -457,11 +458,30 @@ def check_same_config(cfg: QuickstartConfig) -> None:
     now = json.loads(json.dumps(asdict(cfg)))
     if path.exists():
         before = _upgrade(json.loads(path.read_text()))
-        changed = sorted(k for k in set(now) | set(before) if now.get(k) != before.get(k))
+        changed = _differences(now, before)
         if changed:
-            raise ValueError(f"{cfg.output_dir} holds a quickstart with different {', '.join(changed)}; "
-                             "use another --output-dir (or delete it) to start over")
+            said = ", ".join(f"{key} ({old!r} there, {new!r} now)" if i < 4 else key
+                             for i, (key, new, old) in enumerate(changed))
+            raise ValueError(f"{cfg.output_dir} holds a quickstart with different {said}; set the old "
+                             "values in the --config YAML to resume it, or use another --output-dir "
+                             "(or delete it) to start over")
     path.write_text(json.dumps(now, indent=2))
+
+
+def _differences(now: Any, before: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, value now, value before) for every setting that differs, nested sections
+    descended (``rl.stratify_by``, not just ``rl``)."""
+    if not (isinstance(now, dict) and isinstance(before, dict)):
+        return [] if now == before else [(prefix or "config", now, before)]
+    out = []
+    for key in sorted(set(now) | set(before)):
+        name = f"{prefix}.{key}" if prefix else key
+        if key not in now or key not in before:
+            if now.get(key) != before.get(key):
+                out.append((name, now.get(key), before.get(key)))
+        else:
+            out.extend(_differences(now[key], before[key], name))
+    return out
 
 
 def run(cfg: QuickstartConfig, progress: Progress, log=print) -> Path:

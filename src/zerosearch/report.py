@@ -26,13 +26,15 @@ def rl_curve(metrics_file: Path) -> list[dict[str, float]]:
     return rows
 
 
-def reward_by_group(rollouts_file: Path) -> dict[int, dict[str, dict[str, float]]]:
-    """Per step and ``group`` of a run's ``rollouts.jsonl``: mean reward, searches per rollout and
-    the number of questions. Empty when the run logged no rollouts or no groups."""
+def reward_by_group(rollouts_file: Path, groups: dict[str, str] | None = None) -> dict[int, dict[str, dict[str, float]]]:
+    """Per step and group of a run's ``rollouts.jsonl``: mean reward, searches per rollout and the
+    number of questions. The group is ``groups[question id]`` when ``groups`` is given, else the
+    rollout's own (``data.stratify_by``). Empty when the run logged no rollouts or no groups."""
     per: dict[int, dict[str, list[dict]]] = {}
     for rec in read_finished(rollouts_file) if rollouts_file.exists() else []:
-        if "group" in rec:
-            per.setdefault(rec["step"], {}).setdefault(str(rec["group"]), []).append(rec)
+        group = groups.get(rec["id"]) if groups is not None else rec.get("group")
+        if group is not None:
+            per.setdefault(rec["step"], {}).setdefault(str(group), []).append(rec)
     return {step: {g: {"reward": sum(r["reward"] for r in v) / len(v),
                        "searches": sum(r["searches"] for r in v) / len(v),
                        "questions": len({r["id"] for r in v})}
@@ -239,8 +241,9 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
         f"{cfg.rl.algorithm.reward.upper()} reward, against the fine-tuned *simulated* engine; "
         f"noise probability {cfg.rl.curriculum.p_start} -> {cfg.rl.curriculum.p_end} "
         f"(base {cfg.rl.curriculum.base})"
-        + (f"; questions in stratified order by `{cfg.rl.stratify_by}` (each step's mix mirrors the "
-           "training set's)." if cfg.rl.stratify_by else "; questions shuffled."), "",
+        + (f"; questions in stratified order by `{cfg.rl.stratify_by}` (each step holds at least its "
+           "share of each group; steps with different mixes compare by the reward per group below)."
+           if cfg.rl.stratify_by else "; questions shuffled."), "",
         "![reward and noise probability per step](reward.png)", "",
         *_curve_table(curve, reward_by_group(out / "rl" / "rollouts.jsonl"), cfg.rl.stratify_by), "",
         f"## Held-out evaluation ({cfg.eval_questions} {cfg.eval_split} questions, real BM25 engine, greedy)", "",

@@ -9,7 +9,7 @@ the real engine's documents for the same query are the reference. Measured per s
 - ``judge_useful`` / ``judge_noisy`` (with a judge): judged to answer the query;
 - ``doc_words``: mean words per document (the real engine's too);
 - ``overlap``: unigram F1 between the simulator's useful documents and the real documents;
-- ``latency_s`` and ``words_per_query`` (generation cost per query).
+- ``latency_s`` and ``words_per_query`` (generation cost per query, at ``batch_size`` queries a call).
 
 Every output (mode, query, gold answers, documents, whether they hold an answer) is kept in
 ``outputs.jsonl`` beside the report, so a leak or a malformed output can be read, not only counted.
@@ -122,7 +122,7 @@ def measure(name: str, engine: Engine, queries: Sequence[dict[str, Any]], topk: 
         "judge_useful": stats["judge_useful"] / stats["judged"]["useful"] if stats["judged"]["useful"] else None,
         "judge_noisy": stats["judge_noisy"] / stats["judged"]["noisy"] if stats["judged"]["noisy"] else None,
         "doc_words": stats["words"] / max(stats["docs"], 1), "overlap": stats["overlap"] / n,
-        "latency_s": stats["seconds"] / max(stats["outputs"], 1),
+        "latency_s": stats["seconds"] / max(stats["outputs"], 1), "batch_size": batch_size,
         "words_per_query": stats["words"] / max(stats["outputs"], 1), "errors": stats["errors"],
         "fidelity": validity * max(0.0, useful - noisy), "outputs": records}
 

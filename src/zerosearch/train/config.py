@@ -48,12 +48,14 @@ class DataConfig:
     limit: int | None = None
     """Use only the first N questions (quick runs)."""
     shuffle_seed: int = 0
-    """Order of the questions (the sampler reshuffles each epoch with the training seed; with
-    ``stratify_by``, the shuffle within each group)."""
+    """Order of the questions (the sampler reshuffles each epoch with the training seed). With
+    ``stratify_by`` it alone orders them (the shuffle within each group); ``training.seed`` does not."""
     stratify_by: str | None = None
     """A field of the question records (dotted: ``metadata.hops`` in the mini-world, ``data_source``
-    in Search-R1 / ZeroSearch parquet). Set: the questions are read in stratified order, so every
-    step's questions mirror the groups' shares of the set (the same order every epoch), and each
+    in Search-R1 / ZeroSearch parquet). Set: the questions are read in stratified order
+    (:func:`zerosearch.train.order.stratified_order`): every step holds at least its whole share of
+    each group (with 59% 1-hop questions and 2 a step, at least one 1-hop question), the steps so far
+    hold each group's share to within one question, the order is the same every epoch, and each
     rollout in ``rollouts.jsonl`` names its group. None: a plain shuffle."""
 
 

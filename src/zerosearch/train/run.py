@@ -23,7 +23,7 @@ from zerosearch.cpu import tune_process
 from zerosearch.hardware import RuntimeChoices, runtime_choices
 from zerosearch.models import replace_folder, resolve_model
 from zerosearch.protocol import STOP_STRINGS
-from zerosearch.qa import load_field, load_qa
+from zerosearch.qa import FieldError, load_qa_grouped
 from zerosearch.runfolder import MetricsCallback, prepare_resume
 from zerosearch.train.config import TrainConfig
 from zerosearch.train.order import stratified_order
@@ -67,16 +67,17 @@ def build_trainer(cfg: TrainConfig, log=print,
     if not cfg.data.train:
         raise ConfigError("no training questions: set data.train in the preset or pass --train-data "
                           "(a FlashRAG JSONL file, or a ZeroSearch / Search-R1 parquet)")
-    rows = load_qa(cfg.data.train, limit=cfg.data.limit)
+    try:
+        rows, groups = load_qa_grouped(cfg.data.train, cfg.data.stratify_by or None, limit=cfg.data.limit)
+    except FieldError as err:
+        raise ConfigError(f"data.stratify_by: {err}") from None
     if len(rows) < t.prompts_per_step:
         raise ConfigError(f"{cfg.data.train} has {len(rows)} questions; a step needs "
                           f"prompts_per_step = {t.prompts_per_step}")
-    groups = None
-    if cfg.data.stratify_by:
-        try:
-            groups = [str(g) for g in load_field(cfg.data.train, cfg.data.stratify_by, limit=cfg.data.limit)]
-        except ValueError as err:
-            raise ConfigError(f"data.stratify_by: {err}") from None
+    if groups is not None and len(set(groups)) > max(len(groups) // 2, 1):
+        raise ConfigError(f"data.stratify_by: {cfg.data.stratify_by} takes {len(set(groups))} values over "
+                          f"{len(groups)} questions; stratify by a field that groups them (hop count, "
+                          "data source), not one that names each")
     policy = resolve_model(cfg.model.name)
     engine = build_engine(cfg.engine, log=log)
     check_engine(engine, cfg.engine.kind)
@@ -146,8 +147,9 @@ def build_trainer(cfg: TrainConfig, log=print,
     )
     records = [{"prompt": row.question, "question": row.question, "golden_answers": row.golden_answers,
                 "id": str(row.id), **({"group": groups[i]} if groups else {})} for i, row in enumerate(rows)]
-    if groups:  # TRL then reads the rows in this order (shuffle_dataset off above)
-        dataset = Dataset.from_list([records[i] for i in stratified_order(groups, cfg.data.shuffle_seed)])
+    if groups:  # TRL then reads the rows in this order (shuffle_dataset off above), a step's in a block
+        order = stratified_order(groups, cfg.data.shuffle_seed, block=t.prompts_per_step)
+        dataset = Dataset.from_list([records[i] for i in order])
     else:
         dataset = Dataset.from_list(records).shuffle(seed=cfg.data.shuffle_seed)
     os.makedirs(t.output_dir, exist_ok=True)
