@@ -19,7 +19,8 @@ TOY = {
     "world": {"people": 20, "works": 10, "organisations": 5, "cities": 6, "countries": 2, "distractors": 10},
     "sim": {"questions": 24, "tune": {"max_steps": 2, "batch_size": 2}, "max_new_tokens": 24},
     "warmup": {"steps": 2, "batch_size": 2, "max_traces": 8},
-    "rl": {"training": {"max_steps": 2, "prompts_per_step": 2}, "algorithm": {"num_generations": 2}},
+    "rl": {"training": {"max_steps": 2, "prompts_per_step": 2}, "algorithm": {"num_generations": 2},
+           "stratify_by": "metadata.hops"},
     "rollout": {"max_turns": 1, "max_turn_tokens": 12, "max_completion_tokens": 120, "max_obs_tokens": 60,
                 "topk": 2},
     "eval_questions": 4, "eval_batch_size": 4,
@@ -53,7 +54,12 @@ def test_toy_quickstart_runs_every_stage_and_resumes(tmp_path):
     hops = {r["id"]: str(r["metadata"]["hops"]) for r in map(json.loads, (out / "world" / "train.jsonl").open())}
     assert len(rollouts) == 2 * 2 * 2 and all(r["group"] == hops[r["id"]] for r in rollouts)
     assert "questions in stratified order by `metadata.hops`" in report
-    assert "reward / searches per rollout, by metadata.hops (questions)" in report
+    assert "reward / searches per rollout, by hop count (questions)" in report
+    step1 = [r for r in rollouts if r["step"] == 1]
+    line = next(x for x in report.splitlines() if x.startswith("| 1 | "))
+    for h in sorted({r["group"] for r in step1}):  # the step's reward per hop count, from the log
+        mine = [r["reward"] for r in step1 if r["group"] == h]
+        assert f"{h}-hop: {sum(mine) / len(mine):.2f}" in line
     stamp = (out / "sim" / "simulator" / "final" / "model.safetensors").stat().st_mtime
     logged = (out / "rl" / "metrics.jsonl").read_text()
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
@@ -149,17 +155,19 @@ def test_a_run_folder_from_before_eval_split_and_fidelity_guard_resumes(tmp_path
 
 def test_a_run_folder_from_before_stratified_questions_resumes_only_unstratified(tmp_path):
     """A config.json written before ``rl.stratify_by`` existed was trained on shuffled questions: it
-    resumes with ``stratify_by: null`` and is refused under today's default (metadata.hops)."""
+    resumes under today's default (a shuffle) and is refused with ``stratify_by: metadata.hops``,
+    the message naming the nested key."""
     import dataclasses
 
     from zerosearch.quickstart import QuickstartConfig, check_same_config
 
     cfg = QuickstartConfig(output_dir=str(tmp_path))
-    assert cfg.rl.stratify_by == "metadata.hops"
+    assert cfg.rl.stratify_by is None
     old = json.loads(json.dumps(dataclasses.asdict(cfg)))
     del old["rl"]["stratify_by"]
     (tmp_path / "config.json").write_text(json.dumps(old))
-    with pytest.raises(ValueError, match="different rl"):
+    cfg.rl.stratify_by = "metadata.hops"
+    with pytest.raises(ValueError, match=r"different rl.stratify_by \(None there, 'metadata.hops' now\)"):
         check_same_config(cfg)
     cfg.rl.stratify_by = None
     check_same_config(cfg)
@@ -175,9 +183,8 @@ def test_a_run_folder_from_before_rl_training_resumes_with_the_same_settings(tmp
     from zerosearch.quickstart import QuickstartConfig, check_same_config
 
     cfg = QuickstartConfig(output_dir=str(tmp_path))
-    cfg.rl.stratify_by = None  # what those runs did (rl.stratify_by came later)
     old = json.loads(json.dumps(dataclasses.asdict(cfg)))
-    del old["rl"]["stratify_by"]
+    del old["rl"]["stratify_by"]  # rl.stratify_by came later still
     training, algorithm = old["rl"].pop("training"), old["rl"].pop("algorithm")
     old["rl"].update(steps=training["max_steps"], prompts_per_step=training["prompts_per_step"],
                      learning_rate=training["learning_rate"], num_generations=algorithm["num_generations"],

@@ -186,18 +186,22 @@ def _fidelity_line(path: Path) -> str:
             f"noisy-mode outputs (fidelity score {row['fidelity']:.3f}).")
 
 
-def _curve_table(curve: list[dict[str, float]], groups: dict[int, dict[str, dict[str, float]]],
-                 key: str | None) -> list[str]:
-    """The report's per-step table; with groups (the questions' ``key``, e.g. hop count), a column
-    of reward and searches by group: what a step's mix of questions did to its reward."""
+def _train_hops(world: Path) -> dict[str, str]:
+    """Hop count of every mini-world training question, by id."""
+    return {str(r["id"]): str(r["metadata"]["hops"]) for r in read_finished(world / "train.jsonl")}
+
+
+def _curve_table(curve: list[dict[str, float]], groups: dict[int, dict[str, dict[str, float]]]) -> list[str]:
+    """The report's per-step table; with groups (the questions' hop counts), a column of reward
+    and searches by hop count: what a step's mix of questions did to its reward."""
     head = "| step | reward | noise p | searches / q |"
     if groups:
-        head += f" reward / searches per rollout, by {key} (questions) |"
+        head += " reward / searches per rollout, by hop count (questions) |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for c in curve:
         cells = [str(c["step"]), f"{c['reward']:.3f}", f"{c['noise']:.2f}", f"{c['searches']:.2f}"]
         if groups:
-            cells.append(" · ".join(f"{g}: {v['reward']:.2f} / {v['searches']:.2f} ({v['questions']})"
+            cells.append(" · ".join(f"{g}-hop: {v['reward']:.2f} / {v['searches']:.2f} ({v['questions']})"
                                     for g, v in groups.get(c["step"], {}).items()) or "-")
         lines.append("| " + " | ".join(cells) + " |")
     return lines
@@ -245,7 +249,7 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
            "share of each group; steps with different mixes compare by the reward per group below)."
            if cfg.rl.stratify_by else "; questions shuffled."), "",
         "![reward and noise probability per step](reward.png)", "",
-        *_curve_table(curve, reward_by_group(out / "rl" / "rollouts.jsonl"), cfg.rl.stratify_by), "",
+        *_curve_table(curve, reward_by_group(out / "rl" / "rollouts.jsonl", _train_hops(out / "world"))), "",
         f"## Held-out evaluation ({cfg.eval_questions} {cfg.eval_split} questions, real BM25 engine, greedy)", "",
         method_table(reports, out / "world" / f"{cfg.eval_split}.jsonl", pred_dirs), "",
         "![strict EM per method](em.png)", "",
