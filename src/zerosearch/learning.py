@@ -44,7 +44,7 @@ from zerosearch.protocol import NO_DOCUMENTS, search_queries
 from zerosearch.quickstart import (Progress, QuickstartConfig, bm25_config, check_same_config,
                                    rl_train_config, simulator_config, stage_eval, stage_rl,
                                    stage_simulator, stage_warmup, stage_world)
-from zerosearch.report import plot_curves, reward_by_group, rl_curve, stats_by_hops
+from zerosearch.report import plot_curves, reward_by_group, rl_curve, stats_by_hops, train_hops
 from zerosearch.sim.collect import question_names
 
 
@@ -440,7 +440,7 @@ def collect(lc: LearningConfig, cfg: QuickstartConfig, rl_cfg: QuickstartConfig,
         return {s: eval_numbers(folder / f"eval-{s}", world / f"{s}.jsonl") for s in limits}
 
     start_rows = by_split(start_root)
-    hops = {str(r["id"]): str(r["metadata"]["hops"]) for r in read_finished(world / "train.jsonl")}
+    hops = train_hops(world)
     name, _ = parse_start(lc.start)
     start: dict[str, Any] = {"name": lc.start, "model": start_model, "about": STARTS[name][1],
                              "shared": True, "note": "one starting point for every seed, evaluated once "

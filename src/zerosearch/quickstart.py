@@ -127,8 +127,8 @@ class RLStageConfig:
     """``data.stratify_by`` of the run; ``metadata.hops``: every step holds at least its share of
     each hop count (two questions a step: always a 1-hop one; default world, first four steps: 1+2,
     1+3, 1+2, 1+1 hops, the same for every seed). None: a plain shuffle, the default: stratified,
-    the trained agent scored 2-8 EM lower in each of three runs (two validation seeds, one test;
-    docs/log.md, sixth session of 2026-12-07), and the reward curve rose no more than shuffled."""
+    the trained agent scored lower in every run we compared and the reward curve rose no more
+    (docs/log.md)."""
 
 
 @dataclass

@@ -38,8 +38,8 @@ def reward_by_group(rollouts_file: Path, groups: dict[str, str] | None = None) -
     return {step: {g: {"reward": sum(r["reward"] for r in v) / len(v),
                        "searches": sum(r["searches"] for r in v) / len(v),
                        "questions": len({r["id"] for r in v})}
-                   for g, v in sorted(groups.items())}
-            for step, groups in sorted(per.items())}
+                   for g, v in sorted(at_step.items())}
+            for step, at_step in sorted(per.items())}
 
 
 def plot_reward(curves: dict[str, list[dict[str, float]]], path: Path) -> None:
@@ -186,7 +186,7 @@ def _fidelity_line(path: Path) -> str:
             f"noisy-mode outputs (fidelity score {row['fidelity']:.3f}).")
 
 
-def _train_hops(world: Path) -> dict[str, str]:
+def train_hops(world: Path) -> dict[str, str]:
     """Hop count of every mini-world training question, by id."""
     return {str(r["id"]): str(r["metadata"]["hops"]) for r in read_finished(world / "train.jsonl")}
 
@@ -249,7 +249,7 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
            "share of each group; steps with different mixes compare by the reward per group below)."
            if cfg.rl.stratify_by else "; questions shuffled."), "",
         "![reward and noise probability per step](reward.png)", "",
-        *_curve_table(curve, reward_by_group(out / "rl" / "rollouts.jsonl", _train_hops(out / "world"))), "",
+        *_curve_table(curve, reward_by_group(out / "rl" / "rollouts.jsonl", train_hops(out / "world"))), "",
         f"## Held-out evaluation ({cfg.eval_questions} {cfg.eval_split} questions, real BM25 engine, greedy)", "",
         method_table(reports, out / "world" / f"{cfg.eval_split}.jsonl", pred_dirs), "",
         "![strict EM per method](em.png)", "",

@@ -30,6 +30,7 @@ import torch
 from trl import GRPOTrainer
 
 from zerosearch.engines.base import Engine
+from zerosearch.jsonl import append
 from zerosearch.rewards import exact_match, f1_score, get_metric
 from zerosearch.rollout import RolloutTimings, Row
 from zerosearch.runfolder import AtomicCheckpoints
@@ -106,25 +107,26 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
         self.timings.generation_s += timings.generation_s
         self.timings.search_s += timings.search_s
         metric = get_metric(self.zs.algorithm.reward)
-        self._scores = torch.tensor([metric(t.answer, t.row.golden_answers) for t in trajs])
+        scores = [metric(t.answer, t.row.golden_answers) for t in trajs]
+        self._scores = torch.tensor(scores)
         self._log_rollouts(trajs, noise, timings)
-        self._append_rollouts(trajs, noise)
+        self._append_rollouts(trajs, scores, noise)
         if self.accelerator.num_processes > 1:
             self._log_process_batch(trajs, noise, seed)
         return trl_output(trajs, self.processing_class, mask_inserted=self.zs.training.mask_inserted_tokens)
 
-    def _append_rollouts(self, trajs, noise: float | None) -> None:
+    def _append_rollouts(self, trajs, rewards: list[float], noise: float | None) -> None:
         """One line per rollout in ``<output_dir>/rollouts.jsonl`` (``rollouts-rank-<i>.jsonl`` per
         process when there are several): step, question id, its ``data.stratify_by`` group, reward,
         EM, whether it answered, searches (useful / noisy) and the answer, so a step's reward can be
-        split by question kind (hop count, data source) after the run."""
-        metric = get_metric(self.zs.algorithm.reward)
+        split by question kind (hop count, data source) after the run. ``rewards``: the scores the
+        step trains on, one per rollout."""
         rank = self.accelerator.process_index
         name = "rollouts.jsonl" if self.accelerator.num_processes == 1 else f"rollouts-rank-{rank}.jsonl"
         step = self.state.global_step + 1  # the step these rollouts train (metrics.jsonl's number)
         records = []
-        for traj, group in zip(trajs, self._groups or [None] * len(trajs)):
-            record = {"step": step, "id": str(traj.row.id), "reward": metric(traj.answer, traj.row.golden_answers),
+        for traj, reward, group in zip(trajs, rewards, self._groups or [None] * len(trajs)):
+            record = {"step": step, "id": str(traj.row.id), "reward": reward,
                       "em": exact_match(traj.answer, traj.row.golden_answers),
                       "answered": traj.answer is not None, "searches": traj.searches,
                       "useful_searches": traj.useful_searches, "noisy_searches": traj.noisy_searches,
@@ -133,8 +135,7 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
                 record["group"] = group
             records.append(record)
         os.makedirs(self.args.output_dir, exist_ok=True)
-        with open(os.path.join(self.args.output_dir, name), "a") as handle:
-            handle.writelines(json.dumps(r) + "\n" for r in records)
+        append(os.path.join(self.args.output_dir, name), records)
 
     def _log_process_batch(self, trajs, noise: float | None, seed: int) -> None:
         """Multi-process runs: each process appends what it rolled out to
