@@ -27,7 +27,7 @@ TOY = {
 }
 
 
-def test_toy_quickstart_runs_every_stage_and_resumes(tmp_path):
+def test_toy_quickstart_runs_every_stage_resumes_and_branches(tmp_path):
     config = tmp_path / "toy.yaml"
     config.write_text(yaml.safe_dump(TOY))
     out = tmp_path / "qs"
@@ -67,6 +67,40 @@ def test_toy_quickstart_runs_every_stage_and_resumes(tmp_path):
     assert (out / "sim" / "simulator" / "final" / "model.safetensors").stat().st_mtime == stamp
     assert (out / "rl" / "metrics.jsonl").read_text() == logged  # RL was not run again
     assert "ZeroSearch-trained agent" in rerun.stdout
+
+    # a branch: the same start, RL with another seed and learning rate; nothing before RL reruns
+    branched = tmp_path / "branch.yaml"
+    branched.write_text(yaml.safe_dump({**TOY, "seed": 1, "rl": {
+        **TOY["rl"], "training": {**TOY["rl"]["training"], "learning_rate": 1e-4}}}))
+    branch = tmp_path / "branch"
+    r = subprocess.run([*cmd[:-4], "--config", str(branched), "-o", str(branch), "--start-from", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for name in ("world", "sim", "warmup"):
+        assert (branch / name).is_symlink() and (branch / name).resolve() == (out / name).resolve()
+    assert (out / "sim" / "simulator" / "final" / "model.safetensors").stat().st_mtime == stamp
+    assert (out / "rl" / "metrics.jsonl").read_text() == logged  # the source is left as it was
+    for name in ("direct", "rag", "warmup"):  # baselines copied, not re-evaluated
+        assert ((branch / "eval" / name / "results.json").read_text()
+                == (out / "eval" / name / "results.json").read_text())
+    assert (branch / "rl" / "final" / "config.json").exists()
+    stages = json.loads((branch / "stages.json").read_text())
+    source_stages = json.loads((out / "stages.json").read_text())
+    for k in ("world", "simulation tuning", "format warm-up"):  # the source's times (+ a skip's ms)
+        assert stages[k] == pytest.approx(source_stages[k], abs=1.0)
+    assert "Branched from" in (branch / "report.md").read_text()
+    assert json.loads((branch / "config.json").read_text())["start_from"] == str(out)
+
+    # a branch may change only rl and seed: another topk is refused, naming it, and leaves no config
+    other = tmp_path / "other.yaml"
+    other.write_text(yaml.safe_dump({**TOY, "topk": 3}))
+    r = subprocess.run([*cmd[:-4], "--config", str(other), "-o", str(tmp_path / "bad"), "--start-from", str(out)],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "topk" in r.stderr + r.stdout
+    assert not (tmp_path / "bad" / "config.json").exists()
+    r = subprocess.run([*cmd[:-4], "--config", str(config), "-o", str(tmp_path / "bad"),
+                        "--start-from", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "not a quickstart run folder" in r.stderr + r.stdout
 
 
 def test_warmup_traces_train_only_the_policy_tokens(tmp_path, tiny_model):

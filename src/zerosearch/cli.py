@@ -613,6 +613,9 @@ def quickstart(
     policy: Optional[str] = typer.Option(None, "--policy", help="Policy model."),
     warmup_steps: Optional[int] = typer.Option(None, "--warmup-steps", help="Format warm-up steps (0 = none)."),
     rl_steps: Optional[int] = typer.Option(None, "--rl-steps", help="RL optimizer steps."),
+    start_from: Optional[str] = typer.Option(
+        None, "--start-from", help="A finished quickstart folder whose world, simulator, warm-up and "
+        "baselines this run reuses: only RL and its evaluation run (compare RL settings or seeds)."),
 ):
     """The whole pipeline on the CPU: mini-world, simulator tuning, RL, evaluation, report."""
     import logging
@@ -642,6 +645,8 @@ def quickstart(
             cfg.warmup.steps = warmup_steps
         if rl_steps is not None:
             cfg.rl.training.max_steps = rl_steps
+        if start_from:
+            cfg.start_from = start_from
     except USER_ERRORS as err:
         fail(err)
     progress, update = named_progress()

@@ -17,8 +17,11 @@ after a kill resumes; RL resumes from its last checkpoint, evaluation from its p
 6. ``report.md``   tables, ``reward.png`` (reward and noise probability per step), ``em.png``, one
                    example trace; ``stages.json`` holds each stage's wall time.
 
-The learning benchmark (``benchmarks/miniworld_learning.py``, :mod:`zerosearch.learning`) reuses
-these stages to train the same policy many ways (arms x seeds).
+With ``start_from`` a run folder branches from a finished one: it reuses that folder's world,
+simulator, warm-up and baseline evaluations and runs only RL and the trained agent's evaluation, to
+compare RL settings or seeds from one start. The learning benchmark
+(``benchmarks/miniworld_learning.py``, :mod:`zerosearch.learning`) reuses these stages to train the
+same policy many ways (arms x seeds).
 """
 
 from __future__ import annotations
@@ -165,6 +168,12 @@ class QuickstartConfig:
     """Questions generated together in evaluation (the default: all of ``eval_questions`` at once)."""
     seed: int = 0
     """Training seed."""
+    start_from: str | None = None
+    """A finished quickstart folder to branch from: its world, tuned simulator, warm-up and baseline
+    evaluations are reused (linked, not copied or retrained) and only RL and the trained agent's
+    evaluation run here, so RL settings or seeds are compared from one start. Every other field
+    but ``rl``, ``seed`` and ``output_dir`` must equal that folder's; ``seed`` then seeds RL only.
+    None: run every stage."""
     val_questions: int = 0
     """Training questions held out as a validation split (``world/val.jsonl``: whole subjects, like
     the test split), for choosing hyper-parameters without looking at the test questions; every
@@ -484,6 +493,53 @@ def _differences(now: Any, before: Any, prefix: str = "") -> list[tuple[str, Any
     return out
 
 
+BRANCH_FREE = ("rl", "seed", "output_dir", "start_from")
+"""Settings a branch (``start_from``) may change; every other one is the source folder's."""
+
+START_STAGES = ("world", "simulation tuning", "simulator fidelity", "format warm-up")
+"""Stages a branch reuses from its source folder."""
+
+
+def branch_from(cfg: QuickstartConfig) -> None:
+    """Prepare ``cfg.output_dir`` to branch from the finished quickstart ``cfg.start_from``: link its
+    world, simulator and warm-up, copy its baseline evaluations and its stage timings. Refuses (a
+    ConfigError naming the problem) a source that is unfinished or made with other settings."""
+    import shutil
+
+    src, out = Path(cfg.start_from).resolve(), Path(cfg.output_dir)
+    if src == out.resolve():
+        raise ConfigError(f"start_from is the output folder itself ({src})")
+    if not (src / "config.json").exists() or not (src / "stages.json").exists():
+        raise ConfigError(f"start_from {src} is not a quickstart run folder (no config.json / stages.json)")
+    done = json.loads((src / "stages.json").read_text())
+    missing = [name for name in START_STAGES if name not in done]
+    if missing:
+        raise ConfigError(f"start_from {src} has not finished: {', '.join(missing)} missing; "
+                          "run `zerosearch quickstart` there first")
+    now = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in BRANCH_FREE}
+    there = {k: v for k, v in _upgrade(json.loads((src / "config.json").read_text())).items()
+             if k not in BRANCH_FREE}
+    changed = _differences(now, there)
+    if changed:
+        said = ", ".join(f"{key} ({old!r} there, {new!r} here)" for key, new, old in changed[:4])
+        raise ConfigError(f"start_from {src} was made with other settings: {said}; a branch may change "
+                          f"only {', '.join(BRANCH_FREE[:2])}")
+    start = str(out / "warmup") if cfg.warmup.steps > 0 else cfg.policy
+    baselines = [name for name, _, _ in eval_runs(cfg, start, "")[:-1]]
+    for name in ("world", "sim", "warmup"):
+        if (src / name).exists() and not (out / name).exists():
+            (out / name).symlink_to(src / name, target_is_directory=True)
+    for name in baselines:
+        if not (src / "eval" / name / "results.json").exists():
+            raise ConfigError(f"start_from {src} has no finished evaluation {name!r}")
+        if not (out / "eval" / name).exists():
+            shutil.copytree(src / "eval" / name, out / "eval" / name)
+    stages_file = out / "stages.json"
+    if not stages_file.exists():
+        reused = {name: done[name] for name in START_STAGES}
+        stages_file.write_text(json.dumps(reused, indent=2))
+
+
 def run(cfg: QuickstartConfig, progress: Progress, log=print) -> Path:
     """Every stage in order; returns the report path."""
     if cfg.eval_split not in ("test", "val"):
@@ -492,6 +548,8 @@ def run(cfg: QuickstartConfig, progress: Progress, log=print) -> Path:
         raise ConfigError("eval_split: val needs val_questions > 0 (the training questions to hold out)")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.start_from:  # before the folder records its config: a refused branch leaves none
+        branch_from(cfg)
     check_same_config(cfg)
     stages_file = out / "stages.json"
     stages: dict[str, float] = json.loads(stages_file.read_text()) if stages_file.exists() else {}

@@ -235,6 +235,9 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
         *[f"| {k} | {v:.0f} |" for k, v in stages.items()],
         f"| **total** | **{sum(stages.values()):.0f}** |", "",
         "## Training", "",
+        *([f"- Branched from `{cfg.start_from}`: its world, simulator, warm-up and baseline evaluations "
+           "(and their stage times above); RL and the trained agent's evaluation ran here."]
+          if getattr(cfg, "start_from", None) else []),
         f"- Simulator: `{cfg.simulator_base}` fine-tuned for {cfg.sim.tune.max_steps} steps on "
         f"{cfg.sim.questions} questions' BM25 results"
         + _sft_summary(sim_stats) + ".",
