@@ -526,9 +526,9 @@ def branch_from(cfg: QuickstartConfig) -> None:
                           f"only {', '.join(BRANCH_FREE[:2])}")
     start = str(out / "warmup") if cfg.warmup.steps > 0 else cfg.policy
     baselines = [name for name, _, _ in eval_runs(cfg, start, "")[:-1]]
-    for name in ("world", "sim", "warmup"):
+    for name in ("world", "sim", "warmup"):  # linked to the real folder (a branch's branch too)
         if (src / name).exists() and not (out / name).exists():
-            (out / name).symlink_to(src / name, target_is_directory=True)
+            (out / name).symlink_to((src / name).resolve(), target_is_directory=True)
     for name in baselines:
         if not (src / "eval" / name / "results.json").exists():
             raise ConfigError(f"start_from {src} has no finished evaluation {name!r}")
