@@ -550,3 +550,32 @@ def test_14_test_servers_are_stopped_even_when_they_ignore_sigterm():
     started = time.monotonic()
     stop_process(proc, grace_s=1.0)
     assert proc.poll() is not None and time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("rank", [None, "0", "1"])
+def test_only_rank_0_cuts_the_logs_back_on_resume(tmp_path, monkeypatch, rank):
+    """Every process of a launched group calls prepare_resume; two of them rewriting the same log
+    raced (one rename found the other's temporary file gone), so only rank 0 (or a lone process)
+    cuts, and the others only read which checkpoint to resume."""
+    import torch
+    from safetensors.torch import save_file
+
+    from zerosearch.runfolder import prepare_resume
+
+    run = tmp_path / "run"
+    checkpoint = run / "checkpoint-1"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "trainer_state.json").write_text(json.dumps({"global_step": 1}))
+    save_file({"w": torch.zeros(2)}, str(checkpoint / "model.safetensors"))
+    logs = {name: "".join(json.dumps({"step": s}) + "\n" for s in (1, 2))
+            for name in ("metrics.jsonl", "rollouts-rank-0.jsonl", "rollouts-rank-1.jsonl")}
+    for name, text in logs.items():
+        (run / name).write_text(text)
+    if rank is None:
+        monkeypatch.delenv("RANK", raising=False)
+    else:
+        monkeypatch.setenv("RANK", rank)
+    assert prepare_resume(str(run)) == str(checkpoint)
+    for name, text in logs.items():
+        steps = [json.loads(line)["step"] for line in (run / name).read_text().splitlines()]
+        assert steps == ([1, 2] if rank == "1" else [1])

@@ -55,6 +55,10 @@ def test_toy_quickstart_runs_every_stage_resumes_and_branches(tmp_path):
     assert len(rollouts) == 2 * 2 * 2 and all(r["group"] == hops[r["id"]] for r in rollouts)
     assert "questions in stratified order by `metadata.hops`" in report
     assert "reward / searches per rollout, by hop count (questions)" in report
+    from zerosearch.report import signal_groups
+
+    varied, total = signal_groups(out / "rl" / "rollouts.jsonl")
+    assert total == 4 and f"in {varied} of {total} groups" in report
     step1 = [r for r in rollouts if r["step"] == 1]
     line = next(x for x in report.splitlines() if x.startswith("| 1 | "))
     for h in sorted({r["group"] for r in step1}):  # the step's reward per hop count, from the log
@@ -255,3 +259,23 @@ def test_simulator_stage_with_stub_queries_reports_them_apart(tmp_path):
     assert rows["tuned simulator, stub queries"]["queries"] == len({(e["row_id"], e["query"]) for e in val
                                                                     if e["partial"]})
     assert rows["tuned simulator"]["queries"] == len({(e["row_id"], e["query"]) for e in val if not e["partial"]})
+
+
+def test_the_report_says_when_no_rollout_group_gave_grpo_a_signal(tmp_path):
+    from zerosearch.report import _signal_line, signal_groups
+
+    log = tmp_path / "rollouts.jsonl"
+    rows = [(1, "a", 0.0), (1, "a", 0.0), (1, "b", 0.0), (1, "b", 0.0),
+            (2, "a", 0.0), (2, "a", 0.0), (2, "c", 1.0), (2, "c", 1.0)]  # c: all scored alike
+    log.write_text("".join(json.dumps({"step": s, "id": q, "reward": r}) + "\n" for s, q, r in rows))
+    assert signal_groups(log) == (0, 4)
+    line = " ".join(_signal_line(log, "grpo"))
+    assert "in 0 of 4 groups" in line and "RL had no signal" in line
+    assert _signal_line(log, "ppo") == []  # a critic's advantages are not relative to the group
+    with log.open("a") as f:
+        f.write(json.dumps({"step": 3, "id": "d", "reward": 0.0}) + "\n")
+        f.write(json.dumps({"step": 3, "id": "d", "reward": 0.5}) + "\n")
+    assert signal_groups(log) == (1, 5)
+    line = " ".join(_signal_line(log, "grpo"))
+    assert "in 1 of 5 groups" in line and "no signal" not in line
+    assert _signal_line(tmp_path / "missing.jsonl", "grpo") == []

@@ -26,6 +26,31 @@ def rl_curve(metrics_file: Path) -> list[dict[str, float]]:
     return rows
 
 
+def signal_groups(rollouts_file: Path) -> tuple[int, int]:
+    """(groups whose rewards differ, all groups) in a run's ``rollouts.jsonl``, a group being one
+    question's rollouts in one step: GRPO's advantages are zero in a group whose rollouts all score
+    the same, so only the first number's groups move the policy (apart from the KL term)."""
+    groups: dict[tuple[int, str], set[float]] = {}
+    for rec in read_finished(rollouts_file) if rollouts_file.exists() else []:
+        groups.setdefault((rec["step"], rec["id"]), set()).add(rec["reward"])
+    return sum(len(rewards) > 1 for rewards in groups.values()), len(groups)
+
+
+def _signal_line(rollouts_file: Path, algorithm: str) -> list[str]:
+    """The report's line on GRPO's learning signal (none for the algorithms whose advantages are
+    not relative to the question's group)."""
+    varied, total = signal_groups(rollouts_file)
+    if not total or algorithm != "grpo":
+        return []
+    line = (f"- Learning signal: in {varied} of {total} groups (one question's rollouts in one step) the "
+            "rewards differ; GRPO learns only from those.")
+    if not varied:
+        line += (" **No rollout group had a reward that differs, so RL had no signal and the trained "
+                 "agent is its start** (its rollouts never scored, or all scored alike); another "
+                 "`seed` draws other questions and rollouts.")
+    return [line, ""]
+
+
 def reward_by_group(rollouts_file: Path, groups: dict[str, str] | None = None) -> dict[int, dict[str, dict[str, float]]]:
     """Per step and group of a run's ``rollouts.jsonl``: mean reward, searches per rollout and the
     number of questions. The group is ``groups[question id]`` when ``groups`` is given, else the
@@ -253,6 +278,7 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
            if cfg.rl.stratify_by else "; questions shuffled."), "",
         "![reward and noise probability per step](reward.png)", "",
         *_curve_table(curve, reward_by_group(out / "rl" / "rollouts.jsonl", train_hops(out / "world"))), "",
+        *_signal_line(out / "rl" / "rollouts.jsonl", cfg.rl.algorithm.name),
         f"## Held-out evaluation ({cfg.eval_questions} {cfg.eval_split} questions, real BM25 engine, greedy)", "",
         method_table(reports, out / "world" / f"{cfg.eval_split}.jsonl", pred_dirs), "",
         "![strict EM per method](em.png)", "",

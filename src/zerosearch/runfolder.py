@@ -137,10 +137,16 @@ def last_checkpoint(output_dir: str, log: Callable[[str], None] | None = None) -
 def prepare_resume(output_dir: str, log: Callable[[str], None] | None = None) -> str:
     """The checkpoint to resume from (:func:`last_checkpoint`), with ``metrics.jsonl`` and the
     rollout logs (``rollouts*.jsonl``) cut back to its step, so the steps after it (logged before
-    the kill, logged again now) appear once."""
+    the kill, logged again now) appear once.
+
+    In a launched process group only rank 0 cuts the logs (every rank rewriting the same files
+    raced: one rank's rename found the other's temporary file gone). It does so before it joins
+    the group's rendezvous, which no rank passes alone, so no rank logs a step before the cut."""
     from zerosearch.jsonl import keep_until
 
     checkpoint = last_checkpoint(output_dir, log)
+    if os.environ.get("RANK", "0") != "0":  # torchrun / accelerate launch set RANK
+        return checkpoint
     for path in [Path(output_dir) / "metrics.jsonl", *sorted(Path(output_dir).glob("rollouts*.jsonl"))]:
         if path.exists():
             dropped = keep_until(path, checkpoint_step(checkpoint))
