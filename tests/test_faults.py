@@ -571,11 +571,25 @@ def test_only_rank_0_cuts_the_logs_back_on_resume(tmp_path, monkeypatch, rank):
             for name in ("metrics.jsonl", "rollouts-rank-0.jsonl", "rollouts-rank-1.jsonl")}
     for name, text in logs.items():
         (run / name).write_text(text)
-    if rank is None:
-        monkeypatch.delenv("RANK", raising=False)
-    else:
+    from zerosearch.runfolder import RANK_VARIABLES
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    if rank is not None:
         monkeypatch.setenv("RANK", rank)
     assert prepare_resume(str(run)) == str(checkpoint)
     for name, text in logs.items():
         steps = [json.loads(line)["step"] for line in (run / name).read_text().splitlines()]
         assert steps == ([1, 2] if rank == "1" else [1])
+
+
+def test_the_process_rank_is_read_from_each_launcher(monkeypatch):
+    from zerosearch.runfolder import RANK_VARIABLES, process_rank
+
+    for name in RANK_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    assert process_rank() == 0  # launched alone
+    monkeypatch.setenv("PMI_RANK", "3")  # mpirun sets no RANK
+    assert process_rank() == 3
+    monkeypatch.setenv("RANK", "1")  # torchrun / accelerate: RANK first
+    assert process_rank() == 1

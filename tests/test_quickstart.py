@@ -2,6 +2,7 @@
 numbers, a rerun skips finished stages, and the warm-up trains only on the policy's tokens."""
 
 import json
+import shutil
 import subprocess
 import sys
 
@@ -93,7 +94,7 @@ def test_toy_quickstart_runs_every_stage_resumes_and_branches(tmp_path):
     for k in ("world", "simulation tuning", "format warm-up"):  # the source's times (+ a skip's ms)
         assert stages[k] == pytest.approx(source_stages[k], abs=1.0)
     assert "Branched from" in (branch / "report.md").read_text()
-    assert json.loads((branch / "config.json").read_text())["start_from"] == str(out)
+    assert json.loads((branch / "config.json").read_text())["start_from"] == str(out.resolve())
 
     # a branch may change only rl and seed: another topk is refused, naming it, and leaves no config
     other = tmp_path / "other.yaml"
@@ -105,6 +106,22 @@ def test_toy_quickstart_runs_every_stage_resumes_and_branches(tmp_path):
     r = subprocess.run([*cmd[:-4], "--config", str(config), "-o", str(tmp_path / "bad"),
                         "--start-from", str(tmp_path / "nothing")], capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and "not a quickstart run folder" in r.stderr + r.stdout
+
+    def refused_branch(folder, needle):  # refused by name, and nothing linked, copied or recorded
+        before = sorted(p.name for p in folder.iterdir()) if folder.exists() else []
+        r = subprocess.run([*cmd[:-4], "--config", str(config), "-o", str(folder), "--start-from", str(out)],
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode != 0 and needle in r.stderr + r.stdout, r.stderr[-2000:]
+        assert (sorted(p.name for p in folder.iterdir()) if folder.exists() else []) == before
+
+    held = tmp_path / "held"  # a folder holding another (not branched) run
+    held.mkdir()
+    shutil.copy(out / "config.json", held / "config.json")
+    refused_branch(held, "start_from")
+    finished = out / "eval" / "direct" / "results.json"  # a source killed before its evaluations
+    finished.rename(tmp_path / "results.json")
+    refused_branch(tmp_path / "early", "no finished evaluation 'direct'")
+    (tmp_path / "results.json").rename(finished)
 
 
 def test_warmup_traces_train_only_the_policy_tokens(tmp_path, tiny_model):

@@ -169,9 +169,9 @@ class QuickstartConfig:
     seed: int = 0
     """Training seed."""
     start_from: str | None = None
-    """A finished quickstart folder to branch from: its world, tuned simulator, warm-up and baseline
-    evaluations are reused (linked, not copied or retrained) and only RL and the trained agent's
-    evaluation run here, so RL settings or seeds are compared from one start. Every other field
+    """A finished quickstart folder to branch from: its world, tuned simulator and warm-up are
+    linked and its baseline evaluations copied (nothing is retrained) and only RL and the trained
+    agent's evaluation run here, so RL settings or seeds are compared from one start. Every other field
     but ``rl``, ``seed`` and ``output_dir`` must equal that folder's; ``seed`` then seeds RL only.
     None: run every stage."""
     val_questions: int = 0
@@ -460,9 +460,10 @@ def _upgrade(before: dict[str, Any]) -> dict[str, Any]:
     return before
 
 
-def check_same_config(cfg: QuickstartConfig) -> None:
+def check_same_config(cfg: QuickstartConfig, write: bool = True) -> None:
     """A rerun resumes only the same configuration: finished stages would otherwise be reused with
-    settings they were not made with. Different settings need another output folder."""
+    settings they were not made with. Different settings need another output folder. ``write``:
+    record the configuration in the folder once it is accepted."""
     path = Path(cfg.output_dir) / "config.json"
     now = json.loads(json.dumps(asdict(cfg)))
     if path.exists():
@@ -474,7 +475,8 @@ def check_same_config(cfg: QuickstartConfig) -> None:
             raise ValueError(f"{cfg.output_dir} holds a quickstart with different {said}; set the old "
                              "values in the --config YAML to resume it, or use another --output-dir "
                              "(or delete it) to start over")
-    path.write_text(json.dumps(now, indent=2))
+    if write:
+        path.write_text(json.dumps(now, indent=2))
 
 
 def _differences(now: Any, before: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -501,12 +503,17 @@ START_STAGES = ("world", "simulation tuning", "simulator fidelity", "format warm
 
 
 def branch_from(cfg: QuickstartConfig) -> None:
-    """Prepare ``cfg.output_dir`` to branch from the finished quickstart ``cfg.start_from``: link its
-    world, simulator and warm-up, copy its baseline evaluations and its stage timings. Refuses (a
-    ConfigError naming the problem) a source that is unfinished or made with other settings."""
+    """Prepare ``cfg.output_dir`` to branch from the finished quickstart ``cfg.start_from`` (made
+    absolute here, so the folder's record does not depend on where it was run from): link its
+    world, simulator and warm-up, copy its baseline evaluations and its stage timings. Every check
+    comes before anything is linked or copied: a source that is unfinished or made with other
+    settings, or an output folder that holds another run, is refused (a ConfigError naming the
+    problem) and leaves the output folder as it was."""
     import shutil
 
     src, out = Path(cfg.start_from).resolve(), Path(cfg.output_dir)
+    cfg.start_from = str(src)
+    check_same_config(cfg, write=False)  # a folder holding another run is refused before any link
     if src == out.resolve():
         raise ConfigError(f"start_from is the output folder itself ({src})")
     if not (src / "config.json").exists() or not (src / "stages.json").exists():
@@ -526,14 +533,23 @@ def branch_from(cfg: QuickstartConfig) -> None:
                           f"only {', '.join(BRANCH_FREE[:2])}")
     start = str(out / "warmup") if cfg.warmup.steps > 0 else cfg.policy
     baselines = [name for name, _, _ in eval_runs(cfg, start, "")[:-1]]
-    for name in ("world", "sim", "warmup"):  # linked to the real folder (a branch's branch too)
-        if (src / name).exists() and not (out / name).exists():
+    unfinished = [name for name in baselines if not (src / "eval" / name / "results.json").exists()]
+    if unfinished:
+        raise ConfigError(f"start_from {src} has no finished evaluation {', '.join(map(repr, unfinished))}; "
+                          "run `zerosearch quickstart` there to the end first")
+    linked = [name for name in ("world", "sim", "warmup") if (src / name).exists()]
+    dangling = [out / name for name in linked if (out / name).is_symlink() and not (out / name).exists()]
+    if dangling:
+        raise ConfigError(f"{dangling[0]} links to a folder that no longer exists (was start_from moved?)")
+    for name in linked:  # linked to the real folder (a branch's branch too)
+        if not (out / name).exists():
             (out / name).symlink_to((src / name).resolve(), target_is_directory=True)
     for name in baselines:
-        if not (src / "eval" / name / "results.json").exists():
-            raise ConfigError(f"start_from {src} has no finished evaluation {name!r}")
-        if not (out / "eval" / name).exists():
-            shutil.copytree(src / "eval" / name, out / "eval" / name)
+        if not (out / "eval" / name).exists():  # copied whole or not at all
+            partial = out / "eval" / f".{name}.partial"
+            shutil.rmtree(partial, ignore_errors=True)
+            shutil.copytree(src / "eval" / name, partial)
+            partial.rename(out / "eval" / name)
     stages_file = out / "stages.json"
     if not stages_file.exists():
         reused = {name: done[name] for name in START_STAGES}
@@ -548,7 +564,7 @@ def run(cfg: QuickstartConfig, progress: Progress, log=print) -> Path:
         raise ConfigError("eval_split: val needs val_questions > 0 (the training questions to hold out)")
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    if cfg.start_from:  # before the folder records its config: a refused branch leaves none
+    if cfg.start_from:  # before the folder records its config: a refused branch leaves nothing
         branch_from(cfg)
     check_same_config(cfg)
     stages_file = out / "stages.json"

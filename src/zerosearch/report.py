@@ -261,7 +261,8 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
         f"| **total** | **{sum(stages.values()):.0f}** |", "",
         "## Training", "",
         *([f"- Branched from `{cfg.start_from}`: its world, simulator, warm-up and baseline evaluations "
-           "(and their stage times above); RL and the trained agent's evaluation ran here."]
+           "were reused, and the stage times above up to the warm-up are that run's (the total adds "
+           "them); RL and the trained agent's evaluation ran here."]
           if getattr(cfg, "start_from", None) else []),
         f"- Simulator: `{cfg.simulator_base}` fine-tuned for {cfg.sim.tune.max_steps} steps on "
         f"{cfg.sim.questions} questions' BM25 results"

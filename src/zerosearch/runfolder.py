@@ -134,18 +134,33 @@ def last_checkpoint(output_dir: str, log: Callable[[str], None] | None = None) -
     raise ConfigError(f"--resume: no complete checkpoint in {output_dir}: {problems[0]}")
 
 
+RANK_VARIABLES = ("RANK", "OMPI_COMM_WORLD_RANK", "PMI_RANK", "MV2_COMM_WORLD_RANK")
+"""Where launchers put a process's global rank (torchrun / accelerate, Open MPI, Intel MPI / MPICH,
+MVAPICH), read before accelerate has set up the process group."""
+
+
+def process_rank() -> int:
+    """This process's global rank as its launcher set it; 0 for a process launched alone."""
+    for name in RANK_VARIABLES:
+        if os.environ.get(name, "").strip().isdigit():
+            return int(os.environ[name])
+    return 0
+
+
 def prepare_resume(output_dir: str, log: Callable[[str], None] | None = None) -> str:
     """The checkpoint to resume from (:func:`last_checkpoint`), with ``metrics.jsonl`` and the
     rollout logs (``rollouts*.jsonl``) cut back to its step, so the steps after it (logged before
     the kill, logged again now) appear once.
 
     In a launched process group only rank 0 cuts the logs (every rank rewriting the same files
-    raced: one rank's rename found the other's temporary file gone). It does so before it joins
-    the group's rendezvous, which no rank passes alone, so no rank logs a step before the cut."""
+    raced: one rank's rename found the other's temporary file gone). That is safe because only
+    rank 0 writes ``metrics.jsonl``, and another rank first appends to its own rollout log inside
+    training, after collectives (the model's wrapping, the first step) that wait for rank 0, which
+    joins them only after its cut."""
     from zerosearch.jsonl import keep_until
 
     checkpoint = last_checkpoint(output_dir, log)
-    if os.environ.get("RANK", "0") != "0":  # torchrun / accelerate launch set RANK
+    if process_rank() != 0:
         return checkpoint
     for path in [Path(output_dir) / "metrics.jsonl", *sorted(Path(output_dir).glob("rollouts*.jsonl"))]:
         if path.exists():

@@ -313,7 +313,7 @@ def train_simulator(cfg: SimTrainConfig, log=print,
         resume_from = prepare_resume(cfg.output_dir, log)
         log(f"resuming from {resume_from}")
     elif metrics_file.exists():
-        metrics_file.unlink()  # a fresh run starts a fresh log
+        metrics_file.unlink(missing_ok=True)  # a fresh run starts a fresh log (another rank may be first)
     metrics_file.parent.mkdir(parents=True, exist_ok=True)
     callbacks: list = [MetricsCallback(metrics_file), *tuning_callbacks]
     if progress is not None:
