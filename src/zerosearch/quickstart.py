@@ -465,18 +465,28 @@ def check_same_config(cfg: QuickstartConfig, write: bool = True) -> None:
     settings they were not made with. Different settings need another output folder. ``write``:
     record the configuration in the folder once it is accepted."""
     path = Path(cfg.output_dir) / "config.json"
-    now = json.loads(json.dumps(asdict(cfg)))
+    now = _record(cfg)
     if path.exists():
         before = _upgrade(json.loads(path.read_text()))
         changed = _differences(now, before)
         if changed:
-            said = ", ".join(f"{key} ({old!r} there, {new!r} now)" if i < 4 else key
-                             for i, (key, new, old) in enumerate(changed))
+            said = _describe(changed, "now")
             raise ValueError(f"{cfg.output_dir} holds a quickstart with different {said}; set the old "
                              "values in the --config YAML to resume it, or use another --output-dir "
                              "(or delete it) to start over")
     if write:
         path.write_text(json.dumps(now, indent=2))
+
+
+def _record(cfg: QuickstartConfig) -> dict[str, Any]:
+    """The configuration as a run folder's ``config.json`` holds it."""
+    return json.loads(json.dumps(asdict(cfg)))
+
+
+def _describe(changed: list[tuple[str, Any, Any]], here: str) -> str:
+    """The first differing settings with both values, then the other keys by name."""
+    return ", ".join(f"{key} ({old!r} there, {new!r} {here})" if i < 4 else key
+                     for i, (key, new, old) in enumerate(changed))
 
 
 def _differences(now: Any, before: Any, prefix: str = "") -> list[tuple[str, Any, Any]]:
@@ -523,14 +533,13 @@ def branch_from(cfg: QuickstartConfig) -> None:
     if missing:
         raise ConfigError(f"start_from {src} has not finished: {', '.join(missing)} missing; "
                           "run `zerosearch quickstart` there first")
-    now = {k: v for k, v in json.loads(json.dumps(asdict(cfg))).items() if k not in BRANCH_FREE}
+    now = {k: v for k, v in _record(cfg).items() if k not in BRANCH_FREE}
     there = {k: v for k, v in _upgrade(json.loads((src / "config.json").read_text())).items()
              if k not in BRANCH_FREE}
     changed = _differences(now, there)
     if changed:
-        said = ", ".join(f"{key} ({old!r} there, {new!r} here)" for key, new, old in changed[:4])
-        raise ConfigError(f"start_from {src} was made with other settings: {said}; a branch may change "
-                          f"only {', '.join(BRANCH_FREE[:2])}")
+        raise ConfigError(f"start_from {src} was made with other settings: {_describe(changed, 'here')}; "
+                          f"a branch may change only {', '.join(BRANCH_FREE[:2])}")
     start = str(out / "warmup") if cfg.warmup.steps > 0 else cfg.policy
     baselines = [name for name, _, _ in eval_runs(cfg, start, "")[:-1]]
     unfinished = [name for name in baselines if not (src / "eval" / name / "results.json").exists()]
