@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ TOY = {
     "sim": {"questions": 16, "tune": {"max_steps": 1, "batch_size": 2}, "max_new_tokens": 16},
     "warmup": {"steps": 1, "batch_size": 2, "max_traces": 4},
     "rl": {"training": {"max_steps": 1, "prompts_per_step": 2, "learning_rate": 1e-3},
-           "algorithm": {"num_generations": 2, "beta": 0.001}, "temperature": 1.0},
+           "algorithm": {"num_generations": 2, "beta": 0.001, "resample_rounds": 0}, "temperature": 1.0},
     "rollout": {"max_turns": 1, "max_turn_tokens": 10, "max_completion_tokens": 80, "max_obs_tokens": 40,
                 "topk": 2},
     "eval_batch_size": 8,
@@ -234,6 +235,12 @@ def test_runs_collected_apart_merge_into_one_results_file(bench, tmp_path):
     assert merged["settings"]["seeds"] == [0, 1] and merged["start"]["em"] == seeds_results["start"]["em"]
     assert merged["start"]["val"]["em"] == seeds_results["start"]["val"]["em"]
     assert [s["command"] for s in merged["sources"]] == ["toy seeds", "bm25 alone"]
+    older = copy.deepcopy(bm25)  # written before settings named resample_rounds: it was 0 then
+    del older["settings"]["resample_rounds"]
+    assert set(merge_results([seeds_results, older], command="m")["arms"]) == {"zerosearch", "bm25"}
+    older["settings"]["resample_rounds"] = 2
+    with pytest.raises(ValueError, match="other settings than file 1: resample_rounds"):
+        merge_results([seeds_results, older], command="x")
     other = copy.deepcopy(bm25)
     other["settings"]["learning_rate"] = 1.0
     with pytest.raises(ValueError, match="other settings than file 1: learning_rate"):
@@ -327,7 +334,10 @@ def test_beta_reaches_the_trainer_and_names_the_run_folder():
     base = rl_settings(quickstart_config(LearningConfig()), LearningConfig(beta=0.001))
     assert "-b" not in settings_tag(base)  # folders of runs at KL 0.001 keep their names
     tight = rl_settings(base, LearningConfig(beta=0.04, temperature=0.7))
-    assert settings_tag(tight).endswith("-t0.7-b0.04") and tight.rl.algorithm.beta == 0.04
+    # the quickstart's redraws of steps without a signal are named too (runs before them are not)
+    assert settings_tag(tight).endswith("-t0.7-b0.04-rs2") and tight.rl.algorithm.beta == 0.04
+    assert "-rs" not in settings_tag(replace(tight, rl=replace(
+        tight.rl, algorithm=replace(tight.rl.algorithm, resample_rounds=0))))
     train_cfg = rl_train_config(tight, "m", simulator_config(tight), tight.rl.curriculum, Path("x"))
     assert train_cfg.algorithm.beta == 0.04
     with pytest.raises(ConfigError, match="--beta must be >= 0"):

@@ -20,7 +20,8 @@ TOY = {
     "world": {"people": 20, "works": 10, "organisations": 5, "cities": 6, "countries": 2, "distractors": 10},
     "sim": {"questions": 24, "tune": {"max_steps": 2, "batch_size": 2}, "max_new_tokens": 24},
     "warmup": {"steps": 2, "batch_size": 2, "max_traces": 8},
-    "rl": {"training": {"max_steps": 2, "prompts_per_step": 2}, "algorithm": {"num_generations": 2},
+    "rl": {"training": {"max_steps": 2, "prompts_per_step": 2},
+           "algorithm": {"num_generations": 2, "resample_rounds": 0},
            "stratify_by": "metadata.hops"},
     "rollout": {"max_turns": 1, "max_turn_tokens": 12, "max_completion_tokens": 120, "max_obs_tokens": 60,
                 "topk": 2},
@@ -220,6 +221,8 @@ def test_a_run_folder_from_before_stratified_questions_resumes_only_unstratified
     assert cfg.rl.stratify_by is None
     old = json.loads(json.dumps(dataclasses.asdict(cfg)))
     del old["rl"]["stratify_by"]
+    del old["rl"]["algorithm"]["resample_rounds"]  # came later still: those runs drew once a step
+    cfg.rl.algorithm.resample_rounds = 0
     (tmp_path / "config.json").write_text(json.dumps(old))
     cfg.rl.stratify_by = "metadata.hops"
     with pytest.raises(ValueError, match=r"different rl.stratify_by \(None there, 'metadata.hops' now\)"):
@@ -245,6 +248,9 @@ def test_a_run_folder_from_before_rl_training_resumes_with_the_same_settings(tmp
                      learning_rate=training["learning_rate"], num_generations=algorithm["num_generations"],
                      beta=algorithm["beta"])
     (tmp_path / "config.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match=r"rl.algorithm.resample_rounds \(0 there, 2 now\)"):
+        check_same_config(cfg)  # those runs never drew a step's questions again
+    cfg.rl.algorithm.resample_rounds = 0
     check_same_config(cfg)
     assert "training" in json.loads((tmp_path / "config.json").read_text())["rl"]
     old["rl"]["beta"] *= 2
@@ -279,7 +285,7 @@ def test_simulator_stage_with_stub_queries_reports_them_apart(tmp_path):
 
 
 def test_the_report_says_when_no_rollout_group_gave_grpo_a_signal(tmp_path):
-    from zerosearch.report import _signal_line, signal_groups
+    from zerosearch.report import _signal_line, redraws, signal_groups
 
     log = tmp_path / "rollouts.jsonl"
     rows = [(1, "a", 0.0), (1, "a", 0.0), (1, "b", 0.0), (1, "b", 0.0),
@@ -296,3 +302,10 @@ def test_the_report_says_when_no_rollout_group_gave_grpo_a_signal(tmp_path):
     line = " ".join(_signal_line(log, "grpo"))
     assert "in 1 of 5 groups" in line and "no signal" not in line
     assert _signal_line(tmp_path / "missing.jsonl", "grpo") == []
+    # a step that drew fresh questions (algorithm.resample_rounds) counts the draw it trained on
+    with log.open("a") as f:
+        for draw, rewards in ((0, (0.0, 0.0)), (1, (0.0, 0.0)), (2, (1.0, 0.0))):
+            f.writelines(json.dumps({"step": 4, "draw": draw, "id": "e", "reward": r}) + "\n"
+                         for r in rewards)
+    assert signal_groups(log) == (2, 6) and redraws(log) == {4: 2}
+    assert "step 4 2 times" in " ".join(_signal_line(log, "grpo"))

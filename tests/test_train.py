@@ -4,11 +4,13 @@ clear errors before training starts."""
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 from transformers import TrainerCallback
 
 from helpers import ScriptedPolicy
+from zerosearch.rollout import Generation
 from zerosearch.config import ConfigError
 from zerosearch.curriculum import CurriculumConfig
 from zerosearch.train.config import load_train_config
@@ -125,6 +127,77 @@ def test_searches_happen_and_the_loss_mask_excludes_every_inserted_token(tmp_pat
     [row] = _metrics(cfg)
     assert row["zerosearch/searches_per_question"] == 1.0 and row["reward"] == 1.0
     assert row["zerosearch/valid_action_rate"] == 1.0 and row["time/search_s"] > 0
+
+
+class _ParityPolicy(ScriptedPolicy):
+    """Answers at once: right on the even rows of each call, wrong on the odd ones, so each
+    GRPO group (two rollouts side by side) holds one reward of 1 and one of 0; with
+    ``first_wrong`` every row of its first call is wrong."""
+
+    def __init__(self, tok, scripts, first_wrong=False):
+        super().__init__(tok, scripts)
+        self.first_wrong = first_wrong
+
+    def generate(self, contexts, max_new_tokens, temperature, top_p):
+        self.calls.append(len(contexts))
+        wrong = self.first_wrong and len(self.calls) == 1
+        out = []
+        for i, ctx in enumerate(contexts):
+            text = self.tok.decode(ctx)
+            answer = next(a[0] for q, a in QUESTIONS.items() if f"Question: {q}\n" in text)
+            reply = f"<answer>{answer if i % 2 == 0 and not wrong else 'nobody'}</answer>"
+            out.append(Generation(self.tok(reply, add_special_tokens=False)["input_ids"][:max_new_tokens]))
+        return out
+
+
+def _train_scripted(cfg, policy):
+    trainer = build_trainer(cfg, log=lambda m: None)
+    tok = trainer.processing_class
+    trainer._generator = lambda model: policy(tok)
+    try:
+        trainer.train()
+    finally:
+        trainer.engine.close()
+    return [json.loads(line) for line in (Path(cfg.training.output_dir) / "rollouts.jsonl").read_text().splitlines()]
+
+
+def test_steps_without_signal_draw_fresh_questions(tmp_path, qa_file, tiny_corpus):
+    """algorithm.resample_rounds: a step whose groups all score alike rolls out fresh questions
+    (seeded: a rerun draws the same), up to the limit; a step with a signal trains on its first draw."""
+    wrong = {q: ["<answer>nobody</answer>"] for q in QUESTIONS}
+    runs = []
+    for name in ("a", "b"):
+        cfg = _config(tmp_path / name, qa_file, _bm25(tiny_corpus), "grpo", steps=2)
+        cfg.algorithm.resample_rounds = 2
+        runs.append((cfg, _train_scripted(cfg, lambda tok: ScriptedPolicy(tok, wrong))))
+    (cfg, rollouts), (_, again) = runs
+    assert [(r["step"], r["draw"]) for r in rollouts] == [(s, d) for s in (1, 2) for d in (0, 1, 2)
+                                                          for _ in range(4)]
+    assert all(r["reward"] == 0.0 for r in rollouts)
+    ids = {f"q{i}" for i in range(len(QUESTIONS))}
+    for step in (1, 2):
+        redrawn = set()
+        for draw in (1, 2):  # two questions, each rolled out twice, side by side
+            drawn = [r["id"] for r in rollouts if (r["step"], r["draw"]) == (step, draw)]
+            assert drawn[0] == drawn[1] and drawn[2] == drawn[3] and drawn[0] != drawn[2]
+            redrawn |= set(drawn)
+        assert redrawn == ids  # a step's redraws take other questions each time
+    assert [r["id"] for r in again] == [r["id"] for r in rollouts]
+    assert [row["zerosearch/redraws"] for row in _metrics(cfg)] == [2.0, 2.0]
+
+    cfg = _config(tmp_path / "c", qa_file, _bm25(tiny_corpus), "grpo", steps=2)
+    cfg.algorithm.resample_rounds = 2
+    shared = {}  # one policy for every rollout: its first call answers wrong, the rest by parity
+    rollouts = _train_scripted(cfg, lambda tok: shared.setdefault("policy", _ParityPolicy(tok, {}, first_wrong=True)))
+    # step 1: the first draw has no signal, the second has; step 2: the first draw has
+    assert [(r["step"], r["draw"]) for r in rollouts] == [(1, 0)] * 4 + [(1, 1)] * 4 + [(2, 0)] * 4
+    assert [r["reward"] for r in rollouts] == [0.0] * 4 + [1.0, 0.0] * 4
+    assert [row["zerosearch/redraws"] for row in _metrics(cfg)] == [1.0, 0.0]
+
+
+def test_resample_rounds_must_not_be_negative(tmp_path, qa_file, tiny_corpus):
+    with pytest.raises(ConfigError, match="resample_rounds"):
+        load_train_config(None, {"data": {"train": str(qa_file)}, "algorithm": {"resample_rounds": -1}})
 
 
 class _Interrupt(TrainerCallback):

@@ -241,13 +241,16 @@ defaults before it took the learning recipe's, so the folders of the runs made t
 
 def settings_tag(cfg: QuickstartConfig) -> str:
     """The run folder's name for an RL budget; the temperature and the KL coefficient are named
-    only when they differ from :data:`UNNAMED_TEMPERATURE` and :data:`UNNAMED_BETA`."""
+    only when they differ from :data:`UNNAMED_TEMPERATURE` and :data:`UNNAMED_BETA`, the redraws
+    of steps without a signal (``rl.algorithm.resample_rounds``) only when on."""
     t, a = cfg.rl.training, cfg.rl.algorithm
     tag = f"steps{t.max_steps}-q{t.prompts_per_step}-g{a.num_generations}-lr{t.learning_rate:g}"
     if cfg.rl.temperature != UNNAMED_TEMPERATURE:
         tag += f"-t{cfg.rl.temperature:g}"
     if a.beta != UNNAMED_BETA:
         tag += f"-b{a.beta:g}"
+    if a.resample_rounds:
+        tag += f"-rs{a.resample_rounds}"
     return tag
 
 
@@ -491,6 +494,7 @@ def collect(lc: LearningConfig, cfg: QuickstartConfig, rl_cfg: QuickstartConfig,
         "settings": {"policy": cfg.policy, "simulator_base": cfg.simulator_base, "steps": t.max_steps,
                      "prompts_per_step": t.prompts_per_step, "num_generations": a.num_generations,
                      "learning_rate": t.learning_rate, "beta": a.beta, "temperature": rl.temperature,
+                     "resample_rounds": a.resample_rounds,
                      "curriculum": asdict(rl.curriculum), "reward": a.reward, "seeds": list(lc.seeds),
                      "rollout": asdict(cfg.rollout), "topk": cfg.topk, "stratify_by": rl.stratify_by,
                      "runs": f"runs/{lc.start.replace(':', '-')}/{tag}"},
@@ -522,8 +526,9 @@ def merge_results(parts: list[dict[str, Any]], command: str) -> dict[str, Any]:
         raise ValueError("merging needs at least two results files")
     first = parts[0]
 
-    def same(res: dict[str, Any]) -> dict[str, Any]:  # files from before stratify_by: shuffled
-        return {"stratify_by": None, **{k: v for k, v in res["settings"].items() if k != "seeds"}}
+    def same(res: dict[str, Any]) -> dict[str, Any]:  # files from before stratify_by / resample_rounds
+        return {"stratify_by": None, "resample_rounds": 0,
+                **{k: v for k, v in res["settings"].items() if k != "seeds"}}
 
     for i, res in enumerate(parts[1:], start=2):
         if _once(res["start"]) != _once(first["start"]):
@@ -594,6 +599,8 @@ def results_markdown(res: dict[str, Any]) -> str:
         f"lr {s['learning_rate']:g}, KL beta {s['beta']:g}, F1 reward (no format reward), seeds "
         f"{', '.join(map(str, s['seeds']))}, questions "
         + (f"in stratified order by `{s['stratify_by']}`" if s.get("stratify_by") else "shuffled")
+        + (f"; a step in which no question's rollouts differ in reward draws fresh questions, up to "
+           f"{s['resample_rounds']} times" if s.get("resample_rounds") else "")
         + f". Noise curriculum {c['p_start']} -> {c['p_end']} (base "
         f"{c['base']}). Evaluation: the real BM25 engine, greedy; EM and F1 x100, mean ± sd over seeds.",
         "",

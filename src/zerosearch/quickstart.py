@@ -96,8 +96,12 @@ class SimStageConfig:
 def _quickstart_algorithm() -> AlgorithmConfig:
     # groups of 6 rollouts, where the learning benchmark samples 8: on a CPU a decoding step costs
     # about the same at 12 rows as at 16, so the step is cheaper mostly in optimisation; chosen on
-    # the validation split (docs/log.md, fifth session of 2026-12-07)
-    return AlgorithmConfig(num_generations=6, beta=0.04, reward="f1")
+    # the validation split (docs/log.md, fifth session of 2026-12-07). resample_rounds: the warmed-up
+    # start scores in a few percent of its rollouts, so a step's 12 rollouts sometimes all score 0
+    # and, in four steps, a run could see no reward at all and end where it started (docs/log.md,
+    # 2026-12-08); such a step now draws fresh questions, twice at most (a draw costs one step's
+    # rollouts and the reference pass over them, a small part of a step)
+    return AlgorithmConfig(num_generations=6, beta=0.04, reward="f1", resample_rounds=2)
 
 
 def _quickstart_training() -> TrainingConfig:
@@ -438,12 +442,15 @@ def _upgrade(before: dict[str, Any]) -> dict[str, Any]:
     """A ``config.json`` written before ``sim.tune``, ``rl.training``, ``eval_split``,
     ``sim.fidelity_guard`` or ``rl.stratify_by`` existed, in today's layout, so a run folder made
     then resumes when its settings are the same (a field added later takes the value those runs
-    used: its default, or no stratification)."""
+    used: its default, no stratification, no redraws)."""
     before = {"eval_split": QuickstartConfig.eval_split, **before}
     if isinstance(before.get("sim"), dict):
         before = {**before, "sim": {"fidelity_guard": SimStageConfig.fidelity_guard, **before["sim"]}}
     if isinstance(before.get("rl"), dict):  # runs made before rl.stratify_by: a plain shuffle
         before = {**before, "rl": {"stratify_by": None, **before["rl"]}}
+        algorithm = before["rl"].get("algorithm")
+        if isinstance(algorithm, dict):  # before algorithm.resample_rounds: never drew again
+            before["rl"] = {**before["rl"], "algorithm": {"resample_rounds": 0, **algorithm}}
     sim, rl = before.get("sim"), before.get("rl")
     if isinstance(sim, dict) and "tune" not in sim:
         tune = {**asdict(_quickstart_tuning()),
@@ -451,7 +458,8 @@ def _upgrade(before: dict[str, Any]) -> dict[str, Any]:
         rest = {k: v for k, v in sim.items() if k not in LEGACY_SIM_TUNE}
         before = {**before, "sim": {**rest, "tune": tune}}
     if isinstance(rl, dict) and "training" not in rl:
-        sections = {"training": asdict(_quickstart_training()), "algorithm": asdict(_quickstart_algorithm())}
+        sections = {"training": asdict(_quickstart_training()),
+                    "algorithm": {**asdict(_quickstart_algorithm()), "resample_rounds": 0}}
         for key, (section, name) in LEGACY_RL.items():
             if key in rl:
                 sections[section][name] = rl[key]

@@ -28,22 +28,44 @@ def rl_curve(metrics_file: Path) -> list[dict[str, float]]:
 
 def signal_groups(rollouts_file: Path) -> tuple[int, int]:
     """(groups whose rewards differ, all groups) in a run's ``rollouts.jsonl``, a group being one
-    question's rollouts in one step: GRPO's advantages are zero in a group whose rollouts all score
+    question's rollouts in the draw a step trained on (its last: ``algorithm.resample_rounds``
+    redraws a step without a signal): GRPO's advantages are zero in a group whose rollouts all score
     the same, so only the first number's groups move the policy (apart from the KL term)."""
-    groups: dict[tuple[int, str], set[float]] = {}
+    groups: dict[tuple[int, int, str], set[float]] = {}
     for rec in read_finished(rollouts_file) if rollouts_file.exists() else []:
-        groups.setdefault((rec["step"], rec["id"]), set()).add(rec["reward"])
-    return sum(len(rewards) > 1 for rewards in groups.values()), len(groups)
+        groups.setdefault((rec["step"], rec.get("draw", 0), rec["id"]), set()).add(rec["reward"])
+    last = {}
+    for step, draw, _ in groups:
+        last[step] = max(last.get(step, 0), draw)
+    trained = [rewards for (step, draw, _), rewards in groups.items() if draw == last[step]]
+    return sum(len(rewards) > 1 for rewards in trained), len(trained)
+
+
+def redraws(rollouts_file: Path) -> dict[int, int]:
+    """Per step of a run's ``rollouts.jsonl`` that drew its questions again for want of a signal
+    (``algorithm.resample_rounds``): how many times it did."""
+    last: dict[int, int] = {}
+    for rec in read_finished(rollouts_file) if rollouts_file.exists() else []:
+        if rec.get("draw", 0):
+            last[rec["step"]] = max(last.get(rec["step"], 0), rec["draw"])
+    return dict(sorted(last.items()))
 
 
 def _signal_line(rollouts_file: Path, algorithm: str) -> list[str]:
     """The report's line on GRPO's learning signal (none for the algorithms whose advantages are
     not relative to the question's group)."""
     varied, total = signal_groups(rollouts_file)
+    again = redraws(rollouts_file)
+    redrawn = ("Steps without a signal drew fresh questions: "
+               + ", ".join(f"step {step} {n} time{'s' if n > 1 else ''}" for step, n in again.items())
+               + " (the reward columns above average over every draw, questions included)."
+               if again else "")
     if not total or algorithm != "grpo":
-        return []
-    line = (f"- Learning signal: in {varied} of {total} groups (one question's rollouts in one step) the "
-            "rewards differ; GRPO learns only from those.")
+        return [f"- {redrawn}", ""] if again else []
+    line = (f"- Learning signal: in {varied} of {total} groups (one question's rollouts in the draw "
+            "a step trained on) the rewards differ; GRPO learns only from those.")
+    if again:
+        line += " " + redrawn
     if not varied:
         line += (" **No rollout group had a reward that differs, so RL had no signal and the trained "
                  "agent is its start** (its rollouts never scored, or all scored alike); another "
@@ -275,8 +297,10 @@ def write_quickstart_report(cfg, reports: Sequence[dict[str, Any]], names: Seque
         f"noise probability {cfg.rl.curriculum.p_start} -> {cfg.rl.curriculum.p_end} "
         f"(base {cfg.rl.curriculum.base})"
         + (f"; questions in stratified order by `{cfg.rl.stratify_by}` (each step holds at least its "
-           "share of each group; steps with different mixes compare by the reward per group below)."
-           if cfg.rl.stratify_by else "; questions shuffled."), "",
+           "share of each group; steps with different mixes compare by the reward per group below)"
+           if cfg.rl.stratify_by else "; questions shuffled")
+        + (f"; a step in which no question's rollouts differ in reward draws fresh questions, up "
+           f"to {cfg.rl.algorithm.resample_rounds} times." if cfg.rl.algorithm.resample_rounds else "."), "",
         "![reward and noise probability per step](reward.png)", "",
         *_curve_table(curve, reward_by_group(out / "rl" / "rollouts.jsonl", train_hops(out / "world"))), "",
         *_signal_line(out / "rl" / "rollouts.jsonl", cfg.rl.algorithm.name),

@@ -88,6 +88,18 @@ class AlgorithmConfig:
     """ppo: critic passes over each batch."""
     reward: str = "f1"
     """f1 (paper), em or cover_em."""
+    resample_rounds: int = 0
+    """Dynamic sampling for steps without a learning signal: when no question's rollouts in a
+    step have rewards that differ (grpo, whose advantages are relative to the question's group;
+    reinforce++ and ppo: when every rollout of the step scored the same, so that what moves the
+    policy is the KL term or, for ppo, the critic's error, not the task's reward), the step draws as
+    many fresh questions and rolls them out again, up to this many times, and trains on its last
+    draw. Each draw costs a step's rollouts (and the reference model's pass over them when ``beta``
+    is above 0). Every draw is logged (``rollouts.jsonl``'s ``draw``; of the step's metrics the
+    times add up its draws, the token counts are the trained draw's, the rest average over every
+    draw). Fresh questions come from one permutation of the training set per step, seeded by
+    (seed, step), ignoring ``data.stratify_by``. 0: off, every step trains on its first draw (the
+    paper)."""
 
 
 @dataclass
@@ -195,6 +207,8 @@ class TrainConfig:
             raise ConfigError(f"algorithm.name {a.name!r} is not one of {', '.join(ALGORITHMS)}")
         if a.reward not in ("f1", "em", "cover_em"):
             raise ConfigError(f"algorithm.reward {a.reward!r} is not one of f1, em, cover_em")
+        if a.resample_rounds < 0:
+            raise ConfigError(f"algorithm.resample_rounds must be >= 0 (0: off), got {a.resample_rounds}")
         if a.num_generations < 1 or (a.name == "grpo" and a.num_generations < 2):
             raise ConfigError("algorithm.num_generations must be >= 2 for grpo (a group) and >= 1 otherwise")
         if t.max_steps < 1:

@@ -17,6 +17,8 @@ What the subclass adds to TRL, and why:
 - Per-step metrics: noise probability, EM/F1, searches and turns per question, valid-action and
   truncation rates, useful/noisy searches, search errors, and time spent generating and searching;
   and one line per rollout in ``rollouts.jsonl`` (reward, searches, group) to split them after the run.
+- Dynamic sampling (``algorithm.resample_rounds``): a step whose rollouts carry no learning signal
+  (every group scored alike) draws fresh questions and rolls out again before it trains.
 """
 
 from __future__ import annotations
@@ -39,6 +41,12 @@ from zerosearch.train.config import GENERATION_DTYPES, TrainConfig
 from zerosearch.train.logps import plain_token_logps, reorder_rows, trim_columns
 
 
+PER_STEP = ("time/", "tokens/")
+"""Metric prefixes logged once per step, whatever its number of draws: times summed over the draws,
+token counts of the draw the step trains on. The other rollout metrics (EM, F1, searches, TRL's
+reward) average over every draw: samples of the policy, like any other rollout."""
+
+
 def make_reward_func(name: str):
     """A TRL reward function scoring the rollout's extracted answer against every gold answer."""
     metric = get_metric(name)
@@ -58,6 +66,8 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
         self.engine = engine
         self.timings = RolloutTimings()
         self._rows: list[Row] = []
+        self._draw = 0  # which draw of the current step is rolling out (algorithm.resample_rounds)
+        self._step_stats: dict[str, float] = {}  # PER_STEP metrics of the step's draws so far
         self._groups: list[str] | None = None
         self._gen_copy = None  # the policy in training.generation_dtype, when that differs
         self._algo = zs_config.algorithm.name
@@ -101,6 +111,7 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
             raise RuntimeError(f"rollout got {len(prompts)} prompts for {len(rows)} rows")
         noise = self.noise_probability()
         seed = (self.zs.training.seed * 1_000_003 + self.state.global_step) * 1009 + self.accelerator.process_index
+        seed += self._draw * 1_000_000_007  # a redraw of the step (resample_rounds) samples afresh
         timings = RolloutTimings()
         trajs = trainer_rollouts(self, rows, self.engine, self.zs.rollout, noise_prob=noise,
                                  seed=seed, make_generator=self._generator, timings=timings)
@@ -117,16 +128,17 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
 
     def _append_rollouts(self, trajs, rewards: list[float], noise: float | None) -> None:
         """One line per rollout in ``<output_dir>/rollouts.jsonl`` (``rollouts-rank-<i>.jsonl`` per
-        process when there are several): step, question id, its ``data.stratify_by`` group, reward,
-        EM, whether it answered, searches (useful / noisy) and the answer, so a step's reward can be
-        split by question kind (hop count, data source) after the run. ``rewards``: the scores the
-        step trains on, one per rollout."""
+        process when there are several): step, draw (0, or the redraw with ``resample_rounds``; a
+        step trains on its last), question id, its ``data.stratify_by`` group, reward, EM, whether
+        it answered, searches (useful / noisy) and the answer, so a step's reward can be split by
+        question kind (hop count, data source) after the run. ``rewards``: the draw's scores, one
+        per rollout."""
         rank = self.accelerator.process_index
         name = "rollouts.jsonl" if self.accelerator.num_processes == 1 else f"rollouts-rank-{rank}.jsonl"
         step = self.state.global_step + 1  # the step these rollouts train (metrics.jsonl's number)
         records = []
         for traj, reward, group in zip(trajs, rewards, self._groups or [None] * len(trajs)):
-            record = {"step": step, "id": str(traj.row.id), "reward": reward,
+            record = {"step": step, "draw": self._draw, "id": str(traj.row.id), "reward": reward,
                       "em": exact_match(traj.answer, traj.row.golden_answers),
                       "answered": traj.answer is not None, "searches": traj.searches,
                       "useful_searches": traj.useful_searches, "noisy_searches": traj.noisy_searches,
@@ -144,7 +156,7 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
         the global batch."""
         folder = os.path.join(self.args.output_dir, "processes")
         os.makedirs(folder, exist_ok=True)
-        record = {"step": self.state.global_step, "process": self.accelerator.process_index,
+        record = {"step": self.state.global_step, "draw": self._draw, "process": self.accelerator.process_index,
                   "processes": self.accelerator.num_processes, "noise_prob": noise, "seed": seed,
                   "rows": [str(t.row.id) for t in trajs]}
         with open(os.path.join(folder, f"rank-{self.accelerator.process_index}.jsonl"), "a") as f:
@@ -179,20 +191,74 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
             stats["zerosearch/noise_prob"] = noise
         mode = "train" if self.model.training else "eval"
         for key, value in stats.items():
+            if key.startswith(PER_STEP):
+                self._step_stats[key] = value + (self._step_stats.get(key, 0.0) if key.startswith("time/") else 0.0)
+            else:
+                self._metrics[mode][key].append(float(value))
+
+    def _flush_step_stats(self) -> None:
+        """Log the step's time totals (summed over its draws) and token counts (of the draw it
+        trains on, which the optimisation's throughput is measured over)."""
+        mode = "train" if self.model.training else "eval"
+        for key, value in self._step_stats.items():
             self._metrics[mode][key].append(float(value))
+        self._step_stats = {}
 
     # -- scoring and advantages ---------------------------------------------------------------
     def _generate_and_score_completions(self, inputs):
+        self._draw, self._step_stats = 0, {}
+        out = self._score_draw(inputs)
+        rounds = self.zs.algorithm.resample_rounds if self.model.training else 0
+        while self._draw < rounds and not self._has_signal():
+            self._draw += 1
+            inputs = self._fresh_inputs(len(inputs))
+            out = self._score_draw(inputs)
+        if rounds:
+            self._metrics["train"]["zerosearch/redraws"].append(float(self._draw))
+        self._flush_step_stats()
+        return out if self._algo == "grpo" else self._token_level_advantages(out)
+
+    def _has_signal(self) -> bool:
+        """Whether the draw just scored can move the policy: for grpo some question's rollouts
+        scored differently (its advantages are relative to the group), otherwise some rollout of
+        the step scored differently from another. Decided on the global batch, so every process
+        agrees (TRL lays a group's rollouts side by side, processes' slices in rank order)."""
+        scores = self._scores.to(self.accelerator.device, torch.float32)
+        if self.accelerator.num_processes > 1:
+            scores = self.accelerator.gather(scores)
+        groups = scores.view(-1, self.num_generations) if self._algo == "grpo" else scores.view(1, -1)
+        return bool(((groups.max(1).values - groups.min(1).values) > 1e-6).any())
+
+    def _fresh_inputs(self, local: int) -> list[dict[str, Any]]:
+        """This process's slice of a fresh draw for the current step: the global batch's number of
+        questions from the training set, each repeated ``num_generations`` times. One permutation
+        per step, seeded by (seed, step), and draw d takes its d-th slice, so a step's redraws
+        never repeat a question (while the set holds enough), every process draws the same and a
+        resumed run repeats it."""
+        n_proc, g = self.accelerator.num_processes, self.num_generations
+        questions = local * n_proc // g
+        gen = torch.Generator().manual_seed(self.zs.training.seed * 1_000_003 + self.state.global_step)
+        size = len(self.train_dataset)
+        order = torch.randperm(size, generator=gen).tolist()
+        start = (self._draw - 1) * questions
+        picks = [order[(start + i) % size] for i in range(questions)]
+        rows = [self.train_dataset[i] for i in picks for _ in range(g)]
+        rank = self.accelerator.process_index
+        return rows[rank * local:(rank + 1) * local]
+
+    def _score_draw(self, inputs):
+        """TRL's rollouts and scoring of one draw of questions (for reinforce++ and ppo with the
+        reference log-probs their token rewards need; their advantages, and ppo's critic update,
+        come after the step's last draw)."""
         self._rows = [Row(x["question"], list(x["golden_answers"]), x.get("id")) for x in inputs]
         self._groups = [x["group"] for x in inputs] if inputs and "group" in inputs[0] else None
         if self._algo == "grpo":
             return super()._generate_and_score_completions(inputs)
         self.beta = self._kl_beta  # make TRL compute reference log-probs for this batch
         try:
-            out = super()._generate_and_score_completions(inputs)
+            return super()._generate_and_score_completions(inputs)
         finally:
             self.beta = 0.0
-        return self._token_level_advantages(out)
 
     def _all_sum(self, t: torch.Tensor) -> torch.Tensor:
         """``t`` summed over every process (whitening over the global batch)."""
