@@ -440,9 +440,9 @@ LEGACY_RL = {"steps": ("training", "max_steps"), "prompts_per_step": ("training"
 
 def _upgrade(before: dict[str, Any]) -> dict[str, Any]:
     """A ``config.json`` written before ``sim.tune``, ``rl.training``, ``eval_split``,
-    ``sim.fidelity_guard`` or ``rl.stratify_by`` existed, in today's layout, so a run folder made
-    then resumes when its settings are the same (a field added later takes the value those runs
-    used: its default, no stratification, no redraws)."""
+    ``sim.fidelity_guard``, ``rl.stratify_by`` or ``rl.algorithm.resample_rounds`` existed, in
+    today's layout, so a run folder made then resumes when its settings are the same (a field added
+    later takes the value those runs used: its default, no stratification, no redraws)."""
     before = {"eval_split": QuickstartConfig.eval_split, **before}
     if isinstance(before.get("sim"), dict):
         before = {**before, "sim": {"fidelity_guard": SimStageConfig.fidelity_guard, **before["sim"]}}

@@ -26,17 +26,25 @@ def rl_curve(metrics_file: Path) -> list[dict[str, float]]:
     return rows
 
 
+def _trained_draws(rollouts_file: Path) -> tuple[dict[tuple[int, int, str], set[float]], dict[int, int]]:
+    """A run's ``rollouts.jsonl`` read once: the rewards of each (step, draw, question id), and
+    each step's last draw, the one it trained on (``algorithm.resample_rounds`` redraws a step
+    without a signal; 0 when it did not)."""
+    groups: dict[tuple[int, int, str], set[float]] = {}
+    last: dict[int, int] = {}
+    for rec in read_finished(rollouts_file) if rollouts_file.exists() else []:
+        step, draw = rec["step"], rec.get("draw", 0)
+        groups.setdefault((step, draw, rec["id"]), set()).add(rec["reward"])
+        last[step] = max(last.get(step, 0), draw)
+    return groups, last
+
+
 def signal_groups(rollouts_file: Path) -> tuple[int, int]:
     """(groups whose rewards differ, all groups) in a run's ``rollouts.jsonl``, a group being one
-    question's rollouts in the draw a step trained on (its last: ``algorithm.resample_rounds``
-    redraws a step without a signal): GRPO's advantages are zero in a group whose rollouts all score
-    the same, so only the first number's groups move the policy (apart from the KL term)."""
-    groups: dict[tuple[int, int, str], set[float]] = {}
-    for rec in read_finished(rollouts_file) if rollouts_file.exists() else []:
-        groups.setdefault((rec["step"], rec.get("draw", 0), rec["id"]), set()).add(rec["reward"])
-    last = {}
-    for step, draw, _ in groups:
-        last[step] = max(last.get(step, 0), draw)
+    question's rollouts in the draw a step trained on (its last): GRPO's advantages are zero in a
+    group whose rollouts all score the same, so only the first number's groups move the policy
+    (apart from the KL term)."""
+    groups, last = _trained_draws(rollouts_file)
     trained = [rewards for (step, draw, _), rewards in groups.items() if draw == last[step]]
     return sum(len(rewards) > 1 for rewards in trained), len(trained)
 
@@ -44,11 +52,7 @@ def signal_groups(rollouts_file: Path) -> tuple[int, int]:
 def redraws(rollouts_file: Path) -> dict[int, int]:
     """Per step of a run's ``rollouts.jsonl`` that drew its questions again for want of a signal
     (``algorithm.resample_rounds``): how many times it did."""
-    last: dict[int, int] = {}
-    for rec in read_finished(rollouts_file) if rollouts_file.exists() else []:
-        if rec.get("draw", 0):
-            last[rec["step"]] = max(last.get(rec["step"], 0), rec["draw"])
-    return dict(sorted(last.items()))
+    return {step: n for step, n in sorted(_trained_draws(rollouts_file)[1].items()) if n}
 
 
 def _signal_line(rollouts_file: Path, algorithm: str) -> list[str]:

@@ -41,12 +41,6 @@ from zerosearch.train.config import GENERATION_DTYPES, TrainConfig
 from zerosearch.train.logps import plain_token_logps, reorder_rows, trim_columns
 
 
-PER_STEP = ("time/", "tokens/")
-"""Metric prefixes logged once per step, whatever its number of draws: times summed over the draws,
-token counts of the draw the step trains on. The other rollout metrics (EM, F1, searches, TRL's
-reward) average over every draw: samples of the policy, like any other rollout."""
-
-
 def make_reward_func(name: str):
     """A TRL reward function scoring the rollout's extracted answer against every gold answer."""
     metric = get_metric(name)
@@ -67,7 +61,7 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
         self.timings = RolloutTimings()
         self._rows: list[Row] = []
         self._draw = 0  # which draw of the current step is rolling out (algorithm.resample_rounds)
-        self._step_stats: dict[str, float] = {}  # PER_STEP metrics of the step's draws so far
+        self._step_stats: dict[str, float] = {}  # time/ and tokens/ metrics of the step's draws so far
         self._groups: list[str] | None = None
         self._gen_copy = None  # the policy in training.generation_dtype, when that differs
         self._algo = zs_config.algorithm.name
@@ -103,6 +97,10 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
             self._gen_copy = model = generation_copy(model, dtype, self._gen_copy)
         return HFGenerator(model, self.processing_class, self.zs.training.generation_batch_size)
 
+    def _step_seed(self) -> int:
+        """(training seed, step): the root of a step's rollout seeds and of its redraws' questions."""
+        return self.zs.training.seed * 1_000_003 + self.state.global_step
+
     def _rollout(self, prompts: list, trainer) -> dict[str, Any]:
         from zerosearch.integrations.trl_rollout import trainer_rollouts, trl_output
 
@@ -110,7 +108,7 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
         if len(rows) != len(prompts):
             raise RuntimeError(f"rollout got {len(prompts)} prompts for {len(rows)} rows")
         noise = self.noise_probability()
-        seed = (self.zs.training.seed * 1_000_003 + self.state.global_step) * 1009 + self.accelerator.process_index
+        seed = self._step_seed() * 1009 + self.accelerator.process_index
         seed += self._draw * 1_000_000_007  # a redraw of the step (resample_rounds) samples afresh
         timings = RolloutTimings()
         trajs = trainer_rollouts(self, rows, self.engine, self.zs.rollout, noise_prob=noise,
@@ -191,14 +189,18 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
             stats["zerosearch/noise_prob"] = noise
         mode = "train" if self.model.training else "eval"
         for key, value in stats.items():
-            if key.startswith(PER_STEP):
-                self._step_stats[key] = value + (self._step_stats.get(key, 0.0) if key.startswith("time/") else 0.0)
+            if key.startswith("time/"):  # once a step: summed over its draws
+                self._step_stats[key] = self._step_stats.get(key, 0.0) + value
+            elif key.startswith("tokens/"):  # once a step: the draw it trains on (its last)
+                self._step_stats[key] = value
             else:
                 self._metrics[mode][key].append(float(value))
 
     def _flush_step_stats(self) -> None:
         """Log the step's time totals (summed over its draws) and token counts (of the draw it
-        trains on, which the optimisation's throughput is measured over)."""
+        trains on, which the optimisation's throughput is measured over). The other rollout
+        metrics (EM, F1, searches, TRL's reward) average over every draw: samples of the policy
+        like any other rollout."""
         mode = "train" if self.model.training else "eval"
         for key, value in self._step_stats.items():
             self._metrics[mode][key].append(float(value))
@@ -237,7 +239,7 @@ class ZeroSearchTrainer(AtomicCheckpoints, GRPOTrainer):
         resumed run repeats it."""
         n_proc, g = self.accelerator.num_processes, self.num_generations
         questions = local * n_proc // g
-        gen = torch.Generator().manual_seed(self.zs.training.seed * 1_000_003 + self.state.global_step)
+        gen = torch.Generator().manual_seed(self._step_seed())
         size = len(self.train_dataset)
         order = torch.randperm(size, generator=gen).tolist()
         start = (self._draw - 1) * questions
